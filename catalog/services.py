@@ -1,0 +1,105 @@
+"""Everything that writes to the catalog. Each service validates (full_clean) inside a transaction
+and raises django.core.exceptions.ValidationError with a message per field on bad input."""
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from .models import Feature, Plan, PlanEntitlement, TopUpPack
+
+
+def _assign(obj, fields: dict[str, Any]) -> None:
+    for name, value in fields.items():
+        setattr(obj, name, value)
+
+
+@transaction.atomic
+def feature_create(**fields: Any) -> Feature:
+    feature = Feature(**fields)
+    feature.full_clean()
+    feature.save()
+    return feature
+
+
+@transaction.atomic
+def feature_update(*, feature: Feature, **fields: Any) -> Feature:
+    """Updates a feature. Its key is immutable (ValidationError); its kind is too once plans use
+    it, since their values were validated for that kind."""
+    feature = Feature.objects.select_for_update().get(pk=feature.pk)
+    _assign(feature, fields)
+    if "kind" in fields and feature.plan_entitlements.exists():
+        stored_kind = Feature.objects.filter(pk=feature.pk).values_list("kind", flat=True).get()
+        if stored_kind != feature.kind:
+            raise ValidationError(
+                {"kind": "The kind of a feature that plans include cannot change."}
+            )
+    feature.full_clean()
+    feature.save()
+    return feature
+
+
+@transaction.atomic
+def plan_create(*, entitlements: list[dict[str, Any]] | None = None, **fields: Any) -> Plan:
+    plan = Plan(**fields)
+    plan.full_clean()
+    plan.save()
+    for values in entitlements or []:
+        plan_add_entitlement(plan=plan, **values)
+    return plan
+
+
+@transaction.atomic
+def plan_update(*, plan: Plan, **fields: Any) -> Plan:
+    plan = Plan.objects.select_for_update().get(pk=plan.pk)
+    _assign(plan, fields)
+    plan.full_clean()
+    plan.save()
+    return plan
+
+
+@transaction.atomic
+def plan_add_entitlement(*, plan: Plan, feature: Feature, **values: Any) -> PlanEntitlement:
+    """Adds a feature to a plan; applies at once to every subscriber (DESIGN.md). One entitlement
+    per plan and feature: a second raises ValidationError."""
+    entitlement = PlanEntitlement(plan=plan, feature=feature, **values)
+    entitlement.full_clean()
+    entitlement.save()
+    return entitlement
+
+
+@transaction.atomic
+def plan_entitlement_update(*, entitlement: PlanEntitlement, **values: Any) -> PlanEntitlement:
+    entitlement = PlanEntitlement.objects.select_for_update().get(pk=entitlement.pk)
+    values.pop("plan", None)
+    values.pop("feature", None)
+    _assign(entitlement, values)
+    entitlement.full_clean()
+    entitlement.save()
+    return entitlement
+
+
+@transaction.atomic
+def plan_entitlement_remove(*, entitlement: PlanEntitlement) -> None:
+    entitlement.delete()
+
+
+@transaction.atomic
+def topup_pack_create(*, plans: list[Plan] | None = None, **fields: Any) -> TopUpPack:
+    pack = TopUpPack(**fields)
+    pack.full_clean()
+    pack.save()
+    if plans:
+        pack.plans.set(plans)
+    return pack
+
+
+@transaction.atomic
+def topup_pack_update(*, pack: TopUpPack, plans: list[Plan] | None = None, **fields) -> TopUpPack:
+    pack = TopUpPack.objects.select_for_update().get(pk=pack.pk)
+    _assign(pack, fields)
+    pack.full_clean()
+    pack.save()
+    if plans is not None:
+        pack.plans.set(plans)
+    return pack

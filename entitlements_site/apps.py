@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class EntitlementsSiteConfig(AppConfig):
+    name = "entitlements_site"
+    verbose_name = "Site"
