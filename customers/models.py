@@ -1,1 +1,327 @@
-"""Models arrive with their issues."""
+"""Customers, their subscriptions and tailoring, and the usage ledger (DESIGN.md "Customers and
+the engine"). The arithmetic lives in engine.py, never here."""
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from djmoney.models.fields import MoneyField
+from djmoney.models.validators import MinMoneyValidator
+from simple_history.models import HistoricalRecords
+
+from catalog.models import (
+    Enforcement,
+    Feature,
+    FeatureKind,
+    Plan,
+    Reset,
+    TopUpPack,
+    default_notify_at,
+    entitlement_values_clean,
+)
+
+CURRENCY_CHOICES = [(code, code) for code in settings.CURRENCIES]
+
+
+class Customer(models.Model):
+    external_id = models.CharField(
+        max_length=255, unique=True, help_text="Your own id for this customer; used in the API."
+    )
+    name = models.CharField(max_length=255)
+    email = models.EmailField(blank=True)
+    notification_emails = models.CharField(
+        max_length=1000,
+        blank=True,
+        help_text="Comma-separated addresses for usage alerts; the customer's email if empty.",
+    )
+    currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES, default="USD")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [models.Index(fields=["email"]), models.Index(fields=["name"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.external_id})"
+
+    @property
+    def alert_recipients(self) -> list[str]:
+        listed = [a.strip() for a in self.notification_emails.split(",") if a.strip()]
+        return listed or ([self.email] if self.email else [])
+
+
+class CustomerUser(models.Model):
+    """A login of the end customer's dashboard, tied to exactly one customer."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="customer_user"
+    )
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="users")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.user} -> {self.customer}"
+
+
+class SubscriptionStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    CANCELED = "canceled", "Canceled"
+
+
+class Subscription(models.Model):
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="subscriptions")
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="subscriptions")
+    status = models.CharField(
+        max_length=16, choices=SubscriptionStatus.choices, default=SubscriptionStatus.ACTIVE
+    )
+    started_at = models.DateTimeField(default=timezone.now)
+    current_period_start = models.DateTimeField()
+    current_period_end = models.DateTimeField()
+    cancel_at_period_end = models.BooleanField(default=False)
+    scheduled_plan = models.ForeignKey(
+        Plan,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="scheduled_subscriptions",
+        help_text="A downgrade waiting for the period end.",
+    )
+    ended_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["-started_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer"],
+                condition=Q(status="active"),
+                name="subscription_one_active_per_customer",
+                violation_error_message="This customer already has an active subscription.",
+            ),
+            models.CheckConstraint(
+                condition=Q(current_period_end__gt=models.F("current_period_start")),
+                name="subscription_period_ordered",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "current_period_end"])]
+
+    def __str__(self) -> str:
+        return f"{self.customer.name}: {self.plan.name} ({self.status})"
+
+
+class EntitlementOverride(models.Model):
+    """Replaces the plan's values of one feature for one customer (an enterprise deal, a
+    promotion), optionally within [starts_at, ends_at)."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="overrides")
+    feature = models.ForeignKey(Feature, on_delete=models.PROTECT, related_name="overrides")
+    enabled = models.BooleanField(default=True)
+    limit = models.DecimalField(
+        max_digits=20,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0"))],
+    )
+    unlimited = models.BooleanField(default=False)
+    reset = models.CharField(max_length=16, choices=Reset.choices, default=Reset.BILLING_PERIOD)
+    enforcement = models.CharField(
+        max_length=8, choices=Enforcement.choices, default=Enforcement.HARD
+    )
+    overage_price = MoneyField(
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        default_currency="USD",
+        validators=[MinMoneyValidator(0)],
+    )
+    notify_at = models.JSONField(default=default_notify_at, blank=True)
+    value = models.CharField(max_length=255, blank=True)
+    show_on_invoice = models.BooleanField(default=False)
+    reason = models.CharField(max_length=500, help_text="The deal or reason, e.g. the contract.")
+    starts_at = models.DateTimeField(null=True, blank=True)
+    ends_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["customer", "feature"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(limit__isnull=True) | Q(limit__gte=0),
+                name="override_limit_not_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(overage_price__isnull=True) | Q(enforcement="soft"),
+                name="override_overage_only_soft",
+            ),
+            models.CheckConstraint(
+                condition=Q(starts_at__isnull=True)
+                | Q(ends_at__isnull=True)
+                | Q(ends_at__gt=models.F("starts_at")),
+                name="override_window_ordered",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer.name} / {self.feature.name}: {self.reason}"
+
+    def clean(self) -> None:
+        if not (self.reason or "").strip():
+            raise ValidationError({"reason": "Say why: the deal or the reason for the override."})
+        if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:
+            raise ValidationError({"ends_at": "The end must come after the start."})
+        entitlement_values_clean(self, self.feature if self.feature_id else None)
+
+    def is_active_at(self, at) -> bool:
+        return (self.starts_at is None or self.starts_at <= at) and (
+            self.ends_at is None or at < self.ends_at
+        )
+
+
+class GrantSource(models.TextChoices):
+    TOPUP = "topup", "Top-up purchase"
+    PROMOTION = "promotion", "Promotion"
+    MANUAL = "manual", "Manual"
+
+
+class Grant(models.Model):
+    """Extra units of a metered feature, used after the period allowance, soonest-expiring
+    first. `consumed` only grows; `latest` features use grants as capacity and never consume."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="grants")
+    feature = models.ForeignKey(
+        Feature,
+        on_delete=models.PROTECT,
+        related_name="grants",
+        limit_choices_to={"kind": FeatureKind.METERED},
+    )
+    quantity = models.DecimalField(
+        max_digits=20, decimal_places=4, validators=[MinValueValidator(Decimal("0.0001"))]
+    )
+    consumed = models.DecimalField(max_digits=20, decimal_places=4, default=Decimal("0"))
+    source = models.CharField(max_length=16, choices=GrantSource.choices)
+    reason = models.CharField(max_length=500, blank=True)
+    effective_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    voided_at = models.DateTimeField(null=True, blank=True)
+    topup_pack = models.ForeignKey(
+        TopUpPack, on_delete=models.PROTECT, null=True, blank=True, related_name="grants"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["expires_at", "effective_at", "pk"]
+        indexes = [models.Index(fields=["customer", "feature", "expires_at"])]
+        constraints = [
+            models.CheckConstraint(condition=Q(quantity__gt=0), name="grant_quantity_positive"),
+            models.CheckConstraint(
+                condition=Q(consumed__gte=0) & Q(consumed__lte=models.F("quantity")),
+                name="grant_consumed_within_quantity",
+            ),
+            models.CheckConstraint(
+                condition=Q(expires_at__isnull=True) | Q(expires_at__gt=models.F("effective_at")),
+                name="grant_expiry_after_effective",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        amount = f"{self.quantity.normalize():f} {self.feature.unit}".strip()
+        return f"{amount} {self.feature.name} ({self.source})"
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.quantity - self.consumed
+
+    def clean(self) -> None:
+        if self.feature_id and self.feature.kind != FeatureKind.METERED:
+            raise ValidationError({"feature": "Units can only be granted of a metered feature."})
+        if self.expires_at and self.effective_at and self.expires_at <= self.effective_at:
+            raise ValidationError({"expires_at": "The expiry must come after the start."})
+
+
+class UsageEvent(models.Model):
+    """The ledger. `event_id` is the client's idempotency key, unique per customer."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="usage_events")
+    feature = models.ForeignKey(Feature, on_delete=models.PROTECT, related_name="usage_events")
+    event_id = models.CharField(max_length=255)
+    quantity = models.DecimalField(max_digits=20, decimal_places=4)
+    timestamp = models.DateTimeField(default=timezone.now)
+    properties = models.JSONField(default=dict, blank=True)
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+    # The columns the batch path inserts with raw SQL, in order.
+    EVENT_COLUMNS = (
+        "customer",
+        "feature",
+        "event_id",
+        "quantity",
+        "timestamp",
+        "properties",
+        "recorded_at",
+    )
+
+    class Meta:
+        ordering = ["-timestamp"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "event_id"], name="usage_event_unique_per_customer"
+            ),
+        ]
+        indexes = [models.Index(fields=["customer", "feature", "timestamp"])]
+
+    def __str__(self) -> str:
+        return f"{self.event_id}: {self.quantity.normalize():f} {self.feature_id}"
+
+
+class UsageCounter(models.Model):
+    """Usage of one customer and feature in one reset window, kept in step with the ledger in
+    the same transaction as each event. Every window kind is kept for every event, so that a
+    plan changing its reset never finds a stale counter.
+
+    `used` is the sum of quantities; `level`/`level_at` the latest reported value (for
+    `latest` features); `drawn` what the window's usage took from grants (kept on the window of
+    the entitlement in force when the usage was recorded)."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="+")
+    feature = models.ForeignKey(Feature, on_delete=models.CASCADE, related_name="+")
+    window = models.CharField(max_length=16, choices=Reset.choices)
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    used = models.DecimalField(max_digits=24, decimal_places=4, default=Decimal("0"))
+    drawn = models.DecimalField(max_digits=24, decimal_places=4, default=Decimal("0"))
+    level = models.DecimalField(max_digits=24, decimal_places=4, null=True, blank=True)
+    level_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "feature", "window", "start"], name="usage_counter_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id}/{self.feature_id} {self.window} {self.start:%Y-%m-%d}"

@@ -1,0 +1,831 @@
+"""The entitlement engine: the one place that computes what a customer may use.
+
+Every page, API view and invoice calls these functions (DESIGN.md "Customers and the engine"):
+
+- `entitlements_resolve(customer, at=None)`: every effective entitlement of a customer;
+- `entitlement_check(customer, feature_key, at=None)`: one;
+- `entitlement_consume(customer, feature_key, quantity, event_id, ...)`: the atomic gate;
+- `usage_record_batch(events)`: reported usage, idempotent per event.
+
+Usage lives in `UsageCounter` rows (one per customer, feature and reset window) updated in the
+same transaction as the ledger's `UsageEvent`, so a check reads a fixed number of rows whatever
+the number of events. Writers lock the counter rows of their (customer, feature) first, in a
+fixed order, then the grants, so concurrent consumes serialise on the counter and never
+deadlock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from decimal import Decimal, InvalidOperation
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from djmoney.money import Money
+
+from catalog.models import Enforcement, Feature, FeatureKind, PlanEntitlement, Reset
+from entitlements_site.errors import Conflict, InvalidInput, NotFound
+
+from .models import (
+    Customer,
+    EntitlementOverride,
+    Grant,
+    Subscription,
+    SubscriptionStatus,
+    UsageCounter,
+    UsageEvent,
+)
+from .periods import Window, reset_window
+
+ZERO = Decimal("0")
+WINDOW_KINDS = (Reset.BILLING_PERIOD, Reset.DAY, Reset.MONTH, Reset.NEVER, Reset.WEEK)
+MAX_QUANTITY = Decimal("1e15")
+
+
+# --- what the engine answers --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Terms:
+    """The entitlement values in force for one feature: an override's or the plan's."""
+
+    source: str  # "override" | "plan" | "grant" (units granted without any entitlement)
+    enabled: bool = True
+    limit: Decimal | None = None
+    unlimited: bool = False
+    reset: str = Reset.BILLING_PERIOD
+    enforcement: str = Enforcement.HARD
+    overage_price: Money | None = None
+    notify_at: tuple[int, ...] = (80, 100)
+    value: str = ""
+    show_on_invoice: bool = False
+
+    @classmethod
+    def of(cls, source: str, row: PlanEntitlement | EntitlementOverride) -> Terms:
+        return cls(
+            source=source,
+            enabled=row.enabled,
+            limit=row.limit,
+            unlimited=row.unlimited,
+            reset=row.reset,
+            enforcement=row.enforcement,
+            overage_price=row.overage_price,
+            notify_at=tuple(row.notify_at or ()),
+            value=row.value,
+            show_on_invoice=row.show_on_invoice,
+        )
+
+
+GRANT_ONLY_TERMS = Terms(source="grant", limit=ZERO, notify_at=(80, 100))
+
+
+@dataclass(frozen=True)
+class Entitlement:
+    """One effective entitlement: the `E` of the API (DESIGN.md "HTTP API")."""
+
+    feature: str
+    name: str
+    kind: str
+    unit: str
+    has_access: bool
+    value: str | None = None
+    unlimited: bool = False
+    limit: Decimal | None = None
+    granted: Decimal | None = None
+    usage: Decimal | None = None
+    balance: Decimal | None = None
+    overage: Decimal | None = None
+    enforcement: str | None = None
+    source: str | None = None
+    period_start: dt.datetime | None = None
+    period_end: dt.datetime | None = None
+    resets_at: dt.datetime | None = None
+    # Not in the API's E, but what pages, notifications and invoices need.
+    reset: str | None = None
+    aggregation: str | None = None
+    notify_at: tuple[int, ...] = ()
+    show_on_invoice: bool = False
+    overage_price: Money | None = None
+    feature_id: int | None = None
+
+    @property
+    def percent_used(self) -> Decimal | None:
+        """Usage as a percent of allowance plus grants; None when unlimited or not metered."""
+        if self.kind != FeatureKind.METERED or self.unlimited or self.usage is None:
+            return None
+        if self.aggregation == "latest":
+            capacity = (self.limit or ZERO) + (self.granted or ZERO)
+        else:
+            capacity = self.usage + (self.balance or ZERO)
+        if capacity <= 0:
+            return Decimal("100") if self.usage > 0 or not self.has_access else ZERO
+        return self.usage * 100 / capacity
+
+
+@dataclass
+class ConsumeResult:
+    allowed: bool
+    reason: str | None  # None | "limit_exceeded" | "no_access"
+    entitlement: Entitlement
+    replayed: bool = False
+
+
+@dataclass
+class BatchResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[dict] = field(default_factory=list)
+
+
+# --- loading state ------------------------------------------------------------------------
+
+
+@dataclass
+class CustomerState:
+    customer: Customer
+    subscription: Subscription | None
+
+    @property
+    def plan_id(self) -> int | None:
+        return self.subscription.plan_id if self.subscription else None
+
+    def windows(self, at: dt.datetime) -> dict[str, Window]:
+        sub = self.subscription
+        anchor = sub.started_at if sub else None
+        interval = sub.plan.interval if sub else "month"
+        windows = {
+            kind: reset_window(kind, at, anchor=anchor, interval=interval) for kind in WINDOW_KINDS
+        }
+        if sub and sub.current_period_start <= at < sub.current_period_end:
+            # The stored period wins: a plan change may have moved it off the anchor grid.
+            windows[Reset.BILLING_PERIOD] = Window(sub.current_period_start, sub.current_period_end)
+        return windows
+
+
+def customer_state(customer: Customer) -> CustomerState:
+    subscription = (
+        Subscription.objects.filter(customer=customer, status=SubscriptionStatus.ACTIVE)
+        .select_related("plan")
+        .first()
+    )
+    return CustomerState(customer=customer, subscription=subscription)
+
+
+def _override_in_force(overrides: Iterable[EntitlementOverride], at: dt.datetime):
+    # Several may overlap; the most recently made one wins.
+    active = [o for o in overrides if o.is_active_at(at)]
+    return max(active, key=lambda o: (o.created_at, o.pk)) if active else None
+
+
+def _terms_by_feature(
+    state: CustomerState, at: dt.datetime, feature_ids: list[int] | None = None
+) -> dict[int, Terms]:
+    """Terms per feature id: an override in force beats the plan (one query each)."""
+    terms: dict[int, Terms] = {}
+    if state.plan_id:
+        rows = PlanEntitlement.objects.filter(plan_id=state.plan_id)
+        if feature_ids is not None:
+            rows = rows.filter(feature_id__in=feature_ids)
+        for row in rows:
+            terms[row.feature_id] = Terms.of("plan", row)
+    overrides = EntitlementOverride.objects.filter(customer=state.customer).filter(
+        Q(starts_at__isnull=True) | Q(starts_at__lte=at),
+        Q(ends_at__isnull=True) | Q(ends_at__gt=at),
+    )
+    if feature_ids is not None:
+        overrides = overrides.filter(feature_id__in=feature_ids)
+    by_feature = defaultdict(list)
+    for row in overrides:
+        by_feature[row.feature_id].append(row)
+    for feature_id, rows in by_feature.items():
+        chosen = _override_in_force(rows, at)
+        if chosen:
+            terms[feature_id] = Terms.of("override", chosen)
+    return terms
+
+
+def _active_grants(grants: Iterable[Grant], feature_id: int, at: dt.datetime) -> list[Grant]:
+    """Grants in force at `at`, in burn-down order: soonest-expiring first, never-expiring last."""
+    active = [
+        g
+        for g in grants
+        if g.feature_id == feature_id
+        and g.effective_at <= at
+        and (g.expires_at is None or at < g.expires_at)
+        and (g.voided_at is None or at < g.voided_at)
+    ]
+    far = dt.datetime.max.replace(tzinfo=dt.UTC)
+    return sorted(active, key=lambda g: (g.expires_at or far, g.effective_at, g.pk or 0))
+
+
+def _grants_query(customer_ids, feature_ids, since: dt.datetime, until: dt.datetime):
+    return Grant.objects.filter(
+        customer_id__in=customer_ids,
+        feature_id__in=feature_ids,
+        effective_at__lte=until,
+    ).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=since),
+        Q(voided_at__isnull=True) | Q(voided_at__gt=since),
+    )
+
+
+def _counter_filter(keys: Iterable[tuple[int, int, str, dt.datetime]]) -> Q:
+    q = Q()
+    for customer_id, feature_id, kind, start in keys:
+        q |= Q(customer_id=customer_id, feature_id=feature_id, window=kind, start=start)
+    return q
+
+
+# --- computing an entitlement -------------------------------------------------------------
+
+
+def _level(counters: dict[str, UsageCounter | None], kind: str) -> Decimal:
+    """A `latest` feature's level: the last report in the window, else the last report ever
+    (a level such as storage in use carries over into a new period until reported again)."""
+    for candidate in (counters.get(kind), counters.get(Reset.NEVER)):
+        if candidate is not None and candidate.level is not None:
+            return candidate.level
+    return ZERO
+
+
+def _effective_kind(terms: Terms) -> str:
+    return terms.reset
+
+
+def _compute(
+    feature: Feature,
+    terms: Terms | None,
+    counters: dict[str, UsageCounter | None],
+    grants: list[Grant],
+    windows: dict[str, Window],
+) -> Entitlement:
+    """Pure arithmetic of one effective entitlement from loaded rows (DESIGN.md)."""
+    base = {
+        "feature": feature.key,
+        "name": feature.name,
+        "kind": feature.kind,
+        "unit": feature.unit,
+        "feature_id": feature.pk,
+        "aggregation": feature.aggregation if feature.kind == FeatureKind.METERED else None,
+    }
+    if terms is None and not (feature.kind == FeatureKind.METERED and grants):
+        return Entitlement(has_access=False, **base)
+    if feature.kind == FeatureKind.BOOLEAN:
+        return Entitlement(
+            has_access=terms.enabled,
+            source=terms.source,
+            show_on_invoice=terms.show_on_invoice,
+            **base,
+        )
+    if feature.kind == FeatureKind.CONFIG:
+        return Entitlement(
+            has_access=True,
+            value=terms.value,
+            source=terms.source,
+            show_on_invoice=terms.show_on_invoice,
+            **base,
+        )
+
+    terms = terms or GRANT_ONLY_TERMS
+    kind = _effective_kind(terms)
+    window = windows[kind]
+    counter = counters.get(kind)
+    limit = None if terms.unlimited else (terms.limit or ZERO)
+    if feature.aggregation == "latest":
+        usage = _level(counters, kind)
+        granted = sum((g.quantity for g in grants), ZERO)
+        if limit is None:
+            balance = overage = None
+        else:
+            capacity = limit + granted
+            balance = max(ZERO, capacity - usage)
+            overage = max(ZERO, usage - capacity)
+    else:
+        usage = counter.used if counter else ZERO
+        drawn = counter.drawn if counter else ZERO
+        granted = sum((g.quantity - g.consumed for g in grants), ZERO)
+        if limit is None:
+            balance = overage = None
+        else:
+            balance = max(ZERO, limit - usage) + granted
+            overage = max(ZERO, usage - limit - drawn)
+    has_access = limit is None or balance > 0 or terms.enforcement == Enforcement.SOFT
+    resets = kind != Reset.NEVER
+    return Entitlement(
+        has_access=has_access,
+        unlimited=limit is None,
+        limit=limit,
+        granted=granted,
+        usage=usage,
+        balance=balance,
+        overage=ZERO if overage is None and limit is None else overage,
+        enforcement=terms.enforcement,
+        source=terms.source,
+        period_start=window.start,
+        period_end=window.end if resets else None,
+        resets_at=window.end if resets else None,
+        reset=kind,
+        notify_at=terms.notify_at,
+        show_on_invoice=terms.show_on_invoice,
+        overage_price=terms.overage_price,
+        **base,
+    )
+
+
+# --- reads --------------------------------------------------------------------------------
+
+
+def feature_by_key(feature_key: str) -> Feature:
+    feature = Feature.objects.filter(key=feature_key).first()
+    if feature is None:
+        raise NotFound(f"No feature with key {feature_key!r}.", code="feature_not_found")
+    return feature
+
+
+def _now(at: dt.datetime | None) -> dt.datetime:
+    return (at or timezone.now()).astimezone(dt.UTC)
+
+
+def entitlement_check(
+    customer: Customer,
+    feature_key: str | Feature,
+    at: dt.datetime | None = None,
+    *,
+    state: CustomerState | None = None,
+) -> Entitlement:
+    """The effective entitlement of one feature at `at` (default now). A fixed number of
+    queries whatever the number of usage events. Raises NotFound for an unknown feature."""
+    at = _now(at)
+    feature = feature_key if isinstance(feature_key, Feature) else feature_by_key(feature_key)
+    state = state or customer_state(customer)
+    terms = _terms_by_feature(state, at, [feature.pk]).get(feature.pk)
+    if feature.kind != FeatureKind.METERED:
+        return _compute(feature, terms, {}, [], {})
+    windows = state.windows(at)
+    kind = _effective_kind(terms or GRANT_ONLY_TERMS)
+    keys = {(customer.pk, feature.pk, k, windows[k].start) for k in (kind, Reset.NEVER)}
+    counters = {c.window: c for c in UsageCounter.objects.filter(_counter_filter(keys))}
+    grants = _active_grants(_grants_query([customer.pk], [feature.pk], at, at), feature.pk, at)
+    return _compute(feature, terms, counters, grants, windows)
+
+
+def entitlements_resolve(customer: Customer, at: dt.datetime | None = None) -> list[Entitlement]:
+    """Every effective entitlement of a customer at `at`: features of the plan, of overrides in
+    force and of active grants, ordered by feature name. Five queries."""
+    at = _now(at)
+    state = customer_state(customer)
+    terms = _terms_by_feature(state, at)
+    grants = list(
+        _grants_query([customer.pk], Feature.objects.filter(kind="metered").values("pk"), at, at)
+    )
+    feature_ids = set(terms) | {g.feature_id for g in grants}
+    features = sorted(Feature.objects.filter(pk__in=feature_ids), key=lambda f: f.name)
+    windows = state.windows(at)
+    keys = set()
+    for feature in features:
+        if feature.kind == FeatureKind.METERED:
+            kind = _effective_kind(terms.get(feature.pk) or GRANT_ONLY_TERMS)
+            keys |= {(customer.pk, feature.pk, k, windows[k].start) for k in (kind, Reset.NEVER)}
+    counters: dict[int, dict[str, UsageCounter]] = defaultdict(dict)
+    if keys:
+        for c in UsageCounter.objects.filter(_counter_filter(keys)):
+            counters[c.feature_id][c.window] = c
+    return [
+        _compute(
+            feature,
+            terms.get(feature.pk),
+            counters[feature.pk],
+            _active_grants(grants, feature.pk, at),
+            windows,
+        )
+        for feature in features
+    ]
+
+
+# --- writes -------------------------------------------------------------------------------
+
+
+def _parse_quantity(value, *, allow_zero: bool) -> Decimal:
+    try:
+        quantity = value if isinstance(value, Decimal) else Decimal(str(value))
+    except (InvalidOperation, TypeError, ValueError):
+        raise InvalidInput("quantity must be a decimal number.", code="invalid_quantity") from None
+    if not quantity.is_finite() or quantity < 0 or (quantity == 0 and not allow_zero):
+        raise InvalidInput(
+            "quantity must be a positive decimal." if not allow_zero else "quantity must be >= 0.",
+            code="invalid_quantity",
+        )
+    if quantity >= MAX_QUANTITY or quantity != quantity.quantize(Decimal("0.0001")):
+        raise InvalidInput(
+            "quantity is too large or has more than 4 decimal places.", code="invalid_quantity"
+        )
+    return quantity
+
+
+def _parse_timestamp(value) -> dt.datetime:
+    if value is None or value == "":
+        return timezone.now()
+    if isinstance(value, dt.datetime):
+        stamp = value
+    else:
+        try:
+            stamp = parse_datetime(str(value))
+        except ValueError:
+            stamp = None
+        if stamp is None:
+            raise InvalidInput(
+                "timestamp must be an ISO 8601 date and time.", code="invalid_timestamp"
+            )
+    if timezone.is_naive(stamp):
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    return stamp.astimezone(dt.UTC)
+
+
+def _lock_counters(keys: dict[tuple, Window]) -> dict[tuple, UsageCounter]:
+    """Creates the missing counter rows, then locks all of `keys` in one fixed order
+    (customer, feature, window, start), so that writers never deadlock."""
+    ordered = sorted(keys)
+    UsageCounter.objects.bulk_create(
+        [
+            UsageCounter(customer_id=c, feature_id=f, window=k, start=s, end=keys[(c, f, k, s)].end)
+            for c, f, k, s in ordered
+        ],
+        ignore_conflicts=True,
+    )
+    rows = (
+        UsageCounter.objects.select_for_update()
+        .filter(_counter_filter(ordered))
+        .order_by("customer_id", "feature_id", "window", "start")
+    )
+    return {(r.customer_id, r.feature_id, r.window, r.start): r for r in rows}
+
+
+@dataclass
+class _Draw:
+    """The effect one usage quantity would have: what to add where. Applied only if allowed."""
+
+    allowed: bool
+    reason: str | None
+    quantity: Decimal
+    level: Decimal | None = None
+    takes: list[tuple[Grant, Decimal]] = field(default_factory=list)
+
+
+def _plan_draw(
+    feature: Feature,
+    terms: Terms | None,
+    counters: dict[str, UsageCounter],
+    grants: list[Grant],
+    quantity: Decimal,
+    *,
+    enforce: bool,
+    as_level: bool,
+) -> _Draw:
+    """Burn-down of `quantity` against allowance, then grants soonest-expiring first. With
+    `enforce` (a consume), a hard limit denies what the balance cannot cover. `as_level`: the
+    quantity is a reported level of a `latest` feature rather than an increment."""
+    if terms is None and not grants:
+        if enforce:
+            return _Draw(False, "no_access", quantity)
+        terms = GRANT_ONLY_TERMS  # reported usage without access is still recorded
+    terms = terms or GRANT_ONLY_TERMS
+    kind = _effective_kind(terms)
+    hard = enforce and terms.enforcement == Enforcement.HARD and not terms.unlimited
+    if feature.aggregation == "latest":
+        level = quantity if as_level else _level(counters, kind) + quantity
+        capacity = (terms.limit or ZERO) + sum((g.quantity for g in grants), ZERO)
+        if hard and level > capacity:
+            return _Draw(False, "limit_exceeded", quantity, level=level)
+        return _Draw(True, None, quantity, level=level)
+    if terms.unlimited:
+        return _Draw(True, None, quantity)
+    used = counters[kind].used
+    rest = quantity - min(quantity, max(ZERO, (terms.limit or ZERO) - used))
+    takes = []
+    for grant in grants:
+        if rest <= 0:
+            break
+        take = min(rest, grant.quantity - grant.consumed)
+        if take > 0:
+            takes.append((grant, take))
+            rest -= take
+    if hard and rest > 0:
+        return _Draw(False, "limit_exceeded", quantity)
+    return _Draw(True, None, quantity, takes=takes)
+
+
+def _apply_draw(
+    draw: _Draw, terms: Terms | None, counters: dict[str, UsageCounter], at: dt.datetime
+) -> None:
+    for counter in counters.values():
+        counter.used += draw.quantity
+        if draw.level is not None and (counter.level_at is None or at >= counter.level_at):
+            counter.level, counter.level_at = draw.level, at
+    drawn = sum((take for _, take in draw.takes), ZERO)
+    if drawn:
+        counters[_effective_kind(terms or GRANT_ONLY_TERMS)].drawn += drawn
+    for grant, take in draw.takes:
+        grant.consumed += take
+
+
+def _save_counters_and_grants(counters: Iterable[UsageCounter], grants: Iterable[Grant]) -> None:
+    counters = list(counters)
+    if counters:
+        UsageCounter.objects.bulk_update(counters, ["used", "drawn", "level", "level_at"])
+    grants = [g for g in grants if g.consumed != g._consumed_loaded]
+    if grants:
+        Grant.objects.bulk_update(grants, ["consumed"])
+
+
+def _mark_loaded(grants: Iterable[Grant]) -> list[Grant]:
+    grants = list(grants)
+    for g in grants:
+        g._consumed_loaded = g.consumed
+    return grants
+
+
+def entitlement_consume(
+    customer: Customer,
+    feature_key: str | Feature,
+    quantity,
+    event_id: str,
+    *,
+    timestamp=None,
+    properties: dict | None = None,
+    dry_run: bool = False,
+) -> ConsumeResult:
+    """The gate: atomically checks and records `quantity` of a metered feature.
+
+    Locks the customer's counter rows of the feature (then its grants), so with N concurrent
+    requests against a balance of B units exactly min(N, B) are allowed. Under a hard limit a
+    request the balance cannot cover is denied and records nothing. Idempotent on `event_id`
+    per customer: a replay returns the first outcome (allowed) and counts nothing; the same
+    `event_id` reused for another feature or quantity raises Conflict. `dry_run` answers
+    without recording. Raises NotFound (feature), InvalidInput (`not_metered`, quantity,
+    timestamp)."""
+    feature = feature_key if isinstance(feature_key, Feature) else feature_by_key(feature_key)
+    if feature.kind != FeatureKind.METERED:
+        raise InvalidInput(
+            f"{feature.key!r} is a {feature.kind} feature; only metered features are consumed.",
+            code="not_metered",
+        )
+    quantity = _parse_quantity(quantity, allow_zero=False)
+    event_id = _clean_event_id(event_id)
+    at = _parse_timestamp(timestamp)
+    with transaction.atomic():
+        state = customer_state(customer)
+        if not dry_run:
+            replay = _replay(customer, feature, quantity, event_id, at, state)
+            if replay:
+                return replay
+        terms = _terms_by_feature(state, at, [feature.pk]).get(feature.pk)
+        windows = state.windows(at)
+        keys = {(customer.pk, feature.pk, k, windows[k].start): windows[k] for k in WINDOW_KINDS}
+        if dry_run:
+            counters = {c.window: c for c in UsageCounter.objects.filter(_counter_filter(keys))}
+            for key, window in keys.items():
+                counters.setdefault(key[2], UsageCounter(start=window.start, end=window.end))
+            grants = _active_grants(
+                _grants_query([customer.pk], [feature.pk], at, at), feature.pk, at
+            )
+        else:
+            counters = {key[2]: row for key, row in _lock_counters(keys).items()}
+            grants = _mark_loaded(
+                _active_grants(
+                    _grants_query([customer.pk], [feature.pk], at, at)
+                    .select_for_update()
+                    .order_by("pk"),
+                    feature.pk,
+                    at,
+                )
+            )
+        draw = _plan_draw(feature, terms, counters, grants, quantity, enforce=True, as_level=False)
+        if draw.allowed:
+            before = _compute(feature, terms, counters, grants, windows)
+            if not dry_run:
+                try:
+                    with transaction.atomic():
+                        UsageEvent.objects.create(
+                            customer=customer,
+                            feature=feature,
+                            event_id=event_id,
+                            quantity=draw.level if draw.level is not None else quantity,
+                            timestamp=at,
+                            properties=properties or {},
+                        )
+                except IntegrityError:
+                    # A concurrent request with the same event_id won the insert.
+                    return _replay(customer, feature, quantity, event_id, at, state)
+            _apply_draw(draw, terms, counters, at)
+            if not dry_run:
+                _save_counters_and_grants(counters.values(), grants)
+            after = _compute(feature, terms, counters, grants, windows)
+            if not dry_run:
+                _after_usage(state, feature, before, after)
+            return ConsumeResult(True, None, after)
+        entitlement = _compute(feature, terms, counters, grants, windows)
+        if draw.reason == "no_access":
+            entitlement = replace(entitlement, has_access=False)
+        return ConsumeResult(False, draw.reason, entitlement)
+
+
+def _clean_event_id(event_id) -> str:
+    if not isinstance(event_id, str) or not event_id.strip():
+        raise InvalidInput("event_id is required.", code="invalid_event_id")
+    if len(event_id) > 255:
+        raise InvalidInput("event_id is at most 255 characters.", code="invalid_event_id")
+    return event_id
+
+
+def _replay(customer, feature, quantity, event_id, at, state) -> ConsumeResult | None:
+    """The first outcome of an event_id already recorded, or None if it is new."""
+    event = (
+        UsageEvent.objects.filter(customer=customer, event_id=event_id)
+        .only("feature_id", "quantity")
+        .first()
+    )
+    if event is None:
+        return None
+    if event.feature_id != feature.pk or (
+        feature.aggregation == "sum" and event.quantity != quantity
+    ):
+        raise Conflict(
+            f"event_id {event_id!r} was already used for another request.",
+            code="idempotency_conflict",
+            details={"event_id": event_id},
+        )
+    return ConsumeResult(True, None, entitlement_check(customer, feature, state=state), True)
+
+
+def _after_usage(state: CustomerState, feature: Feature, before, after) -> None:
+    """Hook for what follows recorded usage in the same transaction (threshold notifications
+    are written here by the notifications module)."""
+    from . import notifications
+
+    notifications.thresholds_record(
+        customer=state.customer, feature=feature, before=before, after=after
+    )
+
+
+def usage_record_batch(events: list[dict]) -> BatchResult:
+    """Records reported usage, each event idempotent on (customer, event_id).
+
+    Every event is validated on its own: a bad one is rejected with its index and error, the
+    rest are recorded. Usage already happened, so it is recorded even past a hard limit (it
+    shows as overage); it still burns the allowance, then grants. Set-based: a fixed number
+    of queries for the batch plus one per (customer, feature) group for grants."""
+    result = BatchResult()
+    parsed = []
+    customer_ids = {str(e.get("customer")) for e in events if isinstance(e, dict)}
+    feature_keys = {str(e.get("feature")) for e in events if isinstance(e, dict)}
+    customers = {c.external_id: c for c in Customer.objects.filter(external_id__in=customer_ids)}
+    features = {f.key: f for f in Feature.objects.filter(key__in=feature_keys)}
+    seen: set[tuple[int, str]] = set()
+    for index, raw in enumerate(events):
+        try:
+            item = _parse_batch_event(raw, customers, features)
+        except (InvalidInput, NotFound) as error:
+            result.rejected.append(
+                {
+                    "index": index,
+                    "error": {"code": error.code, "message": error.message, "details": {}},
+                }
+            )
+            continue
+        key = (item["customer"].pk, item["event_id"])
+        if key in seen:
+            result.duplicates += 1
+            continue
+        seen.add(key)
+        parsed.append(item)
+    if not parsed:
+        return result
+    with transaction.atomic():
+        inserted = _insert_events_returning(parsed)
+        fresh = [i for i in parsed if (i["customer"].pk, i["event_id"]) in inserted]
+        result.duplicates += len(parsed) - len(fresh)
+        if fresh:
+            _record_reported(fresh)
+        result.accepted = len(fresh)
+    return result
+
+
+def _parse_batch_event(raw, customers, features) -> dict:
+    if not isinstance(raw, dict):
+        raise InvalidInput("Each event is an object.", code="invalid_event")
+    customer = customers.get(str(raw.get("customer")))
+    if customer is None:
+        raise NotFound(f"No customer {raw.get('customer')!r}.", code="customer_not_found")
+    feature = features.get(str(raw.get("feature")))
+    if feature is None:
+        raise NotFound(f"No feature {raw.get('feature')!r}.", code="feature_not_found")
+    if feature.kind != FeatureKind.METERED:
+        raise InvalidInput(f"{feature.key!r} is not a metered feature.", code="not_metered")
+    properties = raw.get("properties") or {}
+    if not isinstance(properties, dict):
+        raise InvalidInput("properties must be an object.", code="invalid_properties")
+    return {
+        "customer": customer,
+        "feature": feature,
+        "event_id": _clean_event_id(raw.get("event_id")),
+        "quantity": _parse_quantity(raw.get("quantity"), allow_zero=True),
+        "timestamp": _parse_timestamp(raw.get("timestamp")),
+        "properties": properties,
+    }
+
+
+def _insert_events_returning(items: list[dict]) -> set[tuple[int, str]]:
+    """INSERT .. ON CONFLICT DO NOTHING RETURNING: the (customer, event_id) pairs that this
+    transaction recorded. A pair another transaction recorded first is a duplicate, even when
+    both arrive at once."""
+    fields = [UsageEvent._meta.get_field(n) for n in UsageEvent.EVENT_COLUMNS]
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    table = connection.ops.quote_name(UsageEvent._meta.db_table)
+    now = timezone.now()
+    inserted: set[tuple[int, str]] = set()
+    with connection.cursor() as cursor:
+        for start in range(0, len(items), 500):
+            chunk = items[start : start + 500]
+            params = []
+            for i in chunk:
+                values = (
+                    i["customer"].pk,
+                    i["feature"].pk,
+                    i["event_id"],
+                    i["quantity"],
+                    i["timestamp"],
+                    i["properties"],
+                    now,
+                )
+                params += [
+                    f.get_db_prep_save(v, connection) for f, v in zip(fields, values, strict=True)
+                ]
+            row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * len(chunk))} "
+                "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id",
+                params,
+            )
+            inserted.update((c, e) for c, e in cursor.fetchall())
+    return inserted
+
+
+def _record_reported(ours: list[dict]) -> None:
+    """Applies newly recorded events to counters and grants, in timestamp order per customer
+    and feature."""
+    states = {
+        c.pk: customer_state(c) for c in {i["customer"].pk: i["customer"] for i in ours}.values()
+    }
+    groups: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    for i in ours:
+        groups[(i["customer"].pk, i["feature"].pk)].append(i)
+    keys: dict[tuple, Window] = {}
+    for i in ours:
+        windows = states[i["customer"].pk].windows(i["timestamp"])
+        i["windows"] = windows
+        for kind in WINDOW_KINDS:
+            keys[(i["customer"].pk, i["feature"].pk, kind, windows[kind].start)] = windows[kind]
+    locked = _lock_counters(keys)
+    customer_ids = {c for c, _ in groups}
+    feature_ids = {f for _, f in groups}
+    stamps = [i["timestamp"] for i in ours]
+    all_grants = _mark_loaded(
+        _grants_query(customer_ids, feature_ids, min(stamps), max(stamps))
+        .select_for_update()
+        .order_by("pk")
+    )
+    grants_by_key = defaultdict(list)
+    for g in all_grants:
+        grants_by_key[(g.customer_id, g.feature_id)].append(g)
+    for (customer_id, feature_id), group in groups.items():
+        state = states[customer_id]
+        group.sort(key=lambda i: i["timestamp"])
+        feature = group[0]["feature"]
+        first = group[0]
+        terms_now = _terms_by_feature(state, first["timestamp"], [feature_id]).get(feature_id)
+        for i in group:
+            at = i["timestamp"]
+            counters = {
+                kind: locked[(customer_id, feature_id, kind, i["windows"][kind].start)]
+                for kind in WINDOW_KINDS
+            }
+            grants = _active_grants(grants_by_key[(customer_id, feature_id)], feature_id, at)
+            before = _compute(feature, terms_now, counters, grants, i["windows"])
+            draw = _plan_draw(
+                feature,
+                terms_now,
+                counters,
+                grants,
+                i["quantity"],
+                enforce=False,
+                as_level=feature.aggregation == "latest",
+            )
+            _apply_draw(draw, terms_now, counters, at)
+            after = _compute(feature, terms_now, counters, grants, i["windows"])
+            _after_usage(state, feature, before, after)
+    _save_counters_and_grants(locked.values(), all_grants)

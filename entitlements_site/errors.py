@@ -1,0 +1,36 @@
+"""The small set of domain exceptions that services raise. The API maps them to the error JSON
+of DESIGN.md (`{"error": {"code", "message", "details"}}`); pages show them as form errors."""
+
+from typing import Any
+
+
+class DomainError(Exception):
+    status = 400
+    code = "invalid"
+
+    def __init__(self, message: str, *, code: str | None = None, details: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        self.details: dict[str, Any] = details or {}
+
+
+class InvalidInput(DomainError):
+    status = 400
+    code = "invalid"
+
+
+class NotFound(DomainError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(DomainError):
+    status = 409
+    code = "conflict"
+
+
+class PaymentFailed(DomainError):
+    status = 402
+    code = "payment_failed"
