@@ -2,10 +2,17 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _outbox_and_cache(settings, tmp_path):
-    """Each test gets Django's in-memory outbox and a clean cache."""
-    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+def _outbox_cache_and_eager_tasks(request, settings):
+    """Each test gets Django's in-memory outbox, a clean cache and Celery tasks run in-process.
+    Tests marked `integration` talk to a real broker and worker instead."""
     from django.core.cache import cache
 
+    from entitlements_site.celery import app as celery_app
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     cache.clear()
+    eager = request.node.get_closest_marker("integration") is None
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = eager
     yield
+    celery_app.conf.task_always_eager = previous
