@@ -108,7 +108,7 @@ def upsert(model, lookup: dict, values: dict):
         obj = model(**lookup)
     changed = created
     for name, value in values.items():
-        if getattr(obj, name) != value:
+        if created or getattr(obj, name) != value:
             setattr(obj, name, value)
             changed = True
     if changed:

@@ -3,7 +3,7 @@
 from decimal import Decimal
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator, validate_slug
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from djmoney.models.fields import MoneyField
@@ -32,7 +32,6 @@ class Feature(models.Model):
     key = models.SlugField(
         max_length=64,
         unique=True,
-        validators=[validate_slug],
         help_text="Used by your software and the API; cannot change once created.",
     )
     name = models.CharField(max_length=200)
@@ -285,7 +284,9 @@ class TopUpPack(models.Model):
         constraints = [
             models.CheckConstraint(condition=Q(quantity__gt=0), name="topup_quantity_positive"),
             models.CheckConstraint(
-                condition=(Q(expiry="days") & Q(expiry_days__gt=0))
+                # isnull=False: with a NULL expiry_days, "expiry_days > 0" is unknown and a
+                # CHECK lets unknown through.
+                condition=(Q(expiry="days") & Q(expiry_days__isnull=False) & Q(expiry_days__gt=0))
                 | (~Q(expiry="days") & Q(expiry_days__isnull=True)),
                 name="topup_expiry_days_iff_days",
             ),
