@@ -103,3 +103,22 @@ def topup_pack_update(*, pack: TopUpPack, plans: list[Plan] | None = None, **fie
     if plans is not None:
         pack.plans.set(plans)
     return pack
+
+
+@transaction.atomic
+def plan_set_entitlements(*, plan: Plan, entitlements: list[dict[str, Any]]) -> None:
+    """Makes the plan's entitlements exactly `entitlements` (each with a `feature`): updates
+    those it has, adds the new ones, removes the rest. Applies at once to every subscriber."""
+    current = {e.feature_id: e for e in plan.entitlements.select_for_update()}
+    wanted = set()
+    for values in entitlements:
+        values = dict(values)
+        feature = values.pop("feature")
+        wanted.add(feature.pk)
+        if feature.pk in current:
+            plan_entitlement_update(entitlement=current[feature.pk], **values)
+        else:
+            plan_add_entitlement(plan=plan, feature=feature, **values)
+    for feature_id, entitlement in current.items():
+        if feature_id not in wanted:
+            plan_entitlement_remove(entitlement=entitlement)

@@ -1,0 +1,607 @@
+"""The customers API: the hot endpoints (check, consume, batch usage) and the management of
+customers, overrides and grants. Hot views call the engine only and build their JSON by hand:
+no serializer machinery on the request path."""
+
+import datetime as dt
+
+from django.db import transaction
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
+from rest_framework import generics, serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from catalog.models import Enforcement, Feature, Reset
+from entitlements_site.api import (
+    DecimalStringField,
+    MoneyJSONField,
+    decimal_str,
+    time_str,
+)
+from entitlements_site.errors import InvalidInput, NotFound
+
+from . import engine, selectors, services
+from .models import Customer, EntitlementOverride, Grant, GrantSource
+
+# --- representations ----------------------------------------------------------------------
+
+
+def entitlement_json(e: engine.Entitlement) -> dict:
+    """`E` of DESIGN.md: decimals as strings, times ISO 8601 UTC."""
+    return {
+        "feature": e.feature,
+        "kind": e.kind,
+        "has_access": e.has_access,
+        "value": e.value,
+        "unlimited": e.unlimited,
+        "limit": decimal_str(e.limit),
+        "granted": decimal_str(e.granted),
+        "usage": decimal_str(e.usage),
+        "balance": decimal_str(e.balance),
+        "overage": decimal_str(e.overage),
+        "enforcement": e.enforcement,
+        "source": e.source,
+        "period_start": time_str(e.period_start),
+        "period_end": time_str(e.period_end),
+        "resets_at": time_str(e.resets_at),
+    }
+
+
+def customer_by_external_id(external_id: str) -> Customer:
+    customer = Customer.objects.filter(external_id=external_id).first()
+    if customer is None:
+        raise NotFound(f"No customer {external_id!r}.", code="customer_not_found")
+    return customer
+
+
+# Schema-only serializers: document the hand-built JSON.
+class EntitlementOut(serializers.Serializer):
+    feature = serializers.CharField()
+    kind = serializers.ChoiceField(["boolean", "metered", "config"])
+    has_access = serializers.BooleanField()
+    value = serializers.CharField(allow_null=True)
+    unlimited = serializers.BooleanField()
+    limit = serializers.CharField(allow_null=True, help_text="Decimal as a string.")
+    granted = serializers.CharField(allow_null=True)
+    usage = serializers.CharField(allow_null=True)
+    balance = serializers.CharField(allow_null=True)
+    overage = serializers.CharField(allow_null=True)
+    enforcement = serializers.ChoiceField(Enforcement.choices, allow_null=True)
+    source = serializers.ChoiceField(["plan", "override", "grant"], allow_null=True)
+    period_start = serializers.DateTimeField(allow_null=True)
+    period_end = serializers.DateTimeField(allow_null=True)
+    resets_at = serializers.DateTimeField(allow_null=True)
+
+
+class EntitlementsOut(serializers.Serializer):
+    customer = serializers.CharField()
+    plan = serializers.CharField(allow_null=True)
+    entitlements = EntitlementOut(many=True)
+
+
+class ConsumeIn(serializers.Serializer):
+    quantity = serializers.CharField(help_text='A positive decimal, e.g. "1" or "2.5".')
+    event_id = serializers.CharField(max_length=255, help_text="Idempotency key.")
+    timestamp = serializers.DateTimeField(required=False)
+    properties = serializers.DictField(required=False)
+    dry_run = serializers.BooleanField(required=False, default=False)
+
+
+class ConsumeOut(serializers.Serializer):
+    allowed = serializers.BooleanField()
+    reason = serializers.ChoiceField(["limit_exceeded", "no_access"], allow_null=True)
+    entitlement = EntitlementOut()
+
+
+class ErrorOut(serializers.Serializer):
+    error = inline_serializer(
+        "ErrorBody",
+        {
+            "code": serializers.CharField(),
+            "message": serializers.CharField(),
+            "details": serializers.DictField(),
+        },
+    )
+
+
+E_EXAMPLE = {
+    "feature": "storage",
+    "kind": "metered",
+    "has_access": True,
+    "value": None,
+    "unlimited": False,
+    "limit": "100",
+    "granted": "20",
+    "usage": "87.5",
+    "balance": "32.5",
+    "overage": "0",
+    "enforcement": "hard",
+    "source": "plan",
+    "period_start": "2026-11-01T00:00:00Z",
+    "period_end": "2026-12-01T00:00:00Z",
+    "resets_at": "2026-12-01T00:00:00Z",
+}
+ERRORS = {
+    401: ErrorOut,
+    404: ErrorOut,
+    400: ErrorOut,
+}
+
+
+def _body(request) -> dict:
+    data = request.data
+    if not isinstance(data, dict):
+        raise InvalidInput("The body is a JSON object.", code="invalid_body")
+    return data
+
+
+# --- the hot endpoints --------------------------------------------------------------------
+
+
+class EntitlementsView(APIView):
+    @extend_schema(
+        summary="Check all entitlements of a customer",
+        tags=["entitlements"],
+        responses={200: EntitlementsOut, **ERRORS},
+        examples=[
+            OpenApiExample(
+                "Basic Storage",
+                {"customer": "acme", "plan": "basic", "entitlements": [E_EXAMPLE]},
+                response_only=True,
+            )
+        ],
+    )
+    def get(self, request, external_id: str):
+        customer = customer_by_external_id(external_id)
+        subscription = services.subscription_active(customer)
+        return Response(
+            {
+                "customer": customer.external_id,
+                "plan": subscription.plan.key if subscription else None,
+                "entitlements": [
+                    entitlement_json(e) for e in engine.entitlements_resolve(customer)
+                ],
+            }
+        )
+
+
+class EntitlementView(APIView):
+    @extend_schema(
+        summary="Check one entitlement: may this customer use this feature now?",
+        tags=["entitlements"],
+        responses={200: EntitlementOut, **ERRORS},
+        examples=[OpenApiExample("Storage", E_EXAMPLE, response_only=True)],
+    )
+    def get(self, request, external_id: str, feature_key: str):
+        customer = customer_by_external_id(external_id)
+        return Response(entitlement_json(engine.entitlement_check(customer, feature_key)))
+
+
+class ConsumeView(APIView):
+    @extend_schema(
+        summary="Consume units of a metered feature (atomic check-and-record)",
+        description="A denial is a 200 with `allowed: false` and records nothing. The same "
+        "`event_id` again returns the first outcome and counts once.",
+        tags=["entitlements"],
+        request=ConsumeIn,
+        responses={200: ConsumeOut, 409: ErrorOut, **ERRORS},
+        examples=[
+            OpenApiExample(
+                "Consume 2.5 GB",
+                {"quantity": "2.5", "event_id": "transfer-8f2c"},
+                request_only=True,
+            ),
+            OpenApiExample(
+                "Allowed",
+                {"allowed": True, "reason": None, "entitlement": E_EXAMPLE},
+                response_only=True,
+            ),
+        ],
+    )
+    def post(self, request, external_id: str, feature_key: str):
+        data = _body(request)
+        customer = customer_by_external_id(external_id)
+        dry_run = data.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise InvalidInput("dry_run is true or false.", code="invalid_dry_run")
+        properties = data.get("properties")
+        if properties is not None and not isinstance(properties, dict):
+            raise InvalidInput("properties must be an object.", code="invalid_properties")
+        if "quantity" not in data:
+            raise InvalidInput("quantity is required.", code="invalid_quantity")
+        result = engine.entitlement_consume(
+            customer,
+            feature_key,
+            data.get("quantity"),
+            data.get("event_id"),
+            timestamp=data.get("timestamp"),
+            properties=properties,
+            dry_run=dry_run,
+        )
+        return Response(
+            {
+                "allowed": result.allowed,
+                "reason": result.reason,
+                "entitlement": entitlement_json(result.entitlement),
+            }
+        )
+
+
+class UsageEventIn(serializers.Serializer):
+    event_id = serializers.CharField(max_length=255)
+    customer = serializers.CharField(help_text="The customer's external_id.")
+    feature = serializers.CharField(help_text="A metered feature's key.")
+    quantity = serializers.CharField(help_text="A decimal >= 0 (the level, for `latest`).")
+    timestamp = serializers.DateTimeField(required=False)
+    properties = serializers.DictField(required=False)
+
+
+class UsageBatchIn(serializers.Serializer):
+    events = UsageEventIn(many=True, max_length=1000)
+
+
+class UsageBatchOut(serializers.Serializer):
+    accepted = serializers.IntegerField()
+    duplicates = serializers.IntegerField()
+    rejected = serializers.ListField(child=serializers.DictField())
+
+
+MAX_BATCH = 1000
+
+
+class UsageBatchView(APIView):
+    @extend_schema(
+        summary="Report usage: up to 1000 events, each idempotent on its event_id",
+        description="Reported usage is recorded even past a hard limit (it already happened); "
+        "it shows as overage. Bad events are rejected one by one with their index.",
+        tags=["usage"],
+        request=UsageBatchIn,
+        responses={200: UsageBatchOut, 400: ErrorOut, 401: ErrorOut},
+        examples=[
+            OpenApiExample(
+                "Two events",
+                {
+                    "events": [
+                        {
+                            "event_id": "dl-1",
+                            "customer": "acme",
+                            "feature": "data-transfer",
+                            "quantity": "1.5",
+                        },
+                        {
+                            "event_id": "st-1",
+                            "customer": "acme",
+                            "feature": "storage",
+                            "quantity": "87.5",
+                            "timestamp": "2026-11-20T10:00:00Z",
+                        },
+                    ]
+                },
+                request_only=True,
+            ),
+            OpenApiExample(
+                "Result",
+                {"accepted": 2, "duplicates": 0, "rejected": []},
+                response_only=True,
+            ),
+        ],
+    )
+    def post(self, request):
+        events = _body(request).get("events")
+        if not isinstance(events, list):
+            raise InvalidInput("events is a list of usage events.", code="invalid_events")
+        if len(events) > MAX_BATCH:
+            raise InvalidInput(
+                f"At most {MAX_BATCH} events per request; got {len(events)}.",
+                code="batch_too_large",
+            )
+        result = engine.usage_record_batch(events)
+        return Response(
+            {
+                "accepted": result.accepted,
+                "duplicates": result.duplicates,
+                "rejected": result.rejected,
+            }
+        )
+
+
+class UsageBucketsOut(serializers.Serializer):
+    feature = serializers.CharField()
+    window = serializers.ChoiceField(["hour", "day", "month"])
+    buckets = serializers.ListField(
+        child=inline_serializer(
+            "UsageBucket", {"start": serializers.DateTimeField(), "usage": serializers.CharField()}
+        )
+    )
+
+
+class UsageBucketsView(APIView):
+    @extend_schema(
+        summary="Usage of one feature over time (what the dashboard chart shows)",
+        tags=["usage"],
+        parameters=[
+            OpenApiParameter("from", OpenApiTypes.DATETIME, description="Default: period start"),
+            OpenApiParameter("to", OpenApiTypes.DATETIME, description="Default: period end"),
+            OpenApiParameter("window", str, enum=["hour", "day", "month"], default="day"),
+        ],
+        responses={200: UsageBucketsOut, **ERRORS},
+    )
+    def get(self, request, external_id: str, feature_key: str):
+        customer = customer_by_external_id(external_id)
+        feature = engine.feature_by_key(feature_key)
+        window = request.query_params.get("window", "day")
+        if window not in selectors.BUCKET_WINDOWS:
+            raise InvalidInput("window is one of hour, day, month.", code="invalid_window")
+        start = _query_time(request, "from")
+        end = _query_time(request, "to")
+        buckets = selectors.usage_buckets(
+            customer=customer, feature=feature, start=start, end=end, window=window
+        )
+        return Response(
+            {
+                "feature": feature.key,
+                "window": window,
+                "buckets": [
+                    {"start": time_str(b.start), "usage": decimal_str(b.usage)} for b in buckets
+                ],
+            }
+        )
+
+
+def _query_time(request, name: str) -> dt.datetime | None:
+    raw = request.query_params.get(name)
+    if not raw:
+        return None
+    try:
+        return engine._parse_timestamp(raw.replace(" ", "+"))
+    except InvalidInput:
+        raise InvalidInput(
+            f"{name} must be an ISO 8601 date and time.", code="invalid_time"
+        ) from None
+
+
+# --- management: customers ----------------------------------------------------------------
+
+
+class CustomerSerializer(serializers.ModelSerializer):
+    plan = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Customer
+        fields = ["external_id", "name", "email", "currency", "plan", "created_at"]
+        read_only_fields = ["created_at"]
+        extra_kwargs = {"email": {"required": False}}
+
+    def get_plan(self, customer) -> str | None:
+        active = [s for s in customer.subscriptions.all() if s.status == "active"]
+        return active[0].plan.key if active else None
+
+
+def _customer_queryset():
+    return Customer.objects.prefetch_related("subscriptions__plan").order_by("name")
+
+
+@extend_schema_view(
+    get=extend_schema(
+        summary="List customers",
+        tags=["customers"],
+        parameters=[OpenApiParameter("search", str, description="Name, email or external id")],
+    ),
+    post=extend_schema(summary="Create a customer", tags=["customers"]),
+)
+class CustomerListView(generics.ListCreateAPIView):
+    serializer_class = CustomerSerializer
+    filterset_fields = ["currency", "email"]
+
+    def get_queryset(self):
+        customers = _customer_queryset()
+        term = self.request.query_params.get("search")
+        if term:
+            customers = selectors.customer_search(term=term, queryset=customers)
+        return customers
+
+    def perform_create(self, serializer):
+        serializer.instance = services.customer_create(**serializer.validated_data)
+
+
+@extend_schema_view(
+    get=extend_schema(summary="Get a customer", tags=["customers"]),
+    put=extend_schema(summary="Replace a customer's details", tags=["customers"]),
+    patch=extend_schema(summary="Update a customer's details", tags=["customers"]),
+)
+class CustomerDetailView(generics.RetrieveUpdateAPIView):
+    serializer_class = CustomerSerializer
+    lookup_field = "external_id"
+
+    def get_queryset(self):
+        return _customer_queryset()
+
+    def get_object(self):
+        customer = self.get_queryset().filter(external_id=self.kwargs["external_id"]).first()
+        if customer is None:
+            raise NotFound(
+                f"No customer {self.kwargs['external_id']!r}.", code="customer_not_found"
+            )
+        return customer
+
+    def perform_update(self, serializer):
+        serializer.instance = services.customer_update(
+            customer=serializer.instance, **serializer.validated_data
+        )
+
+
+# --- management: overrides and grants -----------------------------------------------------
+
+
+class OverrideSerializer(serializers.ModelSerializer):
+    id = serializers.IntegerField(read_only=True)
+    feature = serializers.SlugRelatedField(slug_field="key", queryset=Feature.objects.all())
+    limit = DecimalStringField(required=False, allow_null=True, min_value=0)
+    overage_price = MoneyJSONField(required=False, allow_null=True)
+    notify_at = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=100), required=False
+    )
+    reset = serializers.ChoiceField(Reset.choices, default=Reset.BILLING_PERIOD)
+    enforcement = serializers.ChoiceField(Enforcement.choices, default=Enforcement.HARD)
+
+    class Meta:
+        model = EntitlementOverride
+        fields = [
+            "id",
+            "feature",
+            "enabled",
+            "limit",
+            "unlimited",
+            "reset",
+            "enforcement",
+            "overage_price",
+            "notify_at",
+            "value",
+            "show_on_invoice",
+            "reason",
+            "starts_at",
+            "ends_at",
+            "created_at",
+        ]
+        read_only_fields = ["created_at"]
+        extra_kwargs = {"value": {"required": False, "allow_blank": True}}
+
+
+class GrantSerializer(serializers.ModelSerializer):
+    id = serializers.IntegerField(read_only=True)
+    feature = serializers.SlugRelatedField(slug_field="key", queryset=Feature.objects.all())
+    quantity = DecimalStringField(min_value=0)
+    consumed = DecimalStringField(read_only=True)
+    source = serializers.ChoiceField(GrantSource.choices, default=GrantSource.MANUAL)
+
+    class Meta:
+        model = Grant
+        fields = [
+            "id",
+            "feature",
+            "quantity",
+            "consumed",
+            "source",
+            "reason",
+            "effective_at",
+            "expires_at",
+            "voided_at",
+            "created_at",
+        ]
+        read_only_fields = ["voided_at", "created_at"]
+        extra_kwargs = {"effective_at": {"required": False}, "reason": {"required": False}}
+
+
+class _CustomerScoped:
+    """Views nested under /customers/{external_id}/."""
+
+    def customer(self) -> Customer:
+        if not hasattr(self, "_customer"):
+            self._customer = customer_by_external_id(self.kwargs["external_id"])
+        return self._customer
+
+
+@extend_schema_view(
+    get=extend_schema(summary="List a customer's overrides", tags=["customers"]),
+    post=extend_schema(
+        summary="Override a feature for this customer (replaces the plan's values)",
+        tags=["customers"],
+        examples=[
+            OpenApiExample(
+                "Enterprise storage",
+                {"feature": "storage", "limit": "2000", "reason": "Enterprise deal 2026-114"},
+                request_only=True,
+            )
+        ],
+    ),
+)
+class OverrideListView(_CustomerScoped, generics.ListCreateAPIView):
+    serializer_class = OverrideSerializer
+    filterset_fields = ["feature__key"]
+
+    def get_queryset(self):
+        return EntitlementOverride.objects.filter(customer=self.customer()).select_related(
+            "feature"
+        )
+
+    def perform_create(self, serializer):
+        serializer.instance = services.override_create(
+            customer=self.customer(), **serializer.validated_data
+        )
+
+
+@extend_schema_view(
+    get=extend_schema(summary="Get an override", tags=["customers"]),
+    delete=extend_schema(summary="End an override now", tags=["customers"]),
+)
+class OverrideDetailView(_CustomerScoped, generics.RetrieveDestroyAPIView):
+    serializer_class = OverrideSerializer
+
+    def get_queryset(self):
+        return EntitlementOverride.objects.filter(customer=self.customer()).select_related(
+            "feature"
+        )
+
+    def get_object(self):
+        return get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
+
+    def perform_destroy(self, instance):
+        services.override_end(override=instance)
+
+
+@extend_schema_view(
+    get=extend_schema(summary="List a customer's grants", tags=["customers"]),
+    post=extend_schema(
+        summary="Grant extra units of a metered feature",
+        tags=["customers"],
+        examples=[
+            OpenApiExample(
+                "20 GB for a month",
+                {
+                    "feature": "storage",
+                    "quantity": "20",
+                    "source": "promotion",
+                    "reason": "Sorry for the outage",
+                    "expires_at": "2026-12-31T00:00:00Z",
+                },
+                request_only=True,
+            )
+        ],
+    ),
+)
+class GrantListView(_CustomerScoped, generics.ListCreateAPIView):
+    serializer_class = GrantSerializer
+    filterset_fields = ["feature__key", "source"]
+
+    def get_queryset(self):
+        return Grant.objects.filter(customer=self.customer()).select_related("feature")
+
+    @transaction.atomic
+    def perform_create(self, serializer):
+        serializer.instance = services.grant_create(
+            customer=self.customer(), **serializer.validated_data
+        )
+
+
+@extend_schema_view(
+    get=extend_schema(summary="Get a grant", tags=["customers"]),
+    delete=extend_schema(summary="Void a grant from now", tags=["customers"]),
+)
+class GrantDetailView(_CustomerScoped, generics.RetrieveDestroyAPIView):
+    serializer_class = GrantSerializer
+
+    def get_queryset(self):
+        return Grant.objects.filter(customer=self.customer()).select_related("feature")
+
+    def get_object(self):
+        return get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
+
+    def perform_destroy(self, instance):
+        services.grant_void(grant=instance)

@@ -1,0 +1,232 @@
+"""What every API view shares: API-key authentication, the error format, JSON helpers."""
+
+import datetime as dt
+from decimal import Decimal, InvalidOperation
+
+import orjson
+from django.conf import settings
+from django.core.cache import cache
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError
+from django.db.models import ProtectedError
+from django.http import Http404, JsonResponse
+from django.utils import timezone
+from djmoney.money import Money
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import exceptions, serializers, status
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.permissions import BasePermission
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
+from rest_framework.throttling import SimpleRateThrottle
+
+from .errors import DomainError
+from .models import ApiKey, api_key_hash
+
+LAST_USED_EVERY = dt.timedelta(minutes=1)
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    """`Authorization: Bearer <key>`. The key is looked up by its hash (one indexed query);
+    `last_used_at` is written at most once a minute per key, off the hot path's critical cost."""
+
+    keyword = "bearer"
+
+    def authenticate(self, request):
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if not header:
+            return None
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != self.keyword or not key.strip():
+            raise exceptions.AuthenticationFailed("Use the header 'Authorization: Bearer <key>'.")
+        api_key = ApiKey.objects.filter(key_hash=api_key_hash(key.strip())).first()
+        if api_key is None:
+            raise exceptions.AuthenticationFailed("Invalid API key.")
+        if api_key.revoked_at is not None:
+            raise exceptions.AuthenticationFailed("This API key has been revoked.")
+        now = timezone.now()
+        stale = api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_EVERY
+        if stale and cache.add(f"apikey-used:{api_key.pk}", 1, LAST_USED_EVERY.total_seconds()):
+            ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        return (None, api_key)
+
+    def authenticate_header(self, request):
+        return 'Bearer realm="api"'
+
+
+class HasApiKey(BasePermission):
+    def has_permission(self, request, view):
+        return isinstance(request.auth, ApiKey)
+
+
+class ApiKeyRateThrottle(SimpleRateThrottle):
+    """Requests per API key, counted in the shared cache (CACHE_URL in production)."""
+
+    scope = "api_key"
+
+    def get_cache_key(self, request, view):
+        if isinstance(request.auth, ApiKey):
+            return f"throttle:apikey:{request.auth.pk}"
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+class FastJSONRenderer(JSONRenderer):
+    """orjson: Decimals are pre-formatted as strings by our serializers."""
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        if data is None:
+            return b""
+        return orjson.dumps(data, default=_json_default)
+
+
+def _json_default(value):
+    if isinstance(value, Decimal):
+        return decimal_str(value)
+    return str(value)
+
+
+def decimal_str(value: Decimal | None) -> str | None:
+    """Decimals as JSON strings without trailing zeros: "100", "87.5"."""
+    if value is None:
+        return None
+    text = format(value.normalize(), "f")
+    return "0" if text in ("-0", "0") else text
+
+
+def time_str(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def money_json(money) -> dict | None:
+    if money is None:
+        return None
+    return {"amount": format(money.amount, "f"), "currency": str(money.currency)}
+
+
+def error_body(code: str, message: str, details: dict | None = None) -> dict:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def error_response(status_code: int, code: str, message: str, details=None) -> Response:
+    return Response(error_body(code, message, details), status=status_code)
+
+
+_DRF_CODES = {
+    exceptions.NotAuthenticated: ("unauthenticated", 401),
+    exceptions.AuthenticationFailed: ("unauthenticated", 401),
+    exceptions.PermissionDenied: ("forbidden", 403),
+    exceptions.NotFound: ("not_found", 404),
+    exceptions.MethodNotAllowed: ("method_not_allowed", 405),
+    exceptions.NotAcceptable: ("not_acceptable", 406),
+    exceptions.UnsupportedMediaType: ("unsupported_media_type", 415),
+    exceptions.Throttled: ("throttled", 429),
+    exceptions.ParseError: ("parse_error", 400),
+    exceptions.ValidationError: ("invalid", 400),
+}
+
+
+def _flatten(detail):
+    if isinstance(detail, dict):
+        return {str(k): _flatten(v) for k, v in detail.items()}
+    if isinstance(detail, list):
+        flat = [_flatten(v) for v in detail]
+        return flat
+    return str(detail)
+
+
+def api_exception_handler(exc, context):
+    """Every error in the one format of DESIGN.md; nothing escapes as a 500 for bad input."""
+    if isinstance(exc, DomainError):
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+    if isinstance(exc, DjangoValidationError):
+        details = exc.message_dict if hasattr(exc, "error_dict") else {"non_field": exc.messages}
+        message = "; ".join(f"{k}: {' '.join(v)}" for k, v in details.items())
+        return error_response(400, "invalid", message or "Invalid input.", details)
+    if isinstance(exc, Http404):
+        return error_response(404, "not_found", str(exc) or "Not found.")
+    if isinstance(exc, DjangoPermissionDenied):
+        return error_response(403, "forbidden", str(exc) or "Not allowed.")
+    if isinstance(exc, ProtectedError):
+        return error_response(409, "in_use", "It is in use and cannot be deleted.")
+    if isinstance(exc, IntegrityError):
+        return error_response(409, "conflict", "That conflicts with existing data.")
+    for klass, (code, status_code) in _DRF_CODES.items():
+        if isinstance(exc, klass):
+            if isinstance(exc, exceptions.ValidationError):
+                details = _flatten(exc.detail)
+                if not isinstance(details, dict):
+                    details = {"non_field": details}
+                message = "Invalid input: " + ", ".join(sorted(details)) + "."
+            else:
+                details = {}
+                message = str(exc.detail)
+            response = error_response(status_code, code, message, details)
+            if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+                response["Retry-After"] = str(int(exc.wait) + 1)
+            if status_code == 401:
+                response["WWW-Authenticate"] = 'Bearer realm="api"'
+            return response
+    return None
+
+
+def api_not_found(request, *args, **kwargs):
+    """Unknown paths under /api/ answer in the error format, not Django's HTML page."""
+    return JsonResponse(
+        error_body("not_found", "No such API endpoint."), status=status.HTTP_404_NOT_FOUND
+    )
+
+
+class MoneyJSONField(serializers.Field):
+    """Money as `{"amount": "50.00", "currency": "USD"}`."""
+
+    default_error_messages = {
+        "invalid": 'Money is {"amount": "<decimal>", "currency": "<ISO code>"}.',
+        "currency": "Unsupported currency {currency}; use one of {choices}.",
+        "negative": "The amount cannot be negative.",
+    }
+
+    def to_representation(self, value):
+        return money_json(value)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict) or set(data) - {"amount", "currency"}:
+            self.fail("invalid")
+        try:
+            amount = Decimal(str(data.get("amount")))
+        except (InvalidOperation, ValueError):
+            self.fail("invalid")
+        if not amount.is_finite() or abs(amount) >= Decimal("1e10"):
+            self.fail("invalid")
+        if amount < 0:
+            self.fail("negative")
+        currency = str(data.get("currency") or settings.DEFAULT_CURRENCY).upper()
+        if currency not in settings.CURRENCIES:
+            self.fail("currency", currency=currency, choices=", ".join(settings.CURRENCIES))
+        return Money(amount, currency)
+
+
+class DecimalStringField(serializers.DecimalField):
+    """A decimal accepted as a string or number, answered as a string without trailing zeros."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("max_digits", 20)
+        kwargs.setdefault("decimal_places", 4)
+        super().__init__(**kwargs)
+
+    def to_representation(self, value):
+        return decimal_str(value)
+
+
+class ApiKeyScheme(OpenApiAuthenticationExtension):
+    target_class = "entitlements_site.api.ApiKeyAuthentication"
+    name = "ApiKey"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key from `python manage.py create_api_key NAME` or the admin.",
+        }

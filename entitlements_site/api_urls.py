@@ -1,0 +1,44 @@
+"""/api/v1/: the paths of DESIGN.md "HTTP API"."""
+
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from catalog import api as catalog_api
+from customers import api as customers_api
+
+from .api import api_not_found
+
+# The schema and its docs page are public: they describe the API, not anyone's data.
+PUBLIC = {"authentication_classes": [], "permission_classes": [], "throttle_classes": []}
+
+C = "customers/<str:external_id>"
+E = f"{C}/entitlements/<str:feature_key>"
+
+v1 = [
+    path("customers", customers_api.CustomerListView.as_view(), name="customers"),
+    path(C, customers_api.CustomerDetailView.as_view(), name="customer"),
+    path(f"{C}/entitlements", customers_api.EntitlementsView.as_view(), name="entitlements"),
+    path(E, customers_api.EntitlementView.as_view(), name="entitlement"),
+    path(f"{E}/consume", customers_api.ConsumeView.as_view(), name="consume"),
+    path(f"{E}/usage", customers_api.UsageBucketsView.as_view(), name="usage-buckets"),
+    path("usage", customers_api.UsageBatchView.as_view(), name="usage"),
+    path(f"{C}/overrides", customers_api.OverrideListView.as_view(), name="overrides"),
+    path(f"{C}/overrides/<int:pk>", customers_api.OverrideDetailView.as_view(), name="override"),
+    path(f"{C}/grants", customers_api.GrantListView.as_view(), name="grants"),
+    path(f"{C}/grants/<int:pk>", customers_api.GrantDetailView.as_view(), name="grant"),
+    path("features", catalog_api.FeatureListView.as_view(), name="features"),
+    path("features/<str:feature_key>", catalog_api.FeatureDetailView.as_view(), name="feature"),
+    path("plans", catalog_api.PlanListView.as_view(), name="plans"),
+    path("plans/<str:plan_key>", catalog_api.PlanDetailView.as_view(), name="plan"),
+    path("topup-packs", catalog_api.TopUpPackListView.as_view(), name="topup-packs"),
+    path(
+        "topup-packs/<str:pack_key>", catalog_api.TopUpPackDetailView.as_view(), name="topup-pack"
+    ),
+]
+
+urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(**PUBLIC), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema", **PUBLIC), name="docs"),
+    path("v1/", include(v1)),
+    re_path(r"^.*$", api_not_found),
+]

@@ -1,0 +1,27 @@
+"""API key lifecycle."""
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from .models import ApiKey, api_key_generate
+
+
+@transaction.atomic
+def api_key_create(*, name: str, created_by=None) -> tuple[ApiKey, str]:
+    """Creates a key; returns the row and the key itself, which is never stored or shown again."""
+    if not name or not name.strip():
+        raise ValidationError({"name": "Give the key a name, e.g. the service that uses it."})
+    key, prefix, key_hash = api_key_generate()
+    api_key = ApiKey.objects.create(
+        name=name.strip(), prefix=prefix, key_hash=key_hash, created_by=created_by
+    )
+    return api_key, key
+
+
+@transaction.atomic
+def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    if api_key.revoked_at is None:
+        api_key.revoked_at = timezone.now()
+        api_key.save(update_fields=["revoked_at"])
+    return api_key
