@@ -107,12 +107,18 @@ def topup_pack_update(*, pack: TopUpPack, plans: list[Plan] | None = None, **fie
 
 @transaction.atomic
 def plan_set_entitlements(*, plan: Plan, entitlements: list[dict[str, Any]]) -> None:
-    """Makes the plan's entitlements exactly `entitlements` (each with a `feature`): updates
-    those it has, adds the new ones, removes the rest. Applies at once to every subscriber."""
+    """Makes the plan's entitlements exactly `entitlements` (each with a `feature`): replaces
+    those it has (fields not given take their defaults), adds the new ones, removes the rest.
+    Applies at once to every subscriber."""
     current = {e.feature_id: e for e in plan.entitlements.select_for_update()}
+    defaults = {
+        f.name: f.get_default()
+        for f in PlanEntitlement._meta.concrete_fields
+        if f.name not in ("id", "plan", "feature") and not f.name.endswith("_currency")
+    }
     wanted = set()
     for values in entitlements:
-        values = dict(values)
+        values = {**defaults, **values}
         feature = values.pop("feature")
         wanted.add(feature.pk)
         if feature.pk in current:

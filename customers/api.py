@@ -148,6 +148,7 @@ def _body(request) -> dict:
 class EntitlementsView(APIView):
     @extend_schema(
         summary="Check all entitlements of a customer",
+        operation_id="entitlements_list",
         tags=["entitlements"],
         responses={200: EntitlementsOut, **ERRORS},
         examples=[
@@ -175,6 +176,7 @@ class EntitlementsView(APIView):
 class EntitlementView(APIView):
     @extend_schema(
         summary="Check one entitlement: may this customer use this feature now?",
+        operation_id="entitlement_check",
         tags=["entitlements"],
         responses={200: EntitlementOut, **ERRORS},
         examples=[OpenApiExample("Storage", E_EXAMPLE, response_only=True)],
@@ -187,6 +189,7 @@ class EntitlementView(APIView):
 class ConsumeView(APIView):
     @extend_schema(
         summary="Consume units of a metered feature (atomic check-and-record)",
+        operation_id="entitlement_consume",
         description="A denial is a 200 with `allowed: false` and records nothing. The same "
         "`event_id` again returns the first outcome and counts once.",
         tags=["entitlements"],
@@ -524,6 +527,7 @@ class _CustomerScoped:
 )
 class OverrideListView(_CustomerScoped, generics.ListCreateAPIView):
     serializer_class = OverrideSerializer
+    queryset = EntitlementOverride.objects.none()  # for the schema; get_queryset scopes it
     filterset_fields = ["feature__key"]
 
     def get_queryset(self):
@@ -543,6 +547,7 @@ class OverrideListView(_CustomerScoped, generics.ListCreateAPIView):
 )
 class OverrideDetailView(_CustomerScoped, generics.RetrieveDestroyAPIView):
     serializer_class = OverrideSerializer
+    queryset = EntitlementOverride.objects.none()
 
     def get_queryset(self):
         return EntitlementOverride.objects.filter(customer=self.customer()).select_related(
@@ -578,6 +583,7 @@ class OverrideDetailView(_CustomerScoped, generics.RetrieveDestroyAPIView):
 )
 class GrantListView(_CustomerScoped, generics.ListCreateAPIView):
     serializer_class = GrantSerializer
+    queryset = Grant.objects.none()
     filterset_fields = ["feature__key", "source"]
 
     def get_queryset(self):
@@ -596,6 +602,7 @@ class GrantListView(_CustomerScoped, generics.ListCreateAPIView):
 )
 class GrantDetailView(_CustomerScoped, generics.RetrieveDestroyAPIView):
     serializer_class = GrantSerializer
+    queryset = Grant.objects.none()
 
     def get_queryset(self):
         return Grant.objects.filter(customer=self.customer()).select_related("feature")

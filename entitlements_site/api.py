@@ -8,12 +8,13 @@ from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError
+from django.db import DataError, IntegrityError
 from django.db.models import ProtectedError
 from django.http import Http404, JsonResponse
 from django.utils import timezone
 from djmoney.money import Money
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, serializers, status
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
@@ -151,6 +152,9 @@ def api_exception_handler(exc, context):
         return error_response(403, "forbidden", str(exc) or "Not allowed.")
     if isinstance(exc, ProtectedError):
         return error_response(409, "in_use", "It is in use and cannot be deleted.")
+    if isinstance(exc, DataError):
+        # Input the database cannot hold (a NUL byte, a number out of range): the client's.
+        return error_response(400, "invalid", "A value is not acceptable (e.g. a NUL byte).")
     if isinstance(exc, IntegrityError):
         return error_response(409, "conflict", "That conflicts with existing data.")
     for klass, (code, status_code) in _DRF_CODES.items():
@@ -179,11 +183,22 @@ def api_not_found(request, *args, **kwargs):
     )
 
 
+MONEY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "amount": {"type": "string", "example": "50.00"},
+        "currency": {"type": "string", "example": "USD"},
+    },
+    "required": ["amount", "currency"],
+}
+
+
+@extend_schema_field(MONEY_SCHEMA)
 class MoneyJSONField(serializers.Field):
     """Money as `{"amount": "50.00", "currency": "USD"}`."""
 
     default_error_messages = {
-        "invalid": 'Money is {"amount": "<decimal>", "currency": "<ISO code>"}.',
+        "invalid": 'Money is {{"amount": "<decimal>", "currency": "<ISO code>"}}.',
         "currency": "Unsupported currency {currency}; use one of {choices}.",
         "negative": "The amount cannot be negative.",
     }

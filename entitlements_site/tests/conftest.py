@@ -1,12 +1,16 @@
 from decimal import Decimal
 
 import pytest
+from django.core.servers import basehttp
 from djmoney.money import Money
 from rest_framework.test import APIClient
 
 from catalog import services as catalog_services
 from customers import services as customer_services
 from entitlements_site.services import api_key_create
+
+# The live test server accepts bursts of parallel connections (socketserver's backlog is 5).
+basehttp.WSGIServer.request_queue_size = 256
 
 
 @pytest.fixture
