@@ -40,6 +40,8 @@ INSTALLED_APPS = [
     "catalog",
     "customers",
     "billing",
+    "support",
+    "dashboard",
 ]
 
 MIDDLEWARE = [

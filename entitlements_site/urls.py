@@ -19,4 +19,8 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/", include(("entitlements_site.api_urls", "api"))),
+    path("catalog/", include("catalog.urls")),
+    path("support/", include("support.urls")),
+    path("dashboard/", include("dashboard.urls")),
+    path("billing/", include("billing.urls")),
 ]
