@@ -45,6 +45,7 @@ from .periods import Window, reset_window
 ZERO = Decimal("0")
 WINDOW_KINDS = (Reset.BILLING_PERIOD, Reset.DAY, Reset.MONTH, Reset.NEVER, Reset.WEEK)
 MAX_QUANTITY = Decimal("1e15")
+LOCK_CHUNK = 250  # counter keys per locking query
 
 
 # --- what the engine answers --------------------------------------------------------------
@@ -182,30 +183,54 @@ def _override_in_force(overrides: Iterable[EntitlementOverride], at: dt.datetime
     return max(active, key=lambda o: (o.created_at, o.pk)) if active else None
 
 
-def _terms_by_feature(
-    state: CustomerState, at: dt.datetime, feature_ids: list[int] | None = None
-) -> dict[int, Terms]:
-    """Terms per feature id: an override in force beats the plan (one query each)."""
-    terms: dict[int, Terms] = {}
+def _load_terms(
+    state: CustomerState,
+    since: dt.datetime,
+    until: dt.datetime,
+    feature_ids: Iterable[int] | None = None,
+) -> tuple[dict[int, Terms], dict[int, list[EntitlementOverride]]]:
+    """The plan's terms per feature id and the overrides in force at some instant of
+    [since, until] (one query each); `_terms_at` picks the terms of one instant."""
+    plan_terms: dict[int, Terms] = {}
     if state.plan_id:
         rows = PlanEntitlement.objects.filter(plan_id=state.plan_id)
         if feature_ids is not None:
             rows = rows.filter(feature_id__in=feature_ids)
         for row in rows:
-            terms[row.feature_id] = Terms.of("plan", row)
+            plan_terms[row.feature_id] = Terms.of("plan", row)
     overrides = EntitlementOverride.objects.filter(customer=state.customer).filter(
-        Q(starts_at__isnull=True) | Q(starts_at__lte=at),
-        Q(ends_at__isnull=True) | Q(ends_at__gt=at),
+        Q(starts_at__isnull=True) | Q(starts_at__lte=until),
+        Q(ends_at__isnull=True) | Q(ends_at__gt=since),
     )
     if feature_ids is not None:
         overrides = overrides.filter(feature_id__in=feature_ids)
-    by_feature = defaultdict(list)
+    by_feature: dict[int, list[EntitlementOverride]] = defaultdict(list)
     for row in overrides:
         by_feature[row.feature_id].append(row)
-    for feature_id, rows in by_feature.items():
-        chosen = _override_in_force(rows, at)
-        if chosen:
-            terms[feature_id] = Terms.of("override", chosen)
+    return plan_terms, by_feature
+
+
+def _terms_at(
+    plan_terms: dict[int, Terms],
+    overrides: dict[int, list[EntitlementOverride]],
+    feature_id: int,
+    at: dt.datetime,
+) -> Terms | None:
+    """An override in force at `at` beats the plan."""
+    chosen = _override_in_force(overrides.get(feature_id, ()), at)
+    return Terms.of("override", chosen) if chosen else plan_terms.get(feature_id)
+
+
+def _terms_by_feature(
+    state: CustomerState, at: dt.datetime, feature_ids: list[int] | None = None
+) -> dict[int, Terms]:
+    """Terms per feature id at `at`: an override in force beats the plan (two queries)."""
+    plan_terms, overrides = _load_terms(state, at, at, feature_ids)
+    terms = {}
+    for feature_id in set(plan_terms) | set(overrides):
+        chosen = _terms_at(plan_terms, overrides, feature_id, at)
+        if chosen is not None:
+            terms[feature_id] = chosen
     return terms
 
 
@@ -457,12 +482,16 @@ def _lock_counters(keys: dict[tuple, Window]) -> dict[tuple, UsageCounter]:
         ],
         ignore_conflicts=True,
     )
-    rows = (
-        UsageCounter.objects.select_for_update()
-        .filter(_counter_filter(ordered))
-        .order_by("customer_id", "feature_id", "window", "start")
-    )
-    return {(r.customer_id, r.feature_id, r.window, r.start): r for r in rows}
+    locked = {}
+    # In chunks (SQLite limits an expression's depth), each in the same order as the whole.
+    for offset in range(0, len(ordered), LOCK_CHUNK):
+        rows = (
+            UsageCounter.objects.select_for_update()
+            .filter(_counter_filter(ordered[offset : offset + LOCK_CHUNK]))
+            .order_by("customer_id", "feature_id", "window", "start")
+        )
+        locked.update({(r.customer_id, r.feature_id, r.window, r.start): r for r in rows})
+    return locked
 
 
 @dataclass
@@ -522,8 +551,10 @@ def _plan_draw(
 def _apply_draw(
     draw: _Draw, terms: Terms | None, counters: dict[str, UsageCounter], at: dt.datetime
 ) -> None:
+    # `used` is the sum of the ledger's quantities, and a `latest` event records the level.
+    recorded = draw.level if draw.level is not None else draw.quantity
     for counter in counters.values():
-        counter.used += draw.quantity
+        counter.used += recorded
         if draw.level is not None and (counter.level_at is None or at >= counter.level_at):
             counter.level, counter.level_at = draw.level, at
     drawn = sum((take for _, take in draw.takes), ZERO)
@@ -579,10 +610,6 @@ def entitlement_consume(
     at = _parse_timestamp(timestamp)
     with transaction.atomic():
         state = customer_state(customer)
-        if not dry_run:
-            replay = _replay(customer, feature, quantity, event_id, at, state)
-            if replay:
-                return replay
         terms = _terms_by_feature(state, at, [feature.pk]).get(feature.pk)
         windows = state.windows(at)
         keys = {(customer.pk, feature.pk, k, windows[k].start): windows[k] for k in WINDOW_KINDS}
@@ -595,6 +622,11 @@ def entitlement_consume(
             )
         else:
             counters = {key[2]: row for key, row in _lock_counters(keys).items()}
+            # Looked up only once the counters are locked: a concurrent request with the same
+            # event_id has then either committed (and this is a replay) or not started.
+            replay = _replay(customer, feature, quantity, event_id, at, state)
+            if replay:
+                return replay
             grants = _mark_loaded(
                 _active_grants(
                     _grants_query([customer.pk], [feature.pk], at, at)
@@ -659,7 +691,7 @@ def _replay(customer, feature, quantity, event_id, at, state) -> ConsumeResult |
             code="idempotency_conflict",
             details={"event_id": event_id},
         )
-    return ConsumeResult(True, None, entitlement_check(customer, feature, state=state), True)
+    return ConsumeResult(True, None, entitlement_check(customer, feature, at, state=state), True)
 
 
 def _after_usage(state: CustomerState, feature: Feature, before, after) -> None:
@@ -678,7 +710,8 @@ def usage_record_batch(events: list[dict]) -> BatchResult:
     Every event is validated on its own: a bad one is rejected with its index and error, the
     rest are recorded. Usage already happened, so it is recorded even past a hard limit (it
     shows as overage); it still burns the allowance, then grants. Set-based: a fixed number
-    of queries for the batch plus one per (customer, feature) group for grants."""
+    of queries for the batch plus three per customer in it (subscription, plan terms,
+    overrides). Locks like a consume: counters, then grants, then the ledger insert."""
     result = BatchResult()
     parsed = []
     customer_ids = {str(e.get("customer")) for e in events if isinstance(e, dict)}
@@ -706,11 +739,38 @@ def usage_record_batch(events: list[dict]) -> BatchResult:
     if not parsed:
         return result
     with transaction.atomic():
+        # The same lock order as a consume (counters, then grants, then the ledger insert), so
+        # that a batch and a consume, or two batches, sharing an event_id never deadlock.
+        states = {
+            c.pk: customer_state(c)
+            for c in {i["customer"].pk: i["customer"] for i in parsed}.values()
+        }
+        keys: dict[tuple, Window] = {}
+        for i in parsed:
+            i["windows"] = windows = states[i["customer"].pk].windows(i["timestamp"])
+            for kind in WINDOW_KINDS:
+                keys[(i["customer"].pk, i["feature"].pk, kind, windows[kind].start)] = windows[kind]
+        locked = _lock_counters(keys)
+        stamps = [i["timestamp"] for i in parsed]
+        grants = _mark_loaded(
+            _grants_query(
+                {i["customer"].pk for i in parsed},
+                {i["feature"].pk for i in parsed},
+                min(stamps),
+                max(stamps),
+            )
+            .select_for_update()
+            .order_by("pk")
+        )
         inserted = _insert_events_returning(parsed)
-        fresh = [i for i in parsed if (i["customer"].pk, i["event_id"]) in inserted]
+        fresh = []
+        for i in parsed:
+            pk = inserted.get((i["customer"].pk, i["event_id"]))
+            if pk is not None:
+                fresh.append({**i, "pk": pk})
         result.duplicates += len(parsed) - len(fresh)
         if fresh:
-            _record_reported(fresh)
+            _record_reported(fresh, states, locked, grants)
         result.accepted = len(fresh)
     return result
 
@@ -739,15 +799,18 @@ def _parse_batch_event(raw, customers, features) -> dict:
     }
 
 
-def _insert_events_returning(items: list[dict]) -> set[tuple[int, str]]:
+def _insert_events_returning(items: list[dict]) -> dict[tuple[int, str], int]:
     """INSERT .. ON CONFLICT DO NOTHING RETURNING: the (customer, event_id) pairs that this
-    transaction recorded. A pair another transaction recorded first is a duplicate, even when
-    both arrive at once."""
+    transaction recorded, with their ids. A pair another transaction recorded first is a
+    duplicate, even when both arrive at once. Rows go in (customer, event_id) order so that two
+    batches sharing event ids wait for each other instead of deadlocking."""
     fields = [UsageEvent._meta.get_field(n) for n in UsageEvent.EVENT_COLUMNS]
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
     table = connection.ops.quote_name(UsageEvent._meta.db_table)
+    pk_column = connection.ops.quote_name(UsageEvent._meta.pk.column)
     now = timezone.now()
-    inserted: set[tuple[int, str]] = set()
+    items = sorted(items, key=lambda i: (i["customer"].pk, i["event_id"]))
+    inserted: dict[tuple[int, str], int] = {}
     with connection.cursor() as cursor:
         for start in range(0, len(items), 500):
             chunk = items[start : start + 500]
@@ -768,64 +831,60 @@ def _insert_events_returning(items: list[dict]) -> set[tuple[int, str]]:
             row = "(" + ", ".join(["%s"] * len(fields)) + ")"
             cursor.execute(
                 f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * len(chunk))} "
-                "ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id",
+                "ON CONFLICT (customer_id, event_id) DO NOTHING "
+                f"RETURNING customer_id, event_id, {pk_column}",
                 params,
             )
-            inserted.update((c, e) for c, e in cursor.fetchall())
+            inserted.update(((c, e), pk) for c, e, pk in cursor.fetchall())
     return inserted
 
 
-def _record_reported(ours: list[dict]) -> None:
-    """Applies newly recorded events to counters and grants, in timestamp order per customer
-    and feature."""
-    states = {
-        c.pk: customer_state(c) for c in {i["customer"].pk: i["customer"] for i in ours}.values()
-    }
+def _record_reported(
+    ours: list[dict],
+    states: dict[int, CustomerState],
+    locked: dict[tuple, UsageCounter],
+    all_grants: list[Grant],
+) -> None:
+    """Applies newly recorded events to the locked counters and grants, in ledger order
+    (timestamp, then id) per customer and feature, each under the terms in force at its
+    timestamp."""
     groups: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for i in ours:
         groups[(i["customer"].pk, i["feature"].pk)].append(i)
-    keys: dict[tuple, Window] = {}
-    for i in ours:
-        windows = states[i["customer"].pk].windows(i["timestamp"])
-        i["windows"] = windows
-        for kind in WINDOW_KINDS:
-            keys[(i["customer"].pk, i["feature"].pk, kind, windows[kind].start)] = windows[kind]
-    locked = _lock_counters(keys)
-    customer_ids = {c for c, _ in groups}
-    feature_ids = {f for _, f in groups}
-    stamps = [i["timestamp"] for i in ours]
-    all_grants = _mark_loaded(
-        _grants_query(customer_ids, feature_ids, min(stamps), max(stamps))
-        .select_for_update()
-        .order_by("pk")
-    )
     grants_by_key = defaultdict(list)
     for g in all_grants:
         grants_by_key[(g.customer_id, g.feature_id)].append(g)
+    terms_by_customer = {}
+    for customer_id in {c for c, _ in groups}:
+        stamps = [i["timestamp"] for i in ours if i["customer"].pk == customer_id]
+        feature_ids = {f for c, f in groups if c == customer_id}
+        terms_by_customer[customer_id] = _load_terms(
+            states[customer_id], min(stamps), max(stamps), feature_ids
+        )
     for (customer_id, feature_id), group in groups.items():
         state = states[customer_id]
-        group.sort(key=lambda i: i["timestamp"])
+        plan_terms, overrides = terms_by_customer[customer_id]
+        group.sort(key=lambda i: (i["timestamp"], i["pk"]))
         feature = group[0]["feature"]
-        first = group[0]
-        terms_now = _terms_by_feature(state, first["timestamp"], [feature_id]).get(feature_id)
         for i in group:
             at = i["timestamp"]
+            terms = _terms_at(plan_terms, overrides, feature_id, at)
             counters = {
                 kind: locked[(customer_id, feature_id, kind, i["windows"][kind].start)]
                 for kind in WINDOW_KINDS
             }
             grants = _active_grants(grants_by_key[(customer_id, feature_id)], feature_id, at)
-            before = _compute(feature, terms_now, counters, grants, i["windows"])
+            before = _compute(feature, terms, counters, grants, i["windows"])
             draw = _plan_draw(
                 feature,
-                terms_now,
+                terms,
                 counters,
                 grants,
                 i["quantity"],
                 enforce=False,
                 as_level=feature.aggregation == "latest",
             )
-            _apply_draw(draw, terms_now, counters, at)
-            after = _compute(feature, terms_now, counters, grants, i["windows"])
+            _apply_draw(draw, terms, counters, at)
+            after = _compute(feature, terms, counters, grants, i["windows"])
             _after_usage(state, feature, before, after)
     _save_counters_and_grants(locked.values(), all_grants)

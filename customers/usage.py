@@ -1,0 +1,358 @@
+"""Usage counters recomputed from the ledger (`rebuild_usage_counters`).
+
+The engine keeps one `UsageCounter` per customer, feature and reset window, updated in the same
+transaction as each `UsageEvent`. This module recomputes them from the events alone, reports
+every counter that drifted and fixes it. It is set-based: aggregate queries per chunk of
+customers, never a Python loop over events, so it runs on millions of events.
+
+Which window an event belongs to, for each kind (as the engine keys them):
+- `day`, `week` (from Monday), `month`: the UTC calendar window of its timestamp;
+- `never` and `billing_period`: from the subscription in force at its timestamp (started at or
+  before it, not yet ended): `never` starts at the subscription's start, `billing_period` is the
+  period of its anchor grid, or the stored current period when the timestamp falls in it. With
+  no subscription in force, `never` starts at the epoch and `billing_period` is the calendar
+  month. (An event recorded long after its timestamp under a later subscription was counted by
+  the engine in that subscription's windows; the rebuild files it under the one in force at its
+  timestamp.)
+
+`used` is the sum of the window's quantities; `level`/`level_at` the quantity and timestamp of
+its last event (by timestamp, then id) for `latest` features, empty for `sum` features.
+`drawn` (what the window's usage took from grants) cannot be recomputed from the events alone:
+it is kept as it is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.db import connection, transaction
+from django.db.models import Count, Max, Min, Q, Sum
+from django.db.models.functions import TruncDay, TruncMonth, TruncWeek
+from django.utils.dateparse import parse_datetime
+
+from catalog.models import Aggregation, Feature, Reset
+
+from .models import Customer, Subscription, SubscriptionStatus, UsageCounter, UsageEvent
+from .periods import EPOCH, FOREVER, Window, billing_period_at, month_window, reset_window
+
+CUSTOMER_CHUNK = 100  # customers per transaction
+RANGE_CHUNK = 400  # subscription windows per aggregate query
+LOOKUP_CHUNK = 200  # (customer, feature, timestamp) lookups per level query
+FOUR_PLACES = Decimal("0.0001")
+CALENDAR_KINDS = {Reset.DAY: TruncDay, Reset.WEEK: TruncWeek, Reset.MONTH: TruncMonth}
+
+Key = tuple[int, int, str, dt.datetime]  # customer id, feature id, window kind, window start
+
+
+@dataclass(frozen=True)
+class CounterDrift:
+    """One counter whose stored values differ from what its events add up to."""
+
+    customer: str  # external id
+    feature: str  # key
+    window: str
+    start: dt.datetime
+    used: Decimal | None  # stored (None: the counter was missing)
+    expected_used: Decimal
+    level: Decimal | None
+    expected_level: Decimal | None
+
+    @property
+    def missing(self) -> bool:
+        return self.used is None
+
+    def __str__(self) -> str:
+        where = f"{self.customer} / {self.feature} / {self.window} from {self.start:%Y-%m-%d %H:%M}"
+        if self.missing:
+            return f"{where}: missing; used {_fmt(self.expected_used)}"
+        change = f"used {_fmt(self.used)} -> {_fmt(self.expected_used)}"
+        if self.level != self.expected_level:
+            change += f", level {_fmt(self.level)} -> {_fmt(self.expected_level)}"
+        return f"{where}: {change}"
+
+
+@dataclass
+class RebuildReport:
+    dry_run: bool
+    events: int = 0
+    counters: int = 0  # counters checked (existing and missing)
+    drifts: list[CounterDrift] = field(default_factory=list)
+
+    @property
+    def missing(self) -> int:
+        return sum(1 for d in self.drifts if d.missing)
+
+    @property
+    def summary(self) -> str:
+        found = (
+            f"{self.events} events, {self.counters} counters checked: "
+            f"{len(self.drifts)} drifted ({self.missing} missing)"
+        )
+        return found + (
+            ", dry run: nothing changed." if self.dry_run else f", {len(self.drifts)} fixed."
+        )
+
+
+def usage_counters_rebuild(
+    *, dry_run: bool = False, customers: Iterable[Customer] | None = None
+) -> RebuildReport:
+    """Recomputes every usage counter (of `customers`, default all) from the event ledger,
+    reports each one that drifted and, unless `dry_run`, fixes it.
+
+    Works a chunk of customers per transaction, with their counters locked in the engine's
+    order, so usage recorded meanwhile waits for the chunk instead of being lost. Idempotent:
+    a second run finds no drift."""
+    report = RebuildReport(dry_run=dry_run)
+    if customers is not None:
+        customer_ids = sorted({c.pk for c in customers})
+    else:
+        customer_ids = sorted(
+            set(UsageEvent.objects.order_by().values_list("customer_id", flat=True).distinct())
+            | set(UsageCounter.objects.order_by().values_list("customer_id", flat=True).distinct())
+        )
+    latest = set(
+        Feature.objects.filter(aggregation=Aggregation.LATEST).values_list("pk", flat=True)
+    )
+    for offset in range(0, len(customer_ids), CUSTOMER_CHUNK):
+        chunk = customer_ids[offset : offset + CUSTOMER_CHUNK]
+        with transaction.atomic():
+            _rebuild_chunk(chunk, latest, report)
+    return report
+
+
+def _rebuild_chunk(customer_ids: list[int], latest: set[int], report: RebuildReport) -> None:
+    counters = UsageCounter.objects.filter(customer_id__in=customer_ids).order_by(
+        "customer_id", "feature_id", "window", "start"
+    )
+    if not report.dry_run:
+        counters = counters.select_for_update()
+    stored = {(c.customer_id, c.feature_id, c.window, c.start): c for c in counters}
+
+    expected: dict[Key, _Expected] = {}
+    report.events += _calendar_windows(customer_ids, expected)
+    _subscription_windows(customer_ids, expected)
+    _levels(expected, latest)
+
+    names = dict(Customer.objects.filter(pk__in=customer_ids).values_list("pk", "external_id"))
+    keys = dict(Feature.objects.values_list("pk", "key"))
+    changed, created = [], []
+    for key in sorted(set(stored) | set(expected)):
+        want = expected.get(key) or _Expected(end=stored[key].end)
+        have = stored.get(key)
+        report.counters += 1
+        if have is not None and (
+            _q4(have.used) == want.used
+            and have.level == want.level
+            and have.level_at == want.level_at
+        ):
+            continue
+        report.drifts.append(
+            CounterDrift(
+                customer=names.get(key[0], str(key[0])),
+                feature=keys.get(key[1], str(key[1])),
+                window=key[2],
+                start=key[3],
+                used=None if have is None else _q4(have.used),
+                expected_used=want.used,
+                level=None if have is None else have.level,
+                expected_level=want.level,
+            )
+        )
+        if have is None:
+            have = UsageCounter(
+                customer_id=key[0], feature_id=key[1], window=key[2], start=key[3], end=want.end
+            )
+            created.append(have)
+        else:
+            changed.append(have)
+        have.used, have.level, have.level_at = want.used, want.level, want.level_at
+    if not report.dry_run:
+        UsageCounter.objects.bulk_update(changed, ["used", "level", "level_at"], batch_size=500)
+        UsageCounter.objects.bulk_create(created, batch_size=500, ignore_conflicts=True)
+
+
+@dataclass
+class _Expected:
+    end: dt.datetime
+    used: Decimal = Decimal("0.0000")
+    last_at: dt.datetime | None = None
+    level: Decimal | None = None
+    level_at: dt.datetime | None = None
+
+    def add(self, used, last_at) -> None:
+        self.used = _q4(self.used + _decimal(used))
+        last_at = _datetime(last_at)
+        if self.last_at is None or last_at > self.last_at:
+            self.last_at = last_at
+
+
+def _calendar_windows(customer_ids: list[int], expected: dict[Key, _Expected]) -> int:
+    """Day, week and month windows: one GROUP BY per kind. Returns the number of events."""
+    events = 0
+    for kind, trunc in CALENDAR_KINDS.items():
+        rows = (
+            UsageEvent.objects.filter(customer_id__in=customer_ids)
+            .annotate(window_start=trunc("timestamp", tzinfo=dt.UTC))
+            .values("customer_id", "feature_id", "window_start")
+            .annotate(used=Sum("quantity"), last_at=Max("timestamp"), n=Count("pk"))
+            .order_by()
+        )
+        for row in rows:
+            start = row["window_start"]
+            key = (row["customer_id"], row["feature_id"], kind, start)
+            window = reset_window(kind, start, anchor=None)
+            expected.setdefault(key, _Expected(end=window.end)).add(row["used"], row["last_at"])
+            if kind == Reset.DAY:
+                events += row["n"]
+    return events
+
+
+@dataclass(frozen=True)
+class _Range:
+    """Events of `customer_id` with lo <= timestamp < hi belong to window `kind`/`start`."""
+
+    customer_id: int
+    lo: dt.datetime
+    hi: dt.datetime
+    kind: str
+    start: dt.datetime
+    end: dt.datetime
+
+
+def _subscription_windows(customer_ids: list[int], expected: dict[Key, _Expected]) -> None:
+    """`never` and `billing_period` windows: the ranges of each customer's timeline (from its
+    subscriptions), joined to the events in chunks of RANGE_CHUNK ranges."""
+    spans = {
+        row["customer_id"]: (row["first"], row["last"])
+        for row in UsageEvent.objects.filter(customer_id__in=customer_ids)
+        .values("customer_id")
+        .annotate(first=Min("timestamp"), last=Max("timestamp"))
+        .order_by()
+    }
+    subscriptions = defaultdict(list)
+    for sub in (
+        Subscription.objects.filter(customer_id__in=spans)
+        .select_related("plan")
+        .order_by("started_at", "pk")
+    ):
+        subscriptions[sub.customer_id].append(sub)
+    ranges = [
+        r
+        for customer_id, (first, last) in spans.items()
+        for r in _timeline(
+            customer_id, subscriptions[customer_id], first, last + dt.timedelta(microseconds=1)
+        )
+    ]
+    for offset in range(0, len(ranges), RANGE_CHUNK):
+        chunk = ranges[offset : offset + RANGE_CHUNK]
+        for index, feature_id, used, last_at in _sum_by_range(chunk):
+            r = chunk[index]
+            key = (r.customer_id, feature_id, r.kind, r.start)
+            expected.setdefault(key, _Expected(end=r.end)).add(used, last_at)
+
+
+def _timeline(customer_id: int, subs: list[Subscription], lo: dt.datetime, hi: dt.datetime):
+    """The `never` and `billing_period` ranges covering [lo, hi) for one customer."""
+    segments: list[tuple[dt.datetime, dt.datetime, Subscription | None]] = []
+    cursor = lo
+    for i, sub in enumerate(subs):
+        ends = sub.ended_at
+        if ends is None and sub.status != SubscriptionStatus.ACTIVE:
+            ends = sub.current_period_end
+        ends = min(ends or FOREVER, subs[i + 1].started_at if i + 1 < len(subs) else FOREVER)
+        if ends <= sub.started_at:
+            continue
+        if cursor < sub.started_at:
+            segments.append((cursor, sub.started_at, None))
+        segments.append((max(cursor, sub.started_at), ends, sub))
+        cursor = max(cursor, ends)
+    segments.append((cursor, FOREVER, None))
+    for seg_lo, seg_hi, sub in segments:
+        seg_lo, seg_hi = max(seg_lo, lo), min(seg_hi, hi)
+        if seg_lo >= seg_hi:
+            continue
+        never_start = sub.started_at if sub else EPOCH
+        yield _Range(customer_id, seg_lo, seg_hi, Reset.NEVER, never_start, FOREVER)
+        t = seg_lo
+        while t < seg_hi:
+            window, piece_end = _billing_window(sub, t)
+            piece_end = min(piece_end, seg_hi)
+            yield _Range(customer_id, t, piece_end, Reset.BILLING_PERIOD, window.start, window.end)
+            t = piece_end
+
+
+def _billing_window(sub: Subscription | None, at: dt.datetime) -> tuple[Window, dt.datetime]:
+    """The billing window the engine files `at` under, and where that stops being so."""
+    if sub is None:
+        window = month_window(at)
+        return window, window.end
+    stored = Window(sub.current_period_start, sub.current_period_end)
+    if stored.start <= at < stored.end:
+        return stored, stored.end
+    window = billing_period_at(sub.started_at, sub.plan.interval, at)
+    # The stored period takes over where it begins inside a grid window.
+    stops = stored.start if window.start < stored.start < window.end and at < stored.start else None
+    return window, stops or window.end
+
+
+def _sum_by_range(ranges: list[_Range]) -> Iterator[tuple[int, int, object, object]]:
+    """(range index, feature id, SUM(quantity), MAX(timestamp)) of the events in each range."""
+    table = connection.ops.quote_name(UsageEvent._meta.db_table)
+    adapt = connection.ops.adapt_datetimefield_value
+    rows = ", ".join(["(%s, %s, %s, %s)"] * len(ranges))
+    params = []
+    for index, r in enumerate(ranges):
+        params += [index, r.customer_id, adapt(r.lo), adapt(r.hi)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH ranges (idx, customer_id, lo, hi) AS (VALUES {rows}) "
+            "SELECT ranges.idx, e.feature_id, SUM(e.quantity), MAX(e.timestamp) "
+            f"FROM ranges JOIN {table} e ON e.customer_id = ranges.customer_id "
+            "AND e.timestamp >= ranges.lo AND e.timestamp < ranges.hi "
+            "GROUP BY ranges.idx, e.feature_id",
+            params,
+        )
+        yield from cursor.fetchall()
+
+
+def _levels(expected: dict[Key, _Expected], latest: set[int]) -> None:
+    """A `latest` feature's level: the quantity of each window's last event (highest id among
+    events sharing its timestamp), looked up by (customer, feature, timestamp)."""
+    wanted = {(c, f, e.last_at) for (c, f, _, _), e in expected.items() if f in latest}
+    found: dict[tuple[int, int, dt.datetime], tuple[int, Decimal]] = {}
+    wanted = sorted(wanted)
+    for offset in range(0, len(wanted), LOOKUP_CHUNK):
+        q = Q()
+        for c, f, at in wanted[offset : offset + LOOKUP_CHUNK]:
+            q |= Q(customer_id=c, feature_id=f, timestamp=at)
+        for c, f, at, pk, quantity in UsageEvent.objects.filter(q).values_list(
+            "customer_id", "feature_id", "timestamp", "pk", "quantity"
+        ):
+            if (c, f, at) not in found or pk > found[(c, f, at)][0]:
+                found[(c, f, at)] = (pk, quantity)
+    for (c, f, _, _), e in expected.items():
+        if f in latest:
+            e.level, e.level_at = found[(c, f, e.last_at)][1], e.last_at
+
+
+def _decimal(value) -> Decimal:
+    # SQLite sums decimals as floats; PostgreSQL as numeric.
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def _q4(value: Decimal) -> Decimal:
+    return value.quantize(FOUR_PLACES)
+
+
+def _datetime(value) -> dt.datetime:
+    if isinstance(value, str):  # SQLite, raw SQL
+        value = parse_datetime(value)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _fmt(value: Decimal | None) -> str:
+    return "-" if value is None else f"{value.normalize():f}"
