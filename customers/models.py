@@ -325,3 +325,145 @@ class UsageCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.customer_id}/{self.feature_id} {self.window} {self.start:%Y-%m-%d}"
+
+
+# --- notifications and webhooks (DESIGN.md "Notifications") ----------------------------------
+
+
+class NotificationStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed"
+
+
+class Notification(models.Model):
+    """A usage alert email: the outbox row written in the usage transaction when usage crosses a
+    `notify_at` threshold, then sent by a Celery task. One per customer, feature, period and
+    threshold, enforced by the database. The figures are those at crossing time."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="notifications")
+    feature = models.ForeignKey(Feature, on_delete=models.CASCADE, related_name="notifications")
+    period_start = models.DateTimeField()
+    threshold = models.PositiveSmallIntegerField(help_text="Percent of allowance plus grants.")
+    to = models.JSONField(default=list, blank=True, help_text="Recipients at crossing time.")
+    status = models.CharField(
+        max_length=16, choices=NotificationStatus.choices, default=NotificationStatus.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    usage = models.DecimalField(max_digits=24, decimal_places=4)
+    limit = models.DecimalField(
+        max_digits=24, decimal_places=4, null=True, blank=True, help_text="The period allowance."
+    )
+    capacity = models.DecimalField(
+        max_digits=24, decimal_places=4, help_text="Allowance plus grants: what 100% means."
+    )
+    balance = models.DecimalField(max_digits=24, decimal_places=4, null=True, blank=True)
+    unit = models.CharField(max_length=32, blank=True)
+    resets_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "feature", "period_start", "threshold"],
+                name="notification_one_per_period_threshold",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.customer.name}: {self.threshold}% of {self.feature.name} ({self.status})"
+
+
+WEBHOOK_EVENT_TYPES = [
+    ("usage.threshold_crossed", "Usage crossed a notification threshold"),
+    ("entitlement.updated", "A plan entitlement, override or grant changed"),
+]
+
+
+def webhook_secret_new() -> str:
+    import secrets
+
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+class WebhookEndpoint(models.Model):
+    """Where events are POSTed, signed with `secret` (HMAC-SHA256). `event_types` empty means
+    every event type."""
+
+    url = models.URLField(max_length=1000)
+    secret = models.CharField(
+        max_length=255,
+        default=webhook_secret_new,
+        help_text="Signs each delivery; the receiver verifies X-Entitlements-Signature with it.",
+    )
+    active = models.BooleanField(default=True)
+    event_types = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Event types to send, e.g. ["usage.threshold_crossed"]; empty for all.',
+    )
+    description = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["url"]
+
+    def __str__(self) -> str:
+        return self.description or self.url
+
+    def clean(self) -> None:
+        known = {key for key, _ in WEBHOOK_EVENT_TYPES}
+        if not isinstance(self.event_types, list) or not set(self.event_types) <= known:
+            raise ValidationError(
+                {"event_types": f"A list of event types among {sorted(known)}; empty for all."}
+            )
+
+    def wants(self, event_type: str) -> bool:
+        return not self.event_types or event_type in self.event_types
+
+
+class WebhookDeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DELIVERED = "delivered", "Delivered"
+    FAILED = "failed", "Failed"
+
+
+class WebhookDelivery(models.Model):
+    """One event for one endpoint: the outbox row, POSTed by a Celery task and retried until
+    the receiver answers 2xx."""
+
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    event_type = models.CharField(max_length=64, choices=WEBHOOK_EVENT_TYPES)
+    event_id = models.CharField(max_length=64)
+    payload = models.JSONField()
+    status = models.CharField(
+        max_length=16,
+        choices=WebhookDeliveryStatus.choices,
+        default=WebhookDeliveryStatus.PENDING,
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    response_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        verbose_name_plural = "webhook deliveries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["endpoint", "event_id"], name="webhook_delivery_once_per_endpoint"
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id} -> {self.endpoint} ({self.status})"

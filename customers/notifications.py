@@ -1,6 +1,46 @@
-"""Threshold crossings of metered entitlements (DESIGN.md "Notifications")."""
+"""Threshold notifications (DESIGN.md "Notifications"): the outbox row written in the usage
+transaction, the email, and sending it.
 
+The engine calls `thresholds_record` inside every usage transaction. When usage crosses a
+`notify_at` threshold it inserts one `Notification` (the unique constraint makes it one per
+customer, feature, period and threshold, whatever the concurrency) and one webhook delivery per
+subscribed endpoint, and queues the sends when the transaction commits. If the broker is down
+the rows stay pending and `notifications_sweep` queues them later; a notification marked sent is
+never sent again.
+"""
+
+import datetime as dt
+import logging
 from decimal import Decimal
+from functools import partial
+
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives
+from django.db import IntegrityError, transaction
+from django.db.models import Q, QuerySet
+from django.template.loader import render_to_string
+from django.utils import timezone
+from django.utils.formats import date_format
+
+from . import webhooks
+from .models import Customer, Notification, NotificationStatus
+
+logger = logging.getLogger(__name__)
+
+ZERO = Decimal("0")
+
+
+def sweep_delay() -> dt.timedelta:
+    """How long a notification may stay pending before the sweep queues it again."""
+    return dt.timedelta(seconds=getattr(settings, "NOTIFICATION_SWEEP_DELAY_SECONDS", 120))
+
+
+def max_attempts() -> int:
+    """Failed sends before a notification is given up (`failed`; the admin can resend it)."""
+    return getattr(settings, "NOTIFICATION_MAX_ATTEMPTS", 20)
+
+
+# --- recording ----------------------------------------------------------------------------
 
 
 def thresholds_crossed(before, after) -> list[int]:
@@ -11,6 +51,208 @@ def thresholds_crossed(before, after) -> list[int]:
     return [t for t in after.notify_at if low < Decimal(t) <= high]
 
 
-def thresholds_record(*, customer, feature, before, after) -> None:
-    """Called by the engine inside the usage transaction."""
-    thresholds_crossed(before, after)
+def capacity_of(entitlement) -> Decimal:
+    """What 100% means for `percent_used`: allowance plus grants."""
+    if entitlement.aggregation == "latest":
+        return (entitlement.limit or ZERO) + (entitlement.granted or ZERO)
+    return (entitlement.usage or ZERO) + (entitlement.balance or ZERO)
+
+
+def thresholds_record(*, customer: Customer, feature, before, after) -> Notification | None:
+    """Called by the engine inside the usage transaction, with the entitlement before and after
+    the usage. Records the highest threshold crossed (several at once send one email) unless
+    this customer, feature, period and threshold already has one, plus its webhook event, and
+    queues the sends on commit. Returns the new Notification, or None.
+
+    Insert-or-nothing under a savepoint: a concurrent transaction recording the same
+    threshold makes this insert wait, then fail on the unique constraint, and it is dropped."""
+    crossed = thresholds_crossed(before, after)
+    if not crossed:
+        return None
+    notification = Notification(
+        customer=customer,
+        feature=feature,
+        period_start=after.period_start,
+        threshold=max(crossed),
+        to=customer.alert_recipients,
+        usage=after.usage,
+        limit=after.limit,
+        capacity=capacity_of(after),
+        balance=after.balance,
+        unit=after.unit or "",
+        resets_at=after.resets_at,
+    )
+    try:
+        with transaction.atomic():
+            notification.save(force_insert=True)
+    except IntegrityError:
+        return None  # this threshold was already recorded in this period
+    webhooks.event_record(
+        webhooks.THRESHOLD_CROSSED, partial(threshold_event_data, notification, after)
+    )
+    transaction.on_commit(partial(_queue_send, notification.pk))
+    return notification
+
+
+def _queue_send(notification_id: int) -> None:
+    from . import tasks  # tasks import this module
+
+    tasks.enqueue(tasks.notification_send, notification_id)
+
+
+def threshold_event_data(notification: Notification, entitlement) -> dict:
+    """The `data` of a `usage.threshold_crossed` webhook event."""
+    return {
+        "customer": notification.customer.external_id,
+        "feature": notification.feature.key,
+        "threshold": notification.threshold,
+        "percent_used": _decimal(entitlement.percent_used.quantize(Decimal("0.01"))),
+        "usage": _decimal(notification.usage),
+        "limit": _decimal(notification.limit),
+        "granted": _decimal(entitlement.granted),
+        "capacity": _decimal(notification.capacity),
+        "balance": _decimal(notification.balance),
+        "unit": notification.unit,
+        "period_start": _iso(notification.period_start),
+        "resets_at": _iso(notification.resets_at),
+        "notification_id": notification.pk,
+    }
+
+
+def _decimal(value) -> str | None:
+    return None if value is None else quantity_text(value)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- the email ----------------------------------------------------------------------------
+
+
+def quantity_text(value: Decimal, unit: str = "") -> str:
+    """`Decimal("87.5000"), "GB"` -> "87.5 GB": no trailing zeros, no exponent."""
+    text = f"{value.normalize():f}" if value else "0"
+    return f"{text} {unit}".strip()
+
+
+def notification_email_context(notification: Notification) -> dict:
+    site = settings.SITE_URL.rstrip("/")
+    unit = notification.unit
+    left = notification.balance
+    if left is None:
+        left = max(ZERO, notification.capacity - notification.usage)
+    resets_at = notification.resets_at
+    return {
+        "customer_name": notification.customer.name,
+        "feature_name": notification.feature.name,
+        "threshold": notification.threshold,
+        "exhausted": notification.threshold >= 100,
+        "used": quantity_text(notification.usage, unit),
+        "capacity": quantity_text(notification.capacity, unit),
+        "left": quantity_text(left, unit),
+        "resets_at": (
+            date_format(resets_at.astimezone(dt.UTC), "j F Y, H:i") + " UTC" if resets_at else None
+        ),
+        "topup_url": f"{site}/dashboard/",
+        "upgrade_url": f"{site}/dashboard/upgrade/",
+        "dashboard_url": f"{site}/dashboard/",
+    }
+
+
+def notification_email(notification: Notification, recipients: list[str]) -> EmailMultiAlternatives:
+    context = notification_email_context(notification)
+    subject = f"You have used {notification.threshold}% of your {notification.feature.name}"
+    message = EmailMultiAlternatives(
+        subject=subject,
+        body=render_to_string("customers/email/threshold.txt", context),
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        to=recipients,
+        headers={"X-Entitlements-Notification": str(notification.pk)},
+    )
+    message.attach_alternative(
+        render_to_string("customers/email/threshold.html", context), "text/html"
+    )
+    return message
+
+
+# --- sending ------------------------------------------------------------------------------
+
+
+def notification_email_send(*, notification_id: int) -> bool:
+    """Sends one notification's email if it is still pending; True if sent now.
+
+    Locks the row for the send (SKIP LOCKED: if another worker is sending it, this call does
+    nothing), and marks it sent in the same transaction, so a notification marked sent is never
+    sent again. Each try counts in `attempts`; a failure keeps the error in `last_error`, leaves
+    the row pending (the task's retries and the sweep try again) or, after `max_attempts()`,
+    marks it failed, then re-raises the error."""
+    error = None
+    with transaction.atomic():
+        notification = (
+            Notification.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("customer", "feature")
+            .filter(pk=notification_id, status=NotificationStatus.PENDING)
+            .first()
+        )
+        if notification is None:
+            return False
+        now = timezone.now()
+        notification.attempts += 1
+        notification.last_attempt_at = now
+        recipients = notification.to or notification.customer.alert_recipients
+        if not recipients:
+            notification.status = NotificationStatus.FAILED
+            notification.last_error = "No recipient: the customer has no email address."
+        else:
+            try:
+                notification_email(notification, recipients).send()
+            except Exception as exc:
+                error = exc
+                notification.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+                if notification.attempts >= max_attempts():
+                    notification.status = NotificationStatus.FAILED
+            else:
+                notification.status = NotificationStatus.SENT
+                notification.sent_at = now
+                notification.to = recipients
+                notification.last_error = ""
+        notification.save(
+            update_fields=["attempts", "last_attempt_at", "status", "sent_at", "to", "last_error"]
+        )
+    if error is not None:
+        raise error
+    return notification.status == NotificationStatus.SENT
+
+
+def notifications_due(*, older_than: dt.timedelta | None = None, limit: int = 500) -> list[int]:
+    """Ids of notifications still pending `older_than` (default `sweep_delay()`) after they
+    were recorded or last tried: the ones whose task was lost or is failing."""
+    cutoff = timezone.now() - (sweep_delay() if older_than is None else older_than)
+    return list(
+        Notification.objects.filter(status=NotificationStatus.PENDING)
+        .filter(
+            Q(last_attempt_at__isnull=True, created_at__lte=cutoff) | Q(last_attempt_at__lte=cutoff)
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)[:limit]
+    )
+
+
+@transaction.atomic
+def notifications_resend(*, notifications: QuerySet) -> int:
+    """Pending or failed notifications back to pending with a fresh attempt budget, queued on
+    commit (the admin's "resend"). Sent ones are left alone. Returns how many."""
+    ids = list(
+        notifications.filter(
+            status__in=[NotificationStatus.PENDING, NotificationStatus.FAILED]
+        ).values_list("pk", flat=True)
+    )
+    Notification.objects.filter(pk__in=ids).exclude(status=NotificationStatus.SENT).update(
+        status=NotificationStatus.PENDING, attempts=0
+    )
+    for pk in ids:
+        transaction.on_commit(partial(_queue_send, pk))
+    return len(ids)

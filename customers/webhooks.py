@@ -1,0 +1,297 @@
+"""Webhooks: events POSTed as signed JSON to the endpoints registered in the admin.
+
+Event types:
+- `usage.threshold_crossed`: usage crossed a `notify_at` threshold (the same events as the
+  emails, one per customer, feature, period and threshold);
+- `entitlement.updated`: a plan entitlement, an override or a grant was created, changed or
+  deleted.
+
+Each event becomes one `WebhookDelivery` per active endpoint that wants it, written in the
+transaction that makes the change and queued on commit (an outbox, like notifications). A
+delivery is POSTed with
+
+    X-Entitlements-Timestamp: <unix seconds>
+    X-Entitlements-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>" with the secret>
+
+and retried until the receiver answers 2xx. `webhook_signature_verify` is what a receiver does.
+"""
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from functools import partial
+
+from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist
+from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from .models import WebhookDelivery, WebhookDeliveryStatus, WebhookEndpoint
+
+logger = logging.getLogger(__name__)
+
+THRESHOLD_CROSSED = "usage.threshold_crossed"
+ENTITLEMENT_UPDATED = "entitlement.updated"
+SIGNATURE_HEADER = "X-Entitlements-Signature"
+TIMESTAMP_HEADER = "X-Entitlements-Timestamp"
+
+
+class WebhookDeliveryError(Exception):
+    """The receiver could not be reached or did not answer 2xx; the task retries."""
+
+
+def timeout_seconds() -> float:
+    return getattr(settings, "WEBHOOK_TIMEOUT_SECONDS", 5)
+
+
+def max_attempts() -> int:
+    return getattr(settings, "WEBHOOK_MAX_ATTEMPTS", 20)
+
+
+def sweep_delay() -> dt.timedelta:
+    return dt.timedelta(seconds=getattr(settings, "WEBHOOK_SWEEP_DELAY_SECONDS", 120))
+
+
+# --- signing ------------------------------------------------------------------------------
+
+
+def webhook_signature(secret: str, timestamp: int | str, body: bytes) -> str:
+    """`sha256=<hex>`: HMAC-SHA256 of `b"<timestamp>." + body` keyed with the secret."""
+    message = f"{timestamp}.".encode() + body
+    return "sha256=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def webhook_signature_verify(
+    *,
+    secret: str,
+    timestamp: str,
+    body: bytes,
+    signature: str,
+    tolerance_seconds: int = 300,
+    now: float | None = None,
+) -> bool:
+    """What a receiver checks: the signature matches and the timestamp is recent (replays of
+    an old delivery are refused)."""
+    try:
+        age = abs((time.time() if now is None else now) - int(timestamp))
+    except (TypeError, ValueError):
+        return False
+    expected = webhook_signature(secret, timestamp, body)
+    return age <= tolerance_seconds and hmac.compare_digest(expected, signature or "")
+
+
+def payload_body(payload: dict) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+
+
+# --- recording ----------------------------------------------------------------------------
+
+
+def event_record(event_type: str, data: dict | Callable[[], dict]) -> list[WebhookDelivery]:
+    """Records one event for every active endpoint that wants `event_type`, and queues the
+    deliveries when the transaction commits. `data` may be a callable, built only when some
+    endpoint wants the event. Call it inside the transaction that makes the change."""
+    endpoints = [e for e in WebhookEndpoint.objects.filter(active=True) if e.wants(event_type)]
+    if not endpoints:
+        return []
+    event_id = f"evt_{uuid.uuid4().hex}"
+    payload = {
+        "id": event_id,
+        "type": event_type,
+        "created_at": timezone.now().astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+        "data": data() if callable(data) else data,
+    }
+    deliveries = WebhookDelivery.objects.bulk_create(
+        [
+            WebhookDelivery(endpoint=e, event_type=event_type, event_id=event_id, payload=payload)
+            for e in endpoints
+        ]
+    )
+    transaction.on_commit(partial(_queue_deliveries, [d.pk for d in deliveries]))
+    return deliveries
+
+
+def _queue_deliveries(delivery_ids: list[int]) -> None:
+    from . import tasks  # tasks import this module
+
+    for pk in delivery_ids:
+        if not tasks.enqueue(tasks.webhook_deliver, pk):
+            break  # the broker is down: the sweep queues the rest
+
+
+def entitlement_updated_record(*, instance, action: str) -> list[WebhookDelivery]:
+    """An `entitlement.updated` event for a PlanEntitlement, EntitlementOverride or Grant that
+    was `created`, `updated` or `deleted` (called by the model signal receivers in apps.py)."""
+    return event_record(ENTITLEMENT_UPDATED, partial(entitlement_event_data, instance, action))
+
+
+def _related(instance, name: str, attr: str):
+    # During a cascade delete the related row may already be gone.
+    try:
+        related = getattr(instance, name)
+    except ObjectDoesNotExist:
+        return None
+    return getattr(related, attr, None) if related is not None else None
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    if hasattr(value, "amount") and hasattr(value, "currency"):  # Money: "0.10", "0.1234"
+        amount = value.amount.normalize()
+        if amount.as_tuple().exponent > -2:
+            amount = amount.quantize(Decimal("0.01"))
+        return {"amount": f"{amount:f}", "currency": str(value.currency)}
+    if hasattr(value, "normalize"):  # Decimal
+        return f"{value.normalize():f}"
+    return value
+
+
+def entitlement_event_data(instance, action: str) -> dict:
+    """The `data` of an `entitlement.updated` event: what changed, whose, and its values now
+    (a receiver re-reads the effective entitlements of the customers concerned)."""
+    label = instance._meta.label
+    data = {
+        "action": action,
+        "feature": _related(instance, "feature", "key"),
+    }
+    if label == "catalog.PlanEntitlement":
+        data |= {"source": "plan", "plan": _related(instance, "plan", "key"), "customer": None}
+    else:
+        data |= {
+            "source": "override" if label == "customers.EntitlementOverride" else "grant",
+            "plan": None,
+            "customer": _related(instance, "customer", "external_id"),
+        }
+    if data["source"] == "grant":
+        fields = ["quantity", "consumed", "source", "effective_at", "expires_at", "voided_at"]
+    else:
+        fields = ["enabled", "limit", "unlimited", "reset", "enforcement", "overage_price"]
+        fields += ["notify_at", "value"]
+        if data["source"] == "override":
+            fields += ["starts_at", "ends_at", "reason"]
+    data["values"] = {name: _text(getattr(instance, name, None)) for name in fields}
+    data["id"] = instance.pk
+    return data
+
+
+# --- delivering ---------------------------------------------------------------------------
+
+
+def webhook_delivery_send(*, delivery_id: int) -> bool:
+    """POSTs one pending delivery; True if the receiver answered 2xx now.
+
+    Locks the row (SKIP LOCKED: a worker already sending it wins) and marks it delivered in the
+    same transaction, so a delivered event is never POSTed again. Records attempts, the
+    response code and the last error; after `max_attempts()` failures the status is failed.
+    Raises WebhookDeliveryError on failure so that the task retries with backoff."""
+    error = None
+    with transaction.atomic():
+        delivery = (
+            WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("endpoint")
+            .filter(pk=delivery_id, status=WebhookDeliveryStatus.PENDING)
+            .first()
+        )
+        if delivery is None:
+            return False
+        delivery.attempts += 1
+        delivery.last_attempt_at = timezone.now()
+        endpoint = delivery.endpoint
+        if not endpoint.active:
+            delivery.status = WebhookDeliveryStatus.FAILED
+            delivery.last_error = "The endpoint was deactivated."
+        else:
+            code, error = _post(endpoint, delivery)
+            delivery.response_code = code
+            if error is None:
+                delivery.status = WebhookDeliveryStatus.DELIVERED
+                delivery.delivered_at = timezone.now()
+                delivery.last_error = ""
+            else:
+                delivery.last_error = error[:2000]
+                if delivery.attempts >= max_attempts():
+                    delivery.status = WebhookDeliveryStatus.FAILED
+        delivery.save(
+            update_fields=[
+                "attempts",
+                "last_attempt_at",
+                "status",
+                "response_code",
+                "delivered_at",
+                "last_error",
+            ]
+        )
+    if error is not None:
+        raise WebhookDeliveryError(error)
+    return delivery.status == WebhookDeliveryStatus.DELIVERED
+
+
+def _post(endpoint: WebhookEndpoint, delivery: WebhookDelivery) -> tuple[int | None, str | None]:
+    """(response code, error or None)."""
+    body = payload_body(delivery.payload)
+    timestamp = str(int(time.time()))
+    request = urllib.request.Request(
+        endpoint.url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "Entitlements-Webhooks/1",
+            "X-Entitlements-Event": delivery.event_type,
+            "X-Entitlements-Event-Id": delivery.event_id,
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: webhook_signature(endpoint.secret, timestamp, body),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_seconds()) as response:
+            code = response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code, f"HTTP {exc.code} {exc.reason}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    if not 200 <= code < 300:
+        return code, f"HTTP {code}"
+    return code, None
+
+
+def deliveries_due(*, older_than: dt.timedelta | None = None, limit: int = 500) -> list[int]:
+    """Ids of deliveries still pending `older_than` (default `sweep_delay()`) after they were
+    recorded or last tried."""
+    cutoff = timezone.now() - (sweep_delay() if older_than is None else older_than)
+    return list(
+        WebhookDelivery.objects.filter(status=WebhookDeliveryStatus.PENDING)
+        .filter(
+            Q(last_attempt_at__isnull=True, created_at__lte=cutoff) | Q(last_attempt_at__lte=cutoff)
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)[:limit]
+    )
+
+
+@transaction.atomic
+def deliveries_retry(*, deliveries: QuerySet) -> int:
+    """Pending or failed deliveries back to pending with a fresh attempt budget, queued on
+    commit (the admin's "retry"). Delivered ones are left alone. Returns how many."""
+    ids = list(
+        deliveries.filter(
+            status__in=[WebhookDeliveryStatus.PENDING, WebhookDeliveryStatus.FAILED]
+        ).values_list("pk", flat=True)
+    )
+    WebhookDelivery.objects.filter(pk__in=ids).update(
+        status=WebhookDeliveryStatus.PENDING, attempts=0
+    )
+    transaction.on_commit(partial(_queue_deliveries, ids))
+    return len(ids)
