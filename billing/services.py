@@ -157,7 +157,7 @@ def entitlement_lines(customer: Customer, *, at: dt.datetime) -> list[LineDraft]
             period_end=e.period_end,
         )
         for e in entitlements_resolve(customer, at=at)
-        if e.show_on_invoice and (e.has_access or e.kind == FeatureKind.BOOLEAN)
+        if e.show_on_invoice
     ]
 
 
@@ -251,7 +251,9 @@ def overage_lines(
 # --- invoices -------------------------------------------------------------------------------
 
 
-def _lines_save(invoice: Invoice, drafts: Iterable[LineDraft]) -> None:
+def _lines_save(
+    invoice: Invoice, drafts: Iterable[LineDraft], *, refresh_total: bool = True
+) -> None:
     drafts = list(drafts)
     position = max((line.position for line in invoice.lines.all()), default=0)
     rows = []
@@ -282,12 +284,17 @@ def _lines_save(invoice: Invoice, drafts: Iterable[LineDraft]) -> None:
     for row in rows:
         row.full_clean(exclude=["invoice"])
     InvoiceLine.objects.bulk_create(rows)
-    _total_refresh(invoice)
+    if refresh_total:
+        _total_refresh(invoice)
+
+
+def _lines_total(invoice: Invoice) -> Money:
+    total = invoice.lines.aggregate(total=Sum("amount"))["total"] or Decimal("0")
+    return Money(total, invoice.currency)
 
 
 def _total_refresh(invoice: Invoice) -> None:
-    total = invoice.lines.aggregate(total=Sum("amount"))["total"] or Decimal("0")
-    invoice.total = Money(total, invoice.currency)
+    invoice.total = _lines_total(invoice)
     invoice.save(update_fields=["total", "currency"])
 
 
@@ -317,17 +324,18 @@ def invoice_create(
 ) -> Invoice:
     """A draft invoice in the customer's currency, with `lines`. No number yet; nothing locked
     but the new row."""
+    lines = list(lines)
     invoice = Invoice(
         customer=customer,
         subscription=subscription,
         purpose=purpose,
         period_start=period_start,
         period_end=period_end,
-        total=Money(0, customer.currency),
+        total=Money(sum((line.amount.amount for line in lines), Decimal("0")), customer.currency),
     )
     invoice.full_clean()
     invoice.save()
-    _lines_save(invoice, lines)
+    _lines_save(invoice, lines, refresh_total=False)
     return invoice
 
 
@@ -411,11 +419,11 @@ def invoice_issue(*, invoice: Invoice, at: dt.datetime | None = None) -> Invoice
     if not invoice.lines.exists():
         raise InvalidInput("An invoice needs at least one line.", code="invoice_empty")
     at = (at or timezone.now()).astimezone(dt.UTC)
-    _total_refresh(invoice)
+    invoice.total = _lines_total(invoice)
     invoice.number = _number_next(at.year)
     invoice.status = InvoiceStatus.ISSUED
     invoice.issued_at = at
-    invoice.save(update_fields=["number", "status", "issued_at"])
+    invoice.save(update_fields=["number", "status", "issued_at", "total", "currency"])
     return invoice
 
 

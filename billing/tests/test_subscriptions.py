@@ -141,6 +141,17 @@ def test_period_close_bills_the_closed_periods_overage_and_lists_its_usage(custo
     assert_total_is_sum_of_lines(invoice)
 
 
+def test_an_exhausted_hard_limit_is_still_listed(customer, basic):
+    services.subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
+    report_usage(customer, basic.storage, "104", at=at(2026, 2, 10))  # past the hard 100
+
+    invoice = Invoice.objects.get(number=services.periods_close(now=at(2026, 2, 28)).invoices[0])
+
+    descriptions = [line.description for line in invoice.lines.filter(kind="entitlement")]
+    assert "Storage: 100 GB included, 104 GB used" in descriptions
+    assert not invoice.lines.filter(kind="overage").exists()  # hard limits bill no overage
+
+
 def test_a_euro_customer_is_billed_in_euros_to_the_cent():
     plan = PlanFactory(name="Starter", price=Money("19.99", "EUR"))
     calls = metered_entitlement(plan, "api-calls", name="API calls", unit="", limit="1000")

@@ -1,0 +1,103 @@
+"""Real threads against PostgreSQL (row locks); skipped on SQLite, which serialises writers."""
+
+import threading
+from decimal import Decimal
+
+import pytest
+from django.db import connection, connections
+from djmoney.money import Money
+
+from billing import services
+from billing.models import Invoice, LineKind, Payment, TopUpPurchase
+from catalog.tests.factories import TopUpPackFactory
+from customers.models import Grant
+
+from .conftest import at
+from .factories import CountingProvider
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        connection.vendor == "sqlite", reason="needs PostgreSQL row locks and real concurrency"
+    ),
+]
+
+
+def run_at_once(count: int, work) -> list:
+    """Runs work(i) in `count` threads released together; returns results (or exceptions)."""
+    barrier = threading.Barrier(count)
+    results: list = [None] * count
+
+    def worker(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = work(i)
+        except Exception as error:  # reported by the test
+            results[i] = error
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+def test_fifty_concurrent_issues_get_fifty_distinct_consecutive_numbers(customer):
+    drafts = [
+        services.invoice_create(
+            customer=customer,
+            lines=[
+                services.LineDraft(
+                    kind=LineKind.PLAN, description=f"Line {i}", unit_price=Money("1.00", "USD")
+                )
+            ],
+        )
+        for i in range(50)
+    ]
+
+    results = run_at_once(
+        50, lambda i: services.invoice_issue(invoice=drafts[i], at=at(2026, 6, 1)).number
+    )
+
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert len(set(results)) == 50
+    assert sorted(results) == [f"INV-2026-{n:06d}" for n in range(1, 51)]
+    assert Invoice.objects.filter(status="issued").count() == 50
+
+
+def test_a_double_submitted_topup_charges_and_grants_once(customer, basic):
+    services.subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
+    pack = TopUpPackFactory(feature=basic.storage, quantity=Decimal("20"), price=Money("10", "USD"))
+    provider = CountingProvider()
+
+    results = run_at_once(
+        8,
+        lambda i: (
+            services.topup_purchase(
+                customer=customer, pack=pack, idempotency_key="double-click", provider=provider
+            ).pk
+        ),
+    )
+
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert len(set(results)) == 1
+    assert provider.charges == 1
+    assert TopUpPurchase.objects.count() == 1 and Payment.objects.count() == 1
+    assert Grant.objects.filter(customer=customer, source="topup").count() == 1
+    assert Invoice.objects.filter(customer=customer, purpose="topup").count() == 1
+
+
+def test_concurrent_period_closes_issue_each_invoice_once(customer, basic):
+    services.subscription_create(customer=customer, plan=basic, at=at(2025, 1, 31))
+
+    results = run_at_once(6, lambda i: services.periods_close(now=at(2026, 1, 31)))
+
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert sum(r.periods_closed for r in results) == 12
+    periods = list(Invoice.objects.filter(purpose="period").values_list("period_start", flat=True))
+    assert len(periods) == len(set(periods)) == 13
+    numbers = sorted(Invoice.objects.values_list("number", flat=True))
+    assert numbers[-12:] == [f"INV-2026-{n:06d}" for n in range(1, 13)]
