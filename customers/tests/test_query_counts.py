@@ -1,0 +1,96 @@
+"""The hot path is measured, not guessed: a check, a resolve and a consume cost the same small,
+fixed number of queries with 10 usage events or 100,000 (counters, never a scan of events).
+
+The numbers include the savepoints of the engine's `transaction.atomic` blocks, which run as
+savepoints inside the test's transaction (in production the outer block is a transaction)."""
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from customers import engine
+from customers.models import UsageCounter, UsageEvent
+from customers.tests.factories import (
+    CustomerFactory,
+    EntitlementOverrideFactory,
+    FeatureFactory,
+    GrantFactory,
+    PlanEntitlementFactory,
+    PlanFactory,
+    SubscriptionFactory,
+)
+from customers.usage import usage_counters_rebuild
+
+pytestmark = pytest.mark.django_db
+
+START = datetime(2025, 1, 31, 10, tzinfo=UTC)
+AT = datetime(2025, 2, 27, 12, tzinfo=UTC)
+
+# feature, subscription, plan terms, overrides, counters, grants
+CHECK_QUERIES = 6
+# subscription, features, plan terms, overrides, counters and grants of every feature
+RESOLVE_QUERIES = 6
+# feature, savepoint, subscription, plan terms, overrides, counters (create missing, lock),
+# replay lookup, grants (lock), event insert in its savepoint (3), counters update, release
+# (one more, the grants update, when the usage draws on a grant)
+CONSUME_QUERIES = 14
+
+
+@pytest.fixture
+def customer():
+    plan = PlanFactory()
+    transfer = FeatureFactory(metered=True, key="data-transfer")
+    storage = FeatureFactory(latest=True, key="storage")
+    PlanEntitlementFactory(plan=plan, feature=transfer, limit=Decimal("1000000"))
+    PlanEntitlementFactory(plan=plan, feature=storage, limit=Decimal("100"))
+    PlanEntitlementFactory(plan=plan, feature=FeatureFactory(), enabled=True)
+    customer = CustomerFactory()
+    SubscriptionFactory(customer=customer, plan=plan, started_at=START)
+    EntitlementOverrideFactory(customer=customer, feature=storage, limit=Decimal("2000"))
+    GrantFactory(customer=customer, feature=transfer, quantity=Decimal("10"), effective_at=START)
+    return customer
+
+
+def record_events(customer, count: int) -> None:
+    """`count` events of 1 GB spread over the billing period, inserted in bulk, then the
+    counters rebuilt from them as `rebuild_usage_counters` would."""
+    transfer = engine.feature_by_key("data-transfer")
+    step = timedelta(days=27) / count
+    UsageEvent.objects.bulk_create(
+        (
+            UsageEvent(
+                customer=customer,
+                feature=transfer,
+                event_id=f"bulk-{n}",
+                quantity=Decimal("1"),
+                timestamp=START + step * n,
+            )
+            for n in range(count)
+        ),
+        batch_size=5000,
+    )
+    usage_counters_rebuild(customers=[customer])
+
+
+@pytest.mark.parametrize("events", [10, 100_000])
+def test_check_resolve_and_consume_cost_the_same_queries_whatever_the_events(
+    customer, events, django_assert_num_queries
+):
+    record_events(customer, events)
+    assert UsageEvent.objects.count() == events
+    assert UsageCounter.objects.filter(window="billing_period").get().used == events
+
+    with django_assert_num_queries(CHECK_QUERIES):
+        checked = engine.entitlement_check(customer, "data-transfer", at=AT)
+    with django_assert_num_queries(RESOLVE_QUERIES):
+        resolved = engine.entitlements_resolve(customer, at=AT)
+    with django_assert_num_queries(CONSUME_QUERIES):
+        consumed = engine.entitlement_consume(
+            customer, "data-transfer", Decimal("1"), "one-more", timestamp=AT
+        )
+
+    assert (checked.usage, checked.balance) == (events, 1000000 - events + 10)
+    assert len(resolved) == 3
+    assert consumed.allowed
+    assert consumed.entitlement.usage == events + 1
