@@ -1,6 +1,6 @@
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 from djmoney.money import Money
 from simple_history.admin import SimpleHistoryAdmin
@@ -107,7 +107,10 @@ class InvoiceAdmin(SimpleHistoryAdmin):
     def page(self, obj):
         if not obj.number:
             return "—"
-        url = reverse("billing:invoice_detail", args=[obj.number])
+        try:
+            url = reverse("billing:invoice_detail", args=[obj.number])
+        except NoReverseMatch:  # billing's urls not mounted
+            return "—"
         return format_html('<a href="{}">View / print</a>', url)
 
     def save_model(self, request, obj, form, change):

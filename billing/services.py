@@ -97,10 +97,21 @@ def entitlement_text(entitlement: Entitlement) -> str:
     if e.unlimited:
         return f"{e.name}: unlimited, {used}"
     parts = [f"{quantity_text(e.limit, e.unit)} included"]
-    if e.granted:
-        parts.append(f"{quantity_text(e.granted, e.unit)} from grants")
+    if granted := grant_units(e):
+        parts.append(f"{quantity_text(granted, e.unit)} from top-ups and grants")
     parts.append(used)
     return f"{e.name}: " + ", ".join(parts)
+
+
+def grant_units(e: Entitlement) -> Decimal:
+    """Units of grants in the entitlement's window: for a level, the active grants (capacity);
+    for a sum, what is left of them plus what the window's usage drew from them (usage past
+    the allowance that is not overage)."""
+    granted = e.granted or Decimal("0")
+    if e.aggregation == Aggregation.LATEST or e.limit is None:
+        return granted
+    drawn = (e.usage or 0) - e.limit - (e.overage or 0)
+    return granted + max(Decimal("0"), drawn)
 
 
 # --- lines ----------------------------------------------------------------------------------
@@ -229,14 +240,15 @@ def overage_lines(
             quantity = (window_e.overage or 0) - _overage_billed(customer, e.feature_id, w_start)
             if quantity <= 0:
                 continue
-            included = quantity_text(window_e.limit, e.unit)
+            included = f"{quantity_text(window_e.limit, e.unit)} included"
+            if granted := grant_units(window_e):
+                included += f" and {quantity_text(granted, e.unit)} from top-ups and grants"
             lines.append(
                 LineDraft(
                     kind=LineKind.OVERAGE,
                     description=(
-                        f"{e.name} overage: {quantity_text(quantity, e.unit)} beyond "
-                        f"{included} included ({period_text(w_start, w_end)}), "
-                        f"{money_text(price)} per {e.unit or 'unit'}"
+                        f"{e.name} overage: {quantity_text(quantity, e.unit)} beyond {included} "
+                        f"({period_text(w_start, w_end)})"
                     ),
                     unit_price=price,
                     quantity=quantity,
