@@ -1,0 +1,324 @@
+"""The end customer's dashboard (DESIGN.md "Pages"): usage, top-ups, plan changes, invoices and
+notifications of the one customer the login belongs to.
+
+Every view takes the customer from the login (`request.user.customer_user`), never from the
+URL; anything a URL names (a pack, a purchase, an invoice, a notification, a plan) is looked up
+within that customer's reach, so another customer's object is a 404.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import wraps
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
+from django.views.decorators.vary import vary_on_headers
+
+from billing import selectors as billing_selectors
+from billing.services import proration_preview, subscription_change_plan, topup_purchase
+from catalog.models import Feature, FeatureKind
+from entitlements_site.errors import DomainError, NotFound, PaymentFailed
+
+from . import selectors
+from .forms import PlanChangeConfirmForm, TopUpConfirmForm
+
+
+def customer_required(view):
+    """Logged in (else the login page) and linked to a customer (else a 404 page that says
+    this login has no customer account). Sets `request.customer`."""
+
+    @login_required
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        customer = selectors.customer_of(request.user)
+        if customer is None:
+            return render(request, "dashboard/no_customer.html", status=404)
+        request.customer = customer
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def _page(request: HttpRequest, template: str, context: dict, *, status: int = 200):
+    subscription = context.get("subscription", selectors.subscription_of(request.customer))
+    return render(
+        request,
+        template,
+        {"customer": request.customer, "subscription": subscription, **context},
+        status=status,
+    )
+
+
+# --- usage ---------------------------------------------------------------------------------
+
+
+@customer_required
+@vary_on_headers("HX-Request", "HX-Target")
+def overview(request: HttpRequest) -> HttpResponse:
+    """A card per entitlement and a daily chart per allowance. htmx polls the cards (every
+    15 seconds) and the charts (every minute) as partials of this page."""
+    data = selectors.overview(request.customer)
+    context = {"overview": data, "subscription": data.subscription, "section": "usage"}
+    if request.htmx and request.htmx.target == "usage-charts":
+        context["charts"] = selectors.usage_charts(request.customer, data.metered)
+        return _page(request, "dashboard/overview.html#charts", context)
+    if request.htmx:
+        return _page(request, "dashboard/overview.html#cards", context)
+    context["charts"] = selectors.usage_charts(request.customer, data.metered)
+    return _page(request, "dashboard/overview.html", context)
+
+
+# --- top-ups -------------------------------------------------------------------------------
+
+
+@customer_required
+def topup_packs(request: HttpRequest, feature_key: str) -> HttpResponse:
+    """The packs of one allowance the customer may buy, with their price."""
+    feature = get_object_or_404(Feature, key=feature_key, kind=FeatureKind.METERED)
+    subscription = selectors.subscription_of(request.customer)
+    entitlement = selectors.entitlement_of(request.customer, feature.key)
+    packs = selectors.topup_packs_for(request.customer, subscription, feature=feature)
+    if entitlement is None and not packs:
+        raise Http404("Nothing of this feature is offered to you.")
+    return _page(
+        request,
+        "dashboard/topup_packs.html",
+        {
+            "section": "usage",
+            "feature": feature,
+            "subscription": subscription,
+            "card": selectors.usage_card(entitlement) if entitlement else None,
+            "packs": [(p, selectors.topup_expiry_text(p, subscription)) for p in packs],
+        },
+    )
+
+
+@customer_required
+@require_http_methods(["GET", "POST"])
+def topup_confirm(request: HttpRequest, pack_key: str) -> HttpResponse:
+    """GET: the confirm step, with a fresh idempotency key. POST: the purchase (idempotent on
+    that key), then the receipt. A declined payment shows why and changes nothing."""
+    customer = request.customer
+    subscription = selectors.subscription_of(customer)
+    pack = selectors.topup_pack_for(customer, subscription, pack_key)
+    if pack is None:
+        raise Http404("No such top-up is offered to you.")
+    error, error_title, status = "", "", 200
+    if request.method == "POST":
+        form = TopUpConfirmForm(request.POST)
+        if form.is_valid():
+            key = form.cleaned_data["idempotency_key"]
+            try:
+                purchase = topup_purchase(customer=customer, pack=pack, idempotency_key=key)
+            except PaymentFailed as failure:
+                error, error_title, status = failure.message, "The payment failed.", 402
+            except DomainError as failure:
+                error, status = failure.message, failure.status
+                error_title = "The purchase could not be completed."
+            else:
+                return redirect("dashboard:topup_receipt", key=purchase.idempotency_key)
+        else:
+            form = TopUpConfirmForm(initial={"idempotency_key": secrets.token_urlsafe(24)})
+            error, status = "This confirmation expired. Please confirm again.", 400
+            error_title = "Nothing was bought."
+    else:
+        form = TopUpConfirmForm(initial={"idempotency_key": secrets.token_urlsafe(24)})
+    entitlement = selectors.entitlement_of(customer, pack.feature.key)
+    response = _page(
+        request,
+        "dashboard/topup_confirm.html",
+        {
+            "section": "usage",
+            "subscription": subscription,
+            "pack": pack,
+            "expiry": selectors.topup_expiry_text(pack, subscription),
+            "card": selectors.usage_card(entitlement) if entitlement else None,
+            "form": form,
+            "error": error,
+            "error_title": error_title,
+        },
+        status=status,
+    )
+    # The key lives in this page: never serve it again from a cache.
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@customer_required
+def topup_receipt(request: HttpRequest, key: str) -> HttpResponse:
+    """What a purchase bought, its invoice and the balance now."""
+    purchase = selectors.topup_purchase_of(request.customer, key)
+    if purchase is None:
+        raise Http404("No such purchase.")
+    entitlement = selectors.entitlement_of(request.customer, purchase.pack.feature.key)
+    return _page(
+        request,
+        "dashboard/topup_receipt.html",
+        {
+            "section": "usage",
+            "purchase": purchase,
+            "card": selectors.usage_card(entitlement) if entitlement else None,
+        },
+    )
+
+
+# --- plans ---------------------------------------------------------------------------------
+
+
+@customer_required
+def plans(request: HttpRequest) -> HttpResponse:
+    """The public plans side by side, the current one highlighted, with what a move changes."""
+    subscription = selectors.subscription_of(request.customer)
+    choice = selectors.plan_choice(request.customer, subscription) if subscription else None
+    return _page(
+        request,
+        "dashboard/plans.html",
+        {"section": "plans", "subscription": subscription, "choice": choice},
+    )
+
+
+@customer_required
+@require_http_methods(["GET", "POST"])
+def plan_change(request: HttpRequest, plan_key: str) -> HttpResponse:
+    """GET: the proration preview of an upgrade, or when a downgrade would apply. POST: the
+    change through billing's service; an upgrade then shows its proration invoice."""
+    customer = request.customer
+    subscription = selectors.subscription_of(customer)
+    if subscription is None:
+        messages.info(request, "You have no active subscription to change.")
+        return redirect("dashboard:plans")
+    plan = selectors.plan_offered(subscription, plan_key)
+    if plan is None:
+        raise Http404("No such plan is offered to you.")
+    current = plan.pk == subscription.plan_id
+    if current and subscription.scheduled_plan_id is None:
+        if request.method == "POST":
+            # A repeated confirm of an upgrade that already went through: show its invoice.
+            invoice = selectors.plan_change_invoice_latest(customer, plan)
+            if invoice is not None:
+                return redirect("dashboard:plan_changed", number=invoice.number)
+        messages.info(request, f"You are on the {plan.name} plan.")
+        return redirect("dashboard:plans")
+
+    relation = (
+        "keep" if current else ("upgrade" if plan.rank > subscription.plan.rank else "downgrade")
+    )
+    error, status, preview = "", 200, None
+    if request.method == "POST":
+        form = PlanChangeConfirmForm(request.POST)
+        if form.is_valid() and form.cleaned_data["from_plan"] != subscription.plan.key:
+            error, status = (
+                f"Your plan changed to {subscription.plan.name} meanwhile; review the change "
+                "again before confirming.",
+                409,
+            )
+        elif form.is_valid():
+            try:
+                change = subscription_change_plan(subscription=subscription, plan=plan)
+            except DomainError as failure:
+                error, status = failure.message, failure.status
+            else:
+                if change.invoice is not None:
+                    messages.success(request, f"You are now on the {plan.name} plan.")
+                    return redirect("dashboard:plan_changed", number=change.invoice.number)
+                if change.scheduled:
+                    end = change.subscription.current_period_end
+                    messages.success(
+                        request,
+                        f"Your plan changes to {plan.name} on {end:%b} {end.day}, {end.year}. "
+                        f"Until then you keep {subscription.plan.name}.",
+                    )
+                else:
+                    messages.success(request, f"You stay on the {plan.name} plan.")
+                return redirect("dashboard:plans")
+        else:
+            error, status = "This confirmation expired. Please review the change again.", 400
+    form = PlanChangeConfirmForm(initial={"from_plan": subscription.plan.key})
+    if relation == "upgrade":
+        try:
+            preview = proration_preview(subscription=subscription, plan=plan)
+        except DomainError as failure:
+            if not error:
+                error, status = failure.message, failure.status
+    choice = selectors.plan_choice(customer, subscription)
+    option = next((o for o in choice.options if o.plan.pk == plan.pk), None)
+    return _page(
+        request,
+        "dashboard/plan_change.html",
+        {
+            "section": "plans",
+            "subscription": subscription,
+            "plan": plan,
+            "option": option,
+            "relation": relation,
+            "preview": preview,
+            "form": form,
+            "error": error,
+        },
+        status=status,
+    )
+
+
+@customer_required
+def plan_changed(request: HttpRequest, number: str) -> HttpResponse:
+    """The proration invoice of an upgrade, shown right after it."""
+    if selectors.plan_change_invoice(request.customer, number) is None:
+        raise Http404("No such invoice.")
+    try:
+        invoice = billing_selectors.invoice_get_for_user(user=request.user, number=number)
+    except NotFound:
+        raise Http404("No such invoice.") from None
+    return _page(
+        request,
+        "dashboard/plan_changed.html",
+        {
+            "section": "plans",
+            "invoice": invoice,
+            "groups": billing_selectors.invoice_line_groups(invoice),
+            "invoice_url": reverse("billing:invoice_detail", args=[invoice.number]),
+        },
+    )
+
+
+# --- invoices and notifications ------------------------------------------------------------
+
+
+@customer_required
+def invoices(request: HttpRequest) -> HttpResponse:
+    return _page(
+        request,
+        "dashboard/invoices.html",
+        {
+            "section": "invoices",
+            "invoices": billing_selectors.invoice_list(customer=request.customer)[:200],
+        },
+    )
+
+
+@customer_required
+def notifications(request: HttpRequest) -> HttpResponse:
+    return _page(
+        request,
+        "dashboard/notifications.html",
+        {
+            "section": "notifications",
+            "notifications": selectors.notifications_of(request.customer)[:200],
+        },
+    )
+
+
+@customer_required
+def notification_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    notification = selectors.notification_of(request.customer, pk)
+    if notification is None:
+        raise Http404("No such notification.")
+    return _page(
+        request,
+        "dashboard/notification_detail.html",
+        {"section": "notifications", "notification": notification},
+    )
