@@ -1,5 +1,23 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from . import views
 
 app_name = "catalog"
 
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.plan_list, name="plan_list"),
+    path("compare/", views.plan_compare, name="plan_compare"),
+    path("plans/<slug:key>/", views.plan_detail, name="plan_detail"),
+    path("plans/<slug:key>/entitlements/add/", views.entitlement_add, name="entitlement_add"),
+    path("plans/<slug:key>/entitlements/<int:pk>/", views.entitlement_row, name="entitlement_row"),
+    path(
+        "plans/<slug:key>/entitlements/<int:pk>/edit/",
+        views.entitlement_edit,
+        name="entitlement_edit",
+    ),
+    path(
+        "plans/<slug:key>/entitlements/<int:pk>/remove/",
+        views.entitlement_remove,
+        name="entitlement_remove",
+    ),
+]

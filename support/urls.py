@@ -1,5 +1,20 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from . import views
 
 app_name = "support"
 
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.search, name="search"),
+    path("customers/<int:pk>/", views.customer, name="customer"),
+    path("customers/<int:pk>/change-plan/", views.change_plan, name="change_plan"),
+    path("customers/<int:pk>/grants/", views.grant_add, name="grant_add"),
+    path("customers/<int:pk>/grants/<int:grant_pk>/void/", views.grant_void, name="grant_void"),
+    path("customers/<int:pk>/topups/", views.topup_sell, name="topup_sell"),
+    path("customers/<int:pk>/overrides/", views.override_add, name="override_add"),
+    path(
+        "customers/<int:pk>/overrides/<int:override_pk>/end/",
+        views.override_end,
+        name="override_end",
+    ),
+]

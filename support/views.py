@@ -1,0 +1,372 @@
+"""Pages for support agents (HTMX): find a customer as you type; a customer's page with every
+effective entitlement and where it comes from, their grants, overrides, notifications,
+invoices and history; and the actions support takes: change plan (with the proration
+preview), grant units (free, or a paid top-up), add or end an override, void a grant.
+
+Each action is a POST form with a CSRF token, through the same services as the API (so it is
+recorded in history with the acting user by simple_history's middleware). Success: a message
+and a redirect to the customer page, or, under htmx, the customer's sections re-rendered in
+place. Errors: the form again, with them.
+"""
+
+from functools import wraps
+
+from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import reswap, retarget
+
+from billing import selectors as billing_selectors
+from billing import services as billing
+from catalog.forms import errors_to_form
+from catalog.models import Feature, Plan
+from catalog.selectors import entitlement_summary, topup_packs_available
+from customers import services as customer_services
+from customers.models import Customer, EntitlementOverride, Grant, GrantSource
+from entitlements_site.errors import DomainError
+from entitlements_site.roles import is_support
+
+from . import selectors
+from .forms import (
+    GrantForm,
+    OverrideForm,
+    PlanChoiceForm,
+    SearchForm,
+    TopUpForm,
+    override_values_form,
+)
+
+CUSTOMER_PAGE = "support/customer.html"
+
+
+def support_required(view):
+    """Anonymous -> the login page; logged in without the Support group -> 403."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs):
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        if not is_support(request.user):
+            raise PermissionDenied("These pages are for support agents.")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+# --- search -----------------------------------------------------------------------------------
+
+
+@support_required
+@require_GET
+def search(request: HttpRequest) -> HttpResponse:
+    """Search as you type: the results partial under htmx, the whole page otherwise."""
+    form = SearchForm(request.GET)
+    term = form.cleaned_data["q"].strip() if form.is_valid() else ""
+    context = {
+        "form": form,
+        "term": term,
+        "results": selectors.customers_matching(term) if term else [],
+        "recent": [] if term else selectors.customers_recent(),
+        "limit": selectors.SEARCH_LIMIT,
+    }
+    if request.htmx:
+        return render(request, "support/search.html#results", context)
+    return render(request, "support/search.html", context)
+
+
+# --- the customer page ------------------------------------------------------------------------
+
+
+def _customer_get(pk: int) -> Customer:
+    return get_object_or_404(Customer, pk=pk)
+
+
+def _customer_url(customer: Customer, anchor: str = "") -> str:
+    url = reverse("support:customer", args=[customer.pk])
+    return f"{url}#{anchor}" if anchor else url
+
+
+def _page_context(request, customer: Customer, **forms) -> dict:
+    """Everything the customer page shows; `forms` replaces the action forms (bound, with
+    errors) or adds the change-plan preview."""
+    subscription = customer_services.subscription_active(customer)
+    plan = subscription.plan if subscription else None
+    packs = topup_packs_available(plan=plan) if plan else topup_packs_available(plan=None).none()
+    override_feature = forms.pop("override_feature", None)
+    context = {
+        "customer": customer,
+        "subscription": subscription,
+        "entitlements": selectors.entitlement_rows(customer),
+        "grants": selectors.grant_rows(customer),
+        "overrides": selectors.override_rows(customer),
+        "notifications": selectors.notifications_sent(customer),
+        "notifications_available": selectors.Notification is not None,
+        "invoices": billing_selectors.invoice_list(customer=customer)[:20],
+        "history": selectors.customer_history(customer),
+        "plan_form": PlanChoiceForm(options=selectors.plan_options(customer, subscription)),
+        "grant_form": GrantForm(prefix="grant"),
+        "topup_form": TopUpForm(prefix="topup", packs=packs),
+        "has_packs": packs.exists(),
+        "override_form": OverrideForm(prefix="ov"),
+        "override_values": override_values_form(override_feature, customer.currency),
+        "override_feature": override_feature,
+        "preview": None,
+    }
+    context.update(forms)
+    return context
+
+
+@support_required
+@require_GET
+def customer(request: HttpRequest, pk: int) -> HttpResponse:
+    customer = _customer_get(pk)
+    return render(request, CUSTOMER_PAGE, _page_context(request, customer))
+
+
+def _done(request, customer: Customer, message: str, anchor: str = "") -> HttpResponse:
+    """After an action: the message, then the page (a redirect), or under htmx the customer's
+    sections re-rendered in place (whatever panel the form was in)."""
+    messages.success(request, message)
+    if not request.htmx:
+        return redirect(_customer_url(customer, anchor))
+    response = render(request, f"{CUSTOMER_PAGE}#customer-main", _page_context(request, customer))
+    return reswap(retarget(response, "#customer-main"), "outerHTML")
+
+
+def _failed(request, customer: Customer, partial: str, **forms) -> HttpResponse:
+    """An action's form again with its errors: the panel under htmx, else the whole page."""
+    context = _page_context(request, customer, **forms)
+    if request.htmx:
+        return render(request, f"{CUSTOMER_PAGE}#{partial}", context)
+    return render(request, CUSTOMER_PAGE, context)
+
+
+# --- change plan ------------------------------------------------------------------------------
+
+
+def _preview(customer: Customer, subscription, option) -> dict:
+    """What choosing `option` would do: an upgrade's proration lines and total, or the date a
+    downgrade takes effect. Raises DomainError when the change is not possible."""
+    if subscription is None:
+        return {"kind": "subscribe", "plan": option.plan}
+    if option.direction == "upgrade":
+        preview = billing.proration_preview(subscription=subscription, plan=option.plan)
+        return {"kind": "upgrade", "plan": option.plan, "proration": preview}
+    if option.direction == "current":
+        return {"kind": "keep", "plan": option.plan, "until": subscription.current_period_end}
+    return {"kind": "downgrade", "plan": option.plan, "at": subscription.current_period_end}
+
+
+@support_required
+@require_http_methods(["GET", "POST"])
+def change_plan(request: HttpRequest, pk: int) -> HttpResponse:
+    """GET ?plan=<key>: the preview (the panel under htmx, else the page). POST plan=<key>:
+    billing.subscription_change_plan (an upgrade at once with a proration invoice; a downgrade
+    scheduled for the period end), or billing.subscription_create without a subscription."""
+    customer = _customer_get(pk)
+    subscription = customer_services.subscription_active(customer)
+    options = selectors.plan_options(customer, subscription)
+    data = request.POST if request.method == "POST" else request.GET
+    form = PlanChoiceForm(data, options=options)
+    option = form.option
+    preview = None
+    if option is not None:
+        try:
+            preview = _preview(customer, subscription, option)
+        except DomainError as error:
+            errors_to_form(form, error)
+    if request.method == "POST" and preview is not None:
+        try:
+            if subscription is None:
+                billing.subscription_create(customer=customer, plan=option.plan)
+                return _done(request, customer, f"Subscribed to {option.plan.name}.", "plan")
+            change = billing.subscription_change_plan(subscription=subscription, plan=option.plan)
+        except (DomainError, ValidationError) as error:
+            errors_to_form(form, error)
+        else:
+            return _done(request, customer, _change_message(change, option.plan), "plan")
+    return _failed(request, customer, "panel-plan", plan_form=form, preview=preview)
+
+
+def _change_message(change, plan: Plan) -> str:
+    if change.scheduled:
+        end = change.subscription.current_period_end
+        return (
+            f"Downgrade to {plan.name} scheduled for the period end, "
+            f"{end:%b} {end.day}, {end.year}. Nothing is charged now."
+        )
+    if change.invoice is not None:
+        return (
+            f"Upgraded to {plan.name}. Proration invoice {change.invoice.number} issued "
+            f"for {change.invoice.total}."
+        )
+    return f"Staying on {plan.name}: the scheduled change is cancelled."
+
+
+# --- grants and top-ups -----------------------------------------------------------------------
+
+
+@support_required
+@require_POST
+def grant_add(request: HttpRequest, pk: int) -> HttpResponse:
+    """Free units: customers.services.grant_create, source manual, with the reason."""
+    customer = _customer_get(pk)
+    form = GrantForm(request.POST, prefix="grant")
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            grant = customer_services.grant_create(
+                customer=customer,
+                feature=data["feature"],
+                quantity=data["quantity"],
+                source=GrantSource.MANUAL,
+                reason=data["reason"],
+                expires_at=data["expires_at"],
+                created_by=request.user,
+            )
+        except (DomainError, ValidationError) as error:
+            errors_to_form(form, error)
+        else:
+            return _done(request, customer, f"Granted {grant}.", "entitlements")
+    return _failed(request, customer, "panel-grant", grant_form=form)
+
+
+@support_required
+@require_POST
+def topup_sell(request: HttpRequest, pk: int) -> HttpResponse:
+    """A paid top-up: billing.topup_purchase with the form's idempotency key (made when the
+    form was shown), so that submitting twice buys once."""
+    customer = _customer_get(pk)
+    subscription = customer_services.subscription_active(customer)
+    packs = topup_packs_available(plan=subscription.plan if subscription else None)
+    form = TopUpForm(request.POST, prefix="topup", packs=packs)
+    if form.is_valid():
+        try:
+            purchase = billing.topup_purchase(
+                customer=customer,
+                pack=form.cleaned_data["pack"],
+                idempotency_key=form.cleaned_data["idempotency_key"],
+            )
+        except (DomainError, ValidationError) as error:
+            errors_to_form(form, error)
+        else:
+            return _done(
+                request,
+                customer,
+                f"Sold {purchase.pack.name}: invoice {purchase.invoice.number} "
+                f"({purchase.invoice.total}), paid.",
+                "entitlements",
+            )
+    return _failed(request, customer, "panel-grant", topup_form=form)
+
+
+@support_required
+@require_POST
+def grant_void(request: HttpRequest, pk: int, grant_pk: int) -> HttpResponse:
+    customer = _customer_get(pk)
+    grant = get_object_or_404(Grant, customer=customer, pk=grant_pk)
+    try:
+        customer_services.grant_void(grant=grant)
+    except DomainError as error:
+        messages.error(request, error.message)
+        return _refresh(request, customer, "grants")
+    return _done(request, customer, f"Voided the grant of {grant}.", "grants")
+
+
+def _refresh(request, customer: Customer, anchor: str) -> HttpResponse:
+    if not request.htmx:
+        return redirect(_customer_url(customer, anchor))
+    response = render(request, f"{CUSTOMER_PAGE}#customer-main", _page_context(request, customer))
+    return reswap(retarget(response, "#customer-main"), "outerHTML")
+
+
+# --- overrides --------------------------------------------------------------------------------
+
+
+@support_required
+@require_http_methods(["GET", "POST"])
+def override_add(request: HttpRequest, pk: int) -> HttpResponse:
+    """GET (htmx, when the feature select changes): the value fields of that feature's kind.
+    POST: customers.services.override_create with the acting user as created_by."""
+    customer = _customer_get(pk)
+    if request.method == "GET":
+        key = request.GET.get("ov-feature", "")
+        feature = Feature.objects.filter(key=key).first() if key else None
+        if not request.htmx:
+            form = OverrideForm(prefix="ov", initial={"feature": feature.key if feature else None})
+            context = _page_context(request, customer, override_feature=feature, override_form=form)
+            return render(request, CUSTOMER_PAGE, context)
+        return render(
+            request,
+            f"{CUSTOMER_PAGE}#override-fields",
+            {
+                "customer": customer,
+                "override_feature": feature,
+                "override_values": override_values_form(feature, customer.currency),
+            },
+        )
+    form = OverrideForm(request.POST, prefix="ov")
+    form_valid = form.is_valid()
+    feature = form.cleaned_data.get("feature")
+    values = override_values_form(feature, customer.currency, data=request.POST)
+    values_valid = feature is not None and values.is_valid()
+    if form_valid and values_valid:
+        data = form.cleaned_data
+        try:
+            override = customer_services.override_create(
+                customer=customer,
+                feature=feature,
+                reason=data["reason"],
+                starts_at=data["starts_at"],
+                ends_at=data["ends_at"],
+                created_by=request.user,
+                **values.values(),
+            )
+        except (DomainError, ValidationError) as error:
+            errors_to_form(values, error)
+            if isinstance(error, ValidationError) and hasattr(error, "error_dict"):
+                for name in ("reason", "starts_at", "ends_at"):
+                    for message in error.message_dict.get(name, []):
+                        form.add_error(name, message)
+        else:
+            return _done(
+                request,
+                customer,
+                f"Override added: {override.feature.name} is now "
+                f"{entitlement_summary(override)} for {customer.name}.",
+                "entitlements",
+            )
+    if feature is None:
+        values = override_values_form(None, customer.currency)
+    return _failed(
+        request,
+        customer,
+        "panel-override",
+        override_form=form,
+        override_values=values,
+        override_feature=feature,
+    )
+
+
+@support_required
+@require_POST
+def override_end(request: HttpRequest, pk: int, override_pk: int) -> HttpResponse:
+    customer = _customer_get(pk)
+    override = get_object_or_404(
+        EntitlementOverride.objects.select_related("feature"), customer=customer, pk=override_pk
+    )
+    try:
+        customer_services.override_end(override=override)
+    except DomainError as error:
+        messages.error(request, error.message)
+        return _refresh(request, customer, "overrides")
+    return _done(
+        request,
+        customer,
+        f"Ended the override of {override.feature.name}; the plan's terms apply again.",
+        "overrides",
+    )
