@@ -93,6 +93,11 @@ def subscription_start(
     return subscription
 
 
+def _check_active(subscription: Subscription) -> None:
+    if subscription.status != SubscriptionStatus.ACTIVE:
+        raise InvalidInput("This subscription has ended.", code="subscription_ended")
+
+
 def _check_plan_for(customer: Customer, plan: Plan) -> None:
     if plan.status != PlanStatus.ACTIVE:
         raise InvalidInput(f"The plan {plan.key!r} is not active.", code="plan_not_active")
@@ -112,6 +117,7 @@ def subscription_set_plan(
     Usage so far counts against the new limits (counters belong to the customer, not the plan).
     Billing decides when to call this and invoices the proration."""
     subscription = Subscription.objects.select_for_update().get(pk=subscription.pk)
+    _check_active(subscription)
     _check_plan_for(subscription.customer, plan)
     subscription.plan = plan
     subscription.scheduled_plan = None
@@ -127,6 +133,7 @@ def subscription_set_plan(
 def subscription_schedule_plan(*, subscription: Subscription, plan: Plan | None) -> Subscription:
     """A downgrade waits for the period end; None clears a scheduled change."""
     subscription = Subscription.objects.select_for_update().get(pk=subscription.pk)
+    _check_active(subscription)
     if plan is not None:
         _check_plan_for(subscription.customer, plan)
     subscription.scheduled_plan = plan
@@ -166,6 +173,7 @@ def subscription_roll_period(*, subscription: Subscription, plan: Plan | None = 
         subscription.ended_at = subscription.current_period_end
         subscription.save()
         return subscription
+    plan = plan or subscription.scheduled_plan  # a downgrade waiting for this period end
     if plan is not None:
         subscription.plan = plan
     subscription.scheduled_plan = None
