@@ -351,6 +351,9 @@ class Notification(models.Model):
     )
     attempts = models.PositiveIntegerField(default=0)
     last_attempt_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(
+        default=timezone.now, help_text="When the sweep may queue it again if still pending."
+    )
     sent_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     usage = models.DecimalField(max_digits=24, decimal_places=4)
@@ -373,7 +376,7 @@ class Notification(models.Model):
                 name="notification_one_per_period_threshold",
             ),
         ]
-        indexes = [models.Index(fields=["status", "created_at"])]
+        indexes = [models.Index(fields=["status", "next_attempt_at"])]
 
     def __str__(self) -> str:
         return f"{self.customer.name}: {self.threshold}% of {self.feature.name} ({self.status})"
@@ -450,6 +453,9 @@ class WebhookDelivery(models.Model):
     )
     attempts = models.PositiveIntegerField(default=0)
     last_attempt_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(
+        default=timezone.now, help_text="When the sweep may queue it again if still pending."
+    )
     response_code = models.PositiveSmallIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
@@ -463,7 +469,7 @@ class WebhookDelivery(models.Model):
                 fields=["endpoint", "event_id"], name="webhook_delivery_once_per_endpoint"
             ),
         ]
-        indexes = [models.Index(fields=["status", "created_at"])]
+        indexes = [models.Index(fields=["status", "next_attempt_at"])]
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.event_id} -> {self.endpoint} ({self.status})"

@@ -17,7 +17,7 @@ from functools import partial
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.db import IntegrityError, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.formats import date_format
@@ -35,9 +35,10 @@ def sweep_delay() -> dt.timedelta:
     return dt.timedelta(seconds=getattr(settings, "NOTIFICATION_SWEEP_DELAY_SECONDS", 120))
 
 
-def max_attempts() -> int:
-    """Failed sends before a notification is given up (`failed`; the admin can resend it)."""
-    return getattr(settings, "NOTIFICATION_MAX_ATTEMPTS", 20)
+def give_up_after() -> dt.timedelta:
+    """A notification still failing this long after the crossing is marked failed (a day); the
+    admin can resend it."""
+    return dt.timedelta(seconds=getattr(settings, "NOTIFICATION_GIVE_UP_AFTER_SECONDS", 86400))
 
 
 # --- recording ----------------------------------------------------------------------------
@@ -69,6 +70,7 @@ def thresholds_record(*, customer: Customer, feature, before, after) -> Notifica
     crossed = thresholds_crossed(before, after)
     if not crossed:
         return None
+    now = timezone.now()
     notification = Notification(
         customer=customer,
         feature=feature,
@@ -81,6 +83,9 @@ def thresholds_record(*, customer: Customer, feature, before, after) -> Notifica
         balance=after.balance,
         unit=after.unit or "",
         resets_at=after.resets_at,
+        created_at=now,
+        # The task queued on commit goes first; the sweep only if it got lost.
+        next_attempt_at=now + sweep_delay(),
     )
     try:
         with transaction.atomic():
@@ -186,9 +191,10 @@ def notification_email_send(*, notification_id: int) -> bool:
 
     Locks the row for the send (SKIP LOCKED: if another worker is sending it, this call does
     nothing), and marks it sent in the same transaction, so a notification marked sent is never
-    sent again. Each try counts in `attempts`; a failure keeps the error in `last_error`, leaves
-    the row pending (the task's retries and the sweep try again) or, after `max_attempts()`,
-    marks it failed, then re-raises the error."""
+    sent again. Each try counts in `attempts`; a failure keeps the error in `last_error` and
+    leaves the row pending (the task's quick retries, then the sweep with backoff, try again:
+    `webhooks.retry_at`) or, `give_up_after()` the crossing, marks it failed; then re-raises
+    the error."""
     error = None
     with transaction.atomic():
         notification = (
@@ -212,7 +218,10 @@ def notification_email_send(*, notification_id: int) -> bool:
             except Exception as exc:
                 error = exc
                 notification.last_error = f"{type(exc).__name__}: {exc}"[:2000]
-                if notification.attempts >= max_attempts():
+                notification.next_attempt_at = webhooks.retry_at(
+                    attempts=notification.attempts, now=now, delay=sweep_delay()
+                )
+                if now - notification.created_at >= give_up_after():
                     notification.status = NotificationStatus.FAILED
             else:
                 notification.status = NotificationStatus.SENT
@@ -220,38 +229,43 @@ def notification_email_send(*, notification_id: int) -> bool:
                 notification.to = recipients
                 notification.last_error = ""
         notification.save(
-            update_fields=["attempts", "last_attempt_at", "status", "sent_at", "to", "last_error"]
+            update_fields=[
+                "attempts",
+                "last_attempt_at",
+                "next_attempt_at",
+                "status",
+                "sent_at",
+                "to",
+                "last_error",
+            ]
         )
     if error is not None:
         raise error
     return notification.status == NotificationStatus.SENT
 
 
-def notifications_due(*, older_than: dt.timedelta | None = None, limit: int = 500) -> list[int]:
-    """Ids of notifications still pending `older_than` (default `sweep_delay()`) after they
-    were recorded or last tried: the ones whose task was lost or is failing."""
-    cutoff = timezone.now() - (sweep_delay() if older_than is None else older_than)
+def notifications_due(*, within: dt.timedelta = dt.timedelta(0), limit: int = 500) -> list[int]:
+    """Ids of pending notifications due for another try (`within` from now): their task was
+    lost, or failed `sweep_delay()` or more ago (with backoff: `webhooks.retry_at`)."""
+    due = timezone.now() + within
     return list(
-        Notification.objects.filter(status=NotificationStatus.PENDING)
-        .filter(
-            Q(last_attempt_at__isnull=True, created_at__lte=cutoff) | Q(last_attempt_at__lte=cutoff)
-        )
-        .order_by("pk")
+        Notification.objects.filter(status=NotificationStatus.PENDING, next_attempt_at__lte=due)
+        .order_by("next_attempt_at", "pk")
         .values_list("pk", flat=True)[:limit]
     )
 
 
 @transaction.atomic
 def notifications_resend(*, notifications: QuerySet) -> int:
-    """Pending or failed notifications back to pending with a fresh attempt budget, queued on
-    commit (the admin's "resend"). Sent ones are left alone. Returns how many."""
+    """Pending or failed notifications back to pending and queued on commit (the admin's
+    "resend"). Sent ones are left alone. Returns how many."""
     ids = list(
         notifications.filter(
             status__in=[NotificationStatus.PENDING, NotificationStatus.FAILED]
         ).values_list("pk", flat=True)
     )
-    Notification.objects.filter(pk__in=ids).exclude(status=NotificationStatus.SENT).update(
-        status=NotificationStatus.PENDING, attempts=0
+    Notification.objects.filter(pk__in=ids).update(
+        status=NotificationStatus.PENDING, next_attempt_at=timezone.now()
     )
     for pk in ids:
         transaction.on_commit(partial(_queue_send, pk))

@@ -16,6 +16,15 @@ logger = logging.getLogger(__name__)
 
 # What a mail server or network outage raises; these are retried with backoff.
 MAIL_ERRORS = (smtplib.SMTPException, OSError)
+# A task's own retries ride out a blip: exponential, at most 10, 20, 40 s (full jitter), all
+# within the sweep's delay. A longer outage is the sweep's, with its own backoff
+# (webhooks.retry_at), so that retries never pile up.
+QUICK_RETRIES = {
+    "retry_backoff": 10,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": 3,
+}
 
 
 def enqueue(task, *args) -> bool:
@@ -38,10 +47,7 @@ def enqueue(task, *args) -> bool:
     name="customers.tasks.notification_send",
     acks_late=True,
     autoretry_for=MAIL_ERRORS,
-    retry_backoff=30,
-    retry_backoff_max=1800,
-    retry_jitter=True,
-    max_retries=6,
+    **QUICK_RETRIES,
 )
 def notification_send(self, notification_id: int) -> bool:
     """Sends one notification's email (never one already sent)."""
@@ -57,12 +63,13 @@ def notification_send(self, notification_id: int) -> bool:
 
 
 @shared_task(name="customers.tasks.notifications_sweep")
-def notifications_sweep(older_than_seconds: float | None = None) -> int:
-    """Queues again the notifications still pending after a delay (a lost task, a broker or
-    mail outage). Returns how many were queued."""
-    older_than = None if older_than_seconds is None else dt.timedelta(seconds=older_than_seconds)
+def notifications_sweep(due_within_seconds: float = 0) -> int:
+    """Queues the pending notifications due for another try (a lost task, a broker or mail
+    outage); `due_within_seconds` also takes those due that much later (tests, manual runs).
+    Returns how many were queued."""
     queued = 0
-    for pk in notifications.notifications_due(older_than=older_than):
+    within = dt.timedelta(seconds=due_within_seconds)
+    for pk in notifications.notifications_due(within=within):
         if not enqueue(notification_send, pk):
             break  # the broker is down: the next sweep tries again
         queued += 1
@@ -74,10 +81,7 @@ def notifications_sweep(older_than_seconds: float | None = None) -> int:
     name="customers.tasks.webhook_deliver",
     acks_late=True,
     autoretry_for=(webhooks.WebhookDeliveryError,),
-    retry_backoff=30,
-    retry_backoff_max=1800,
-    retry_jitter=True,
-    max_retries=6,
+    **QUICK_RETRIES,
 )
 def webhook_deliver(self, delivery_id: int) -> bool:
     """POSTs one webhook delivery (never one already delivered)."""
@@ -91,11 +95,11 @@ def webhook_deliver(self, delivery_id: int) -> bool:
 
 
 @shared_task(name="customers.tasks.webhook_deliveries_sweep")
-def webhook_deliveries_sweep(older_than_seconds: float | None = None) -> int:
-    """Queues again the webhook deliveries still pending after a delay. Returns how many."""
-    older_than = None if older_than_seconds is None else dt.timedelta(seconds=older_than_seconds)
+def webhook_deliveries_sweep(due_within_seconds: float = 0) -> int:
+    """Queues the pending webhook deliveries due for another try. Returns how many."""
     queued = 0
-    for pk in webhooks.deliveries_due(older_than=older_than):
+    within = dt.timedelta(seconds=due_within_seconds)
+    for pk in webhooks.deliveries_due(within=within):
         if not enqueue(webhook_deliver, pk):
             break
         queued += 1

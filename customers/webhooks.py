@@ -32,7 +32,7 @@ from functools import partial
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from .models import WebhookDelivery, WebhookDeliveryStatus, WebhookEndpoint
@@ -53,12 +53,21 @@ def timeout_seconds() -> float:
     return getattr(settings, "WEBHOOK_TIMEOUT_SECONDS", 5)
 
 
-def max_attempts() -> int:
-    return getattr(settings, "WEBHOOK_MAX_ATTEMPTS", 20)
-
-
 def sweep_delay() -> dt.timedelta:
+    """How long a delivery may stay pending before the sweep queues it again."""
     return dt.timedelta(seconds=getattr(settings, "WEBHOOK_SWEEP_DELAY_SECONDS", 120))
+
+
+def give_up_after() -> dt.timedelta:
+    """A delivery still failing this long after its event is marked failed (3 days)."""
+    return dt.timedelta(seconds=getattr(settings, "WEBHOOK_GIVE_UP_AFTER_SECONDS", 3 * 86400))
+
+
+def retry_at(*, attempts: int, now: dt.datetime, delay: dt.timedelta) -> dt.datetime:
+    """When an outbox row that failed `attempts` times is due for the sweep again: `delay`
+    after the last try, doubling every 4 tries (one task and its own quick retries), at most
+    an hour apart. The task's own retries come sooner than `delay`, so the two never overlap."""
+    return now + min(delay * 2 ** min(attempts // 4, 8), dt.timedelta(hours=1))
 
 
 # --- signing ------------------------------------------------------------------------------
@@ -104,15 +113,24 @@ def event_record(event_type: str, data: dict | Callable[[], dict]) -> list[Webho
     if not endpoints:
         return []
     event_id = f"evt_{uuid.uuid4().hex}"
+    now = timezone.now()
     payload = {
         "id": event_id,
         "type": event_type,
-        "created_at": timezone.now().astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+        "created_at": now.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
         "data": data() if callable(data) else data,
     }
     deliveries = WebhookDelivery.objects.bulk_create(
         [
-            WebhookDelivery(endpoint=e, event_type=event_type, event_id=event_id, payload=payload)
+            WebhookDelivery(
+                endpoint=e,
+                event_type=event_type,
+                event_id=event_id,
+                payload=payload,
+                created_at=now,
+                # The task queued on commit goes first; the sweep only if it got lost.
+                next_attempt_at=now + sweep_delay(),
+            )
             for e in endpoints
         ]
     )
@@ -194,7 +212,8 @@ def webhook_delivery_send(*, delivery_id: int) -> bool:
 
     Locks the row (SKIP LOCKED: a worker already sending it wins) and marks it delivered in the
     same transaction, so a delivered event is never POSTed again. Records attempts, the
-    response code and the last error; after `max_attempts()` failures the status is failed.
+    response code, the last error and when the sweep may try again (`retry_at`); a delivery
+    still failing `give_up_after()` after its event is marked failed.
     Raises WebhookDeliveryError on failure so that the task retries with backoff."""
     error = None
     with transaction.atomic():
@@ -206,8 +225,9 @@ def webhook_delivery_send(*, delivery_id: int) -> bool:
         )
         if delivery is None:
             return False
+        now = timezone.now()
         delivery.attempts += 1
-        delivery.last_attempt_at = timezone.now()
+        delivery.last_attempt_at = now
         endpoint = delivery.endpoint
         if not endpoint.active:
             delivery.status = WebhookDeliveryStatus.FAILED
@@ -221,12 +241,16 @@ def webhook_delivery_send(*, delivery_id: int) -> bool:
                 delivery.last_error = ""
             else:
                 delivery.last_error = error[:2000]
-                if delivery.attempts >= max_attempts():
+                delivery.next_attempt_at = retry_at(
+                    attempts=delivery.attempts, now=now, delay=sweep_delay()
+                )
+                if now - delivery.created_at >= give_up_after():
                     delivery.status = WebhookDeliveryStatus.FAILED
         delivery.save(
             update_fields=[
                 "attempts",
                 "last_attempt_at",
+                "next_attempt_at",
                 "status",
                 "response_code",
                 "delivered_at",
@@ -267,31 +291,30 @@ def _post(endpoint: WebhookEndpoint, delivery: WebhookDelivery) -> tuple[int | N
     return code, None
 
 
-def deliveries_due(*, older_than: dt.timedelta | None = None, limit: int = 500) -> list[int]:
-    """Ids of deliveries still pending `older_than` (default `sweep_delay()`) after they were
-    recorded or last tried."""
-    cutoff = timezone.now() - (sweep_delay() if older_than is None else older_than)
+def deliveries_due(*, within: dt.timedelta = dt.timedelta(0), limit: int = 500) -> list[int]:
+    """Ids of pending deliveries due for another try (`within` from now): their task was lost,
+    or failed `sweep_delay()` or more ago (see `retry_at`)."""
+    due = timezone.now() + within
     return list(
-        WebhookDelivery.objects.filter(status=WebhookDeliveryStatus.PENDING)
-        .filter(
-            Q(last_attempt_at__isnull=True, created_at__lte=cutoff) | Q(last_attempt_at__lte=cutoff)
+        WebhookDelivery.objects.filter(
+            status=WebhookDeliveryStatus.PENDING, next_attempt_at__lte=due
         )
-        .order_by("pk")
+        .order_by("next_attempt_at", "pk")
         .values_list("pk", flat=True)[:limit]
     )
 
 
 @transaction.atomic
 def deliveries_retry(*, deliveries: QuerySet) -> int:
-    """Pending or failed deliveries back to pending with a fresh attempt budget, queued on
-    commit (the admin's "retry"). Delivered ones are left alone. Returns how many."""
+    """Pending or failed deliveries back to pending and queued on commit (the admin's
+    "retry"). Delivered ones are left alone. Returns how many."""
     ids = list(
         deliveries.filter(
             status__in=[WebhookDeliveryStatus.PENDING, WebhookDeliveryStatus.FAILED]
         ).values_list("pk", flat=True)
     )
     WebhookDelivery.objects.filter(pk__in=ids).update(
-        status=WebhookDeliveryStatus.PENDING, attempts=0
+        status=WebhookDeliveryStatus.PENDING, next_attempt_at=timezone.now()
     )
     transaction.on_commit(partial(_queue_deliveries, ids))
     return len(ids)

@@ -9,6 +9,7 @@ from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 
 import customers.admin_notifications  # noqa: F401 (registers the admin classes)
+from customers import webhooks
 from customers.models import (
     Notification,
     NotificationStatus,
@@ -157,7 +158,8 @@ def test_deliveries_are_read_only_and_can_be_retried(admin_client):
         {"action": "retry", "_selected_action": [delivery.pk]},
     )
     delivery.refresh_from_db()
-    assert (delivery.status, delivery.attempts) == (WebhookDeliveryStatus.PENDING, 0)
+    assert (delivery.status, delivery.attempts) == (WebhookDeliveryStatus.PENDING, 20)
+    assert delivery.id in webhooks.deliveries_due()
 
 
 def test_beat_schedules_the_sweeps_and_the_period_close():

@@ -16,10 +16,15 @@ from django.db import connection, transaction
 from django.utils.formats import date_format
 from kombu.exceptions import OperationalError
 
-from customers import tasks
+from customers import tasks, webhooks
 from customers.engine import entitlement_check, entitlement_consume, usage_record_batch
 from customers.models import Grant, GrantSource, Notification, NotificationStatus
-from customers.notifications import notifications_resend, quantity_text, thresholds_record
+from customers.notifications import (
+    notifications_resend,
+    quantity_text,
+    sweep_delay,
+    thresholds_record,
+)
 from customers.tests.notification_helpers import storage_given
 
 pytestmark = pytest.mark.django_db
@@ -217,15 +222,14 @@ def test_the_mail_server_down_keeps_it_pending_and_the_sweep_sends_it_once(consu
     assert "SMTPServerDisconnected: Connection unexpectedly closed" in notification.last_error
     assert notification.sent_at is None
 
-    # When the mail server is back: the sweep leaves recent ones to their own retries...
+    # When the mail server is back: the sweep leaves it alone for two minutes...
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     assert tasks.notifications_sweep.delay().get() == 0
-    # ...and sends the ones pending for longer than its delay
-    settings.NOTIFICATION_SWEEP_DELAY_SECONDS = 0
-    assert tasks.notifications_sweep.delay().get() == 1
+    # ...then sends it
+    assert tasks.notifications_sweep.delay(due_within_seconds=120).get() == 1
 
     # Then exactly one email, however often the sweep runs
-    assert tasks.notifications_sweep.delay().get() == 0
+    assert tasks.notifications_sweep.delay(due_within_seconds=3600).get() == 0
     assert len(mail.outbox) == 1
     notification.refresh_from_db()
     assert (notification.status, notification.attempts, notification.last_error) == (
@@ -237,24 +241,43 @@ def test_the_mail_server_down_keeps_it_pending_and_the_sweep_sends_it_once(consu
     assert storage.customer.email in mail.outbox[0].to
 
 
-def test_after_max_attempts_it_fails_and_can_be_resent(
+def test_the_sweep_backs_off_while_the_mail_server_stays_down(consume, settings):
+    settings.EMAIL_BACKEND = BROKEN_BACKEND
+    consume(storage_given(), "90", "e1")
+    notification = Notification.objects.get()
+    gaps = []
+    for _ in range(12):
+        before = notification.next_attempt_at
+        Notification.objects.update(next_attempt_at=before - dt.timedelta(hours=2))
+        assert tasks.notifications_sweep.delay().get() == 1
+        notification.refresh_from_db()
+        gaps.append((notification.next_attempt_at - notification.last_attempt_at).total_seconds())
+
+    # Two minutes apart while a task's own retries would run, then doubling...
+    assert gaps == [120, 120, 240, 240, 240, 240, 480, 480, 480, 480, 960, 960]
+    # ...at most an hour apart
+    later = webhooks.retry_at(attempts=1000, now=notification.created_at, delay=sweep_delay())
+    assert later - notification.created_at == dt.timedelta(hours=1)
+    assert notification.attempts == 13
+    assert notification.status == NotificationStatus.PENDING
+
+
+def test_a_notification_failing_for_a_day_is_marked_failed_and_can_be_resent(
     consume, settings, django_capture_on_commit_callbacks
 ):
     settings.EMAIL_BACKEND = BROKEN_BACKEND
-    settings.NOTIFICATION_SWEEP_DELAY_SECONDS = 0
-    settings.NOTIFICATION_MAX_ATTEMPTS = 2
+    settings.NOTIFICATION_GIVE_UP_AFTER_SECONDS = 0
     consume(storage_given(), "90", "e1")
 
-    tasks.notifications_sweep.delay()
     notification = Notification.objects.get()
-    assert (notification.status, notification.attempts) == (NotificationStatus.FAILED, 2)
-    assert tasks.notifications_sweep.delay().get() == 0  # given up: not swept again
+    assert (notification.status, notification.attempts) == (NotificationStatus.FAILED, 1)
+    assert tasks.notifications_sweep.delay(due_within_seconds=86400).get() == 0  # given up
 
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     with django_capture_on_commit_callbacks(execute=True):
         assert notifications_resend(notifications=Notification.objects.all()) == 1
     notification.refresh_from_db()
-    assert notification.status == NotificationStatus.SENT
+    assert (notification.status, notification.attempts) == (NotificationStatus.SENT, 2)
     assert len(mail.outbox) == 1
 
 
@@ -271,9 +294,7 @@ def test_a_notification_marked_sent_is_never_sent_again(consume):
     assert notification.attempts == 1
 
 
-def test_the_broker_down_does_not_fail_the_request_and_the_sweep_sends_later(
-    consume, monkeypatch, settings
-):
+def test_the_broker_down_does_not_fail_the_request_and_the_sweep_sends_later(consume, monkeypatch):
     # Given the broker cannot be reached when the transaction commits
     def broker_down(*args, **kwargs):
         raise OperationalError("Error 111 connecting to 127.0.0.1:6390. Connection refused.")
@@ -286,13 +307,12 @@ def test_the_broker_down_does_not_fail_the_request_and_the_sweep_sends_later(
     assert Notification.objects.get().status == NotificationStatus.PENDING
     assert mail.outbox == []
     # And while the broker stays down the sweep fails quietly
-    settings.NOTIFICATION_SWEEP_DELAY_SECONDS = 0
-    assert tasks.notifications_sweep.delay().get() == 0
+    assert tasks.notifications_sweep.delay(due_within_seconds=120).get() == 0
 
     # When the broker is back, the sweep sends it exactly once
     monkeypatch.undo()
-    assert tasks.notifications_sweep.delay().get() == 1
-    assert tasks.notifications_sweep.delay().get() == 0
+    assert tasks.notifications_sweep.delay(due_within_seconds=120).get() == 1
+    assert tasks.notifications_sweep.delay(due_within_seconds=120).get() == 0
     assert len(mail.outbox) == 1
     assert Notification.objects.get().status == NotificationStatus.SENT
 

@@ -81,7 +81,7 @@ def test_a_threshold_crossing_is_posted_once_signed(receiver, on_commit):
     assert (delivery.status, delivery.response_code, delivery.attempts) == ("delivered", 200, 1)
 
     # The sweep never posts a delivered event again
-    assert tasks.webhook_deliveries_sweep.delay(0).get() == 0
+    assert tasks.webhook_deliveries_sweep.delay(3600).get() == 0
     assert len(receiver.received) == 1
 
 
@@ -157,8 +157,9 @@ def test_a_failing_receiver_is_retried_by_the_sweep_and_sees_the_event_once(rece
 
     # When it recovers, the sweep delivers it once
     receiver.status = 200
-    assert tasks.webhook_deliveries_sweep.delay(0).get() == 1
-    assert tasks.webhook_deliveries_sweep.delay(0).get() == 0
+    assert tasks.webhook_deliveries_sweep.delay().get() == 0  # retried in two minutes
+    assert tasks.webhook_deliveries_sweep.delay(120).get() == 1
+    assert tasks.webhook_deliveries_sweep.delay(3600).get() == 0
     delivery.refresh_from_db()
     assert (delivery.status, delivery.response_code, delivery.attempts) == ("delivered", 200, 2)
     ids = [e["id"] for e in receiver.events("usage.threshold_crossed")]
