@@ -3,6 +3,7 @@
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from billing import api as billing_api
 from catalog import api as catalog_api
 from customers import api as customers_api
 
@@ -26,6 +27,10 @@ v1 = [
     path(f"{C}/overrides/<int:pk>", customers_api.OverrideDetailView.as_view(), name="override"),
     path(f"{C}/grants", customers_api.GrantListView.as_view(), name="grants"),
     path(f"{C}/grants/<int:pk>", customers_api.GrantDetailView.as_view(), name="grant"),
+    path(f"{C}/subscription", billing_api.SubscriptionView.as_view(), name="subscription"),
+    path(f"{C}/topups", billing_api.TopUpView.as_view(), name="topups"),
+    path(f"{C}/invoices", billing_api.InvoiceListView.as_view(), name="invoices"),
+    path(f"{C}/invoices/<str:number>", billing_api.InvoiceDetailView.as_view(), name="invoice"),
     path("features", catalog_api.FeatureListView.as_view(), name="features"),
     path("features/<str:feature_key>", catalog_api.FeatureDetailView.as_view(), name="feature"),
     path("plans", catalog_api.PlanListView.as_view(), name="plans"),
