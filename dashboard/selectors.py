@@ -27,7 +27,13 @@ from catalog.models import (
 )
 from catalog.selectors import plan_comparison, price_text, topup_packs_available
 from customers.engine import Entitlement, entitlements_resolve
-from customers.models import Customer, Notification, Subscription, SubscriptionStatus
+from customers.models import (
+    Customer,
+    CustomerUser,
+    Notification,
+    Subscription,
+    SubscriptionStatus,
+)
 from customers.selectors import usage_buckets
 
 WARN_AT_DEFAULT = 80
@@ -38,7 +44,7 @@ def customer_of(user) -> Customer | None:
     """The customer `user` logs in for, or None (anonymous, staff, anyone unlinked)."""
     if not user.is_authenticated:
         return None
-    link = getattr(user, "customer_user", None)  # a missing link raises, caught by getattr
+    link = CustomerUser.objects.select_related("customer").filter(user_id=user.pk).first()
     return link.customer if link else None
 
 

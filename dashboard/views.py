@@ -45,7 +45,10 @@ def customer_required(view):
 
 
 def _page(request: HttpRequest, template: str, context: dict, *, status: int = 200):
-    subscription = context.get("subscription", selectors.subscription_of(request.customer))
+    if "subscription" in context:
+        subscription = context["subscription"]
+    else:
+        subscription = selectors.subscription_of(request.customer)
     return render(
         request,
         template,
