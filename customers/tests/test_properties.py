@@ -1,0 +1,204 @@
+"""The engine's invariants over generated sequences of operations (hypothesis): consume q,
+report a batch, grant units, replay an earlier event; time moves forward between them, across
+billing periods and grant expiries.
+
+After every operation, under a hard limit:
+- a consume is allowed exactly when the balance covers it, and an allowed consume adds no
+  overage: usage never goes past allowance plus grants through consume; the balance is never
+  negative; a denial changes nothing;
+- usage equals the sum of the accepted events of the period, and what grants gave up equals
+  what the periods drew;
+- burn-down order: a grant is drawn only once every grant in force expiring before it is used
+  up;
+- a replayed event_id changes nothing.
+"""
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from django.db.models import Sum
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from catalog.models import Reset
+from customers import engine
+from customers.models import Grant, UsageCounter, UsageEvent
+from customers.tests.factories import (
+    CustomerFactory,
+    FeatureFactory,
+    GrantFactory,
+    PlanEntitlementFactory,
+    PlanFactory,
+    SubscriptionFactory,
+)
+
+START = datetime(2025, 1, 31, 10, tzinfo=UTC)
+D = Decimal
+
+hours = st.integers(min_value=0, max_value=96)
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("consume"), hours, st.integers(min_value=1, max_value=8)),
+        st.tuples(
+            st.just("report"),
+            hours,
+            st.lists(st.integers(min_value=0, max_value=6), min_size=1, max_size=3),
+        ),
+        st.tuples(
+            st.just("grant"),
+            hours,
+            st.tuples(
+                st.integers(min_value=1, max_value=10),
+                st.none() | st.integers(min_value=1, max_value=40),
+            ),
+        ),
+        st.tuples(st.just("replay"), hours, st.integers(min_value=0, max_value=100)),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+def snapshot(customer, feature) -> tuple:
+    """Everything usage can change: counters, grants and the ledger. (An empty counter is no
+    usage: the gate may create one for a new window before it decides.)"""
+    return (
+        sorted(
+            UsageCounter.objects.filter(customer=customer, feature=feature)
+            .exclude(used=0, drawn=0, level__isnull=True)
+            .values_list("window", "start", "used", "drawn", "level")
+        ),
+        sorted(Grant.objects.filter(customer=customer).values_list("pk", "consumed")),
+        UsageEvent.objects.filter(customer=customer).count(),
+    )
+
+
+def in_force(grant: Grant, at: datetime) -> bool:
+    return grant.effective_at <= at and (grant.expires_at is None or at < grant.expires_at)
+
+
+def expires_sooner(a: Grant, b: Grant) -> bool:
+    return a.expires_at is not None and (b.expires_at is None or a.expires_at < b.expires_at)
+
+
+@pytest.mark.django_db
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(limit=st.integers(min_value=0, max_value=15), steps=operations)
+def test_engine_invariants_hold_for_any_sequence_of_operations(limit, steps):
+    # A fresh customer, plan and feature for every example.
+    plan = PlanFactory()
+    feature = FeatureFactory(metered=True)
+    PlanEntitlementFactory(plan=plan, feature=feature, limit=D(limit), reset=Reset.BILLING_PERIOD)
+    customer = CustomerFactory()
+    SubscriptionFactory(customer=customer, plan=plan, started_at=START)
+    ids = itertools.count()
+    recorded: list[tuple[str, str, Decimal]] = []  # (how, event_id, quantity) accepted
+    at = START
+
+    for kind, advance, argument in steps:
+        at += timedelta(hours=advance)
+        before = engine.entitlement_check(customer, feature.key, at)
+        grants_before = {g.pk: g.consumed for g in Grant.objects.filter(customer=customer)}
+        state_before = snapshot(customer, feature)
+
+        if kind == "consume":
+            quantity = D(argument)
+            event_id = f"c-{next(ids)}"
+            result = engine.entitlement_consume(
+                customer, feature.key, quantity, event_id, timestamp=at
+            )
+            after = engine.entitlement_check(customer, feature.key, at)
+            assert result.allowed == (quantity <= before.balance)
+            if result.allowed:
+                recorded.append(("consume", event_id, quantity))
+                assert after.usage == before.usage + quantity
+                assert after.balance == before.balance - quantity
+                assert after.overage == before.overage
+            else:
+                assert result.reason == "limit_exceeded"
+                assert snapshot(customer, feature) == state_before
+
+        elif kind == "report":
+            batch = [
+                {
+                    "event_id": f"r-{next(ids)}",
+                    "customer": customer.external_id,
+                    "feature": feature.key,
+                    "quantity": str(q),
+                    "timestamp": at.isoformat(),
+                }
+                for q in argument
+            ]
+            result = engine.usage_record_batch(batch)
+            assert (result.accepted, result.duplicates, result.rejected) == (len(batch), 0, [])
+            recorded += [("report", e["event_id"], D(e["quantity"])) for e in batch]
+
+        elif kind == "grant":
+            quantity, days = argument
+            GrantFactory(
+                customer=customer,
+                feature=feature,
+                quantity=D(quantity),
+                effective_at=at,
+                expires_at=None if days is None else at + timedelta(days=days),
+            )
+
+        elif kind == "replay" and recorded:
+            how, event_id, quantity = recorded[argument % len(recorded)]
+            if how == "consume":
+                result = engine.entitlement_consume(
+                    customer, feature.key, quantity, event_id, timestamp=at
+                )
+                assert (result.allowed, result.replayed) == (True, True)
+            else:
+                result = engine.usage_record_batch(
+                    [
+                        {
+                            "event_id": event_id,
+                            "customer": customer.external_id,
+                            "feature": feature.key,
+                            "quantity": str(quantity),
+                            "timestamp": at.isoformat(),
+                        }
+                    ]
+                )
+                assert (result.accepted, result.duplicates) == (0, 1)
+            assert snapshot(customer, feature) == state_before
+
+        now = engine.entitlement_check(customer, feature.key, at)
+        # The balance is never negative.
+        assert now.balance >= 0
+        # Usage is the sum of the accepted events of the period, and all of them ever.
+        in_period = UsageEvent.objects.filter(
+            customer=customer, timestamp__gte=now.period_start, timestamp__lt=now.period_end
+        ).aggregate(total=Sum("quantity"))["total"] or D(0)
+        assert now.usage == in_period
+        assert UsageEvent.objects.filter(customer=customer).count() == len(recorded)
+        assert sum(q for _, _, q in recorded) == sum(
+            UsageCounter.objects.filter(
+                customer=customer, feature=feature, window=Reset.BILLING_PERIOD
+            ).values_list("used", flat=True),
+            D(0),
+        )
+        # What grants gave up is what the periods drew from them.
+        grants = list(Grant.objects.filter(customer=customer))
+        drawn = UsageCounter.objects.filter(
+            customer=customer, feature=feature, window=Reset.BILLING_PERIOD
+        ).aggregate(total=Sum("drawn"))["total"] or D(0)
+        assert sum((g.consumed for g in grants), D(0)) == drawn
+        # Burn-down order: a grant drawn now had no sooner-expiring grant in force with units left.
+        for grant in grants:
+            if grant.consumed > grants_before.get(grant.pk, D(0)):
+                for other in grants:
+                    if (
+                        other.pk != grant.pk
+                        and in_force(other, at)
+                        and expires_sooner(other, grant)
+                    ):
+                        assert other.remaining == 0, (other, grant)
