@@ -31,7 +31,9 @@ def user_in(username: str, group: str | None = None, **fields):
         username=username, password="secret-pass-123", **fields
     )
     if group:
-        user.groups.add(Group.objects.get(name=group))
+        # get_or_create: a transactional test before this one may have flushed the groups
+        # that the data migrations made; the pages check the group's name only.
+        user.groups.add(Group.objects.get_or_create(name=group)[0])
     return user
 
 
@@ -66,6 +68,10 @@ def customer_client(client, storage_catalog):
 
 @pytest.fixture
 def storage_catalog():
+    return build_storage_catalog()
+
+
+def build_storage_catalog() -> dict:
     """Basic ($50, rank 20): Storage 100 GB (a level), Data transfer 200 GB, Support tier
     "standard"; Pro ($150, rank 30) adds File versioning; Legacy is archived; Internal private.
     Two customers on Basic, one on Pro."""
