@@ -371,3 +371,6 @@ class UsageCounterAdmin(ReadOnlyAdmin):
     list_select_related = ["customer", "feature"]
     date_hierarchy = "start"
     show_full_result_count = False
+
+
+from . import admin_notifications  # noqa: E402,F401  (notifications and webhooks)
