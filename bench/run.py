@@ -1,0 +1,321 @@
+#!/usr/bin/env python
+"""`make bench`: the hot path measured against the framework's floor, on one machine.
+
+1. a fresh PostgreSQL database, seeded with 1,000 customers and 1,000,000 usage events;
+2. gunicorn with production settings (DEBUG off, 2 sync workers unless --workers);
+3. wrk on loopback, 16 connections: the floor (/healthz), check one, check all, consume;
+4. batch ingestion throughput through POST /api/v1/usage (batches of 1000, several clients);
+5. check latency for a customer with 1,000 events and one with 1,000,000;
+6. a table on stdout and bench/results.json. Everything it started is stopped at the end.
+"""
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+HOST, PORT = "127.0.0.1", int(os.environ.get("BENCH_PORT", "8099"))
+DB = os.environ.get("BENCH_DB", "entitlements_bench")
+PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
+REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379")
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run(cmd, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, cwd=ROOT, **kwargs)
+
+
+def ensure_tools() -> None:
+    if shutil.which("wrk") is None:
+        log("wrk is missing: installing it from Debian's packages")
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        run([*sudo, "apt-get", "update", "-qq"])
+        run([*sudo, "apt-get", "install", "-y", "-qq", "wrk"], env={**os.environ,
+            "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+    if subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"]).returncode != 0:
+        version = os.listdir("/etc/postgresql")[0]
+        run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"])
+    if subprocess.run(["redis-cli", "ping"], capture_output=True).returncode != 0:
+        run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379",
+             "--save", "", "--appendonly", "no"])  # fmt: skip
+
+
+def psql(sql: str) -> None:
+    run(["psql", f"{PG}/postgres", "-q", "-c", sql], stdout=subprocess.DEVNULL)
+
+
+def bench_env() -> dict:
+    return {
+        **os.environ,
+        "DATABASE_URL": f"{PG}/{DB}",
+        "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": "bench-" + uuid.uuid4().hex,
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "DJANGO_SECURE_COOKIES": "false",
+        "CACHE_URL": f"{REDIS}/7",
+        "API_RATE_LIMIT": "100000000/min",
+        "LOG_LEVEL": "WARNING",
+        "CELERY_BROKER_URL": "",
+    }
+
+
+def wait_http(path: str, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            conn = http.client.HTTPConnection(HOST, PORT, timeout=2)
+            conn.request("GET", path)
+            if conn.getresponse().status < 500:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"the server did not answer {path}")
+
+
+# --- wrk ----------------------------------------------------------------------------------
+
+WRK_SCRIPT = """
+local key = "%(key)s"
+local kind = "%(kind)s"
+local customers = %(customers)d
+local counter = 0
+local tid = 0
+local n = 0
+function setup(thread)
+  n = n + 1
+  thread:set("tid", n)
+end
+function init(args)
+  counter = 0
+end
+request = function()
+  counter = counter + 1
+  local c = string.format("bench-%%04d", (counter * 7919 + tid * 31) %% customers)
+  local headers = {["Authorization"] = "Bearer " .. key,
+                   ["Content-Type"] = "application/json"}
+  if kind == "floor" then
+    return wrk.format("GET", "/healthz", headers)
+  elseif kind == "check" then
+    return wrk.format("GET", "/api/v1/customers/" .. c .. "/entitlements/data-transfer", headers)
+  elseif kind == "check_all" then
+    return wrk.format("GET", "/api/v1/customers/" .. c .. "/entitlements", headers)
+  else
+    local body = string.format('{"quantity": "0.001", "event_id": "w-%%d-%%d-%%d"}',
+                               tid, counter, os.time())
+    return wrk.format("POST", "/api/v1/customers/" .. c .. "/entitlements/data-transfer/consume",
+                      headers, body)
+  end
+end
+"""
+
+
+def _ms(value: str) -> float:
+    number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(kind: str, key: str, duration: int, warmup: int, connections: int) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT % {"key": key, "kind": kind, "customers": 1000})
+    base = ["wrk", "-t2", f"-c{connections}", "--latency", "-s", script.name,
+            f"http://{HOST}:{PORT}"]  # fmt: skip
+    subprocess.run([*base[:3], f"-d{warmup}s", *base[3:]], capture_output=True, check=True)
+    out = subprocess.run([*base[:3], f"-d{duration}s", *base[3:]], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    socket_errors = re.search(r"Socket errors:.*", out)
+    return {
+        "rps": round(rps, 1),
+        "p50_ms": round(p50, 3),
+        "p99_ms": round(p99, 3),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+        "socket_errors": socket_errors.group(0) if socket_errors else "",
+    }
+
+
+# --- ingestion and latency ----------------------------------------------------------------
+
+
+def _ingest_client(args) -> int:
+    key, seconds, client = args
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    accepted, batch, deadline = 0, 0, time.time() + seconds
+    while time.time() < deadline:
+        events = [
+            {
+                "event_id": f"i-{client}-{batch}-{i}",
+                "customer": f"bench-{(batch * 1000 + i) % 1000:04d}",
+                "feature": "data-transfer",
+                "quantity": "0.01",
+            }
+            for i in range(1000)
+        ]
+        body = json.dumps({"events": events})
+        # A connection per request: gunicorn's sync workers do not keep connections alive.
+        conn = http.client.HTTPConnection(HOST, PORT, timeout=60)
+        conn.request("POST", "/api/v1/usage", body, headers)
+        response = conn.getresponse()
+        payload = response.read()
+        conn.close()
+        if response.status != 200:
+            raise RuntimeError(f"ingest answered {response.status}: {payload[:300]!r}")
+        accepted += json.loads(payload)["accepted"]
+        batch += 1
+    return accepted
+
+
+def ingest(key: str, seconds: int, clients: int) -> dict:
+    started = time.time()
+    with multiprocessing.Pool(clients) as pool:
+        accepted = sum(pool.map(_ingest_client, [(key, seconds, c) for c in range(clients)]))
+    elapsed = time.time() - started
+    return {"events": accepted, "seconds": round(elapsed, 1),
+            "events_per_s": round(accepted / elapsed, 1)}  # fmt: skip
+
+
+def check_latency(key: str, customer: str, requests: int) -> float:
+    timings = []
+    for _ in range(requests):
+        conn = http.client.HTTPConnection(HOST, PORT, timeout=10)
+        started = time.perf_counter()
+        conn.request("GET", f"/api/v1/customers/{customer}/entitlements/data-transfer",
+                     headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+        response = conn.getresponse()
+        response.read()
+        timings.append((time.perf_counter() - started) * 1000)
+        assert response.status == 200, response.status
+        conn.close()
+    return round(statistics.median(timings), 3)
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
+    parser.add_argument("--worker-class", default="sync")
+    parser.add_argument("--duration", type=int, default=15, help="seconds per wrk scenario")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--ingest-clients", type=int, default=4)
+    parser.add_argument("--ingest-seconds", type=int, default=20)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"))
+    args = parser.parse_args()
+
+    ensure_tools()
+    env = bench_env()
+    env["BENCH_BIG_EVENTS"] = str(args.events)
+    started = time.time()
+    server = None
+    try:
+        log(f"fresh database {DB}")
+        psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+        psql(f"CREATE DATABASE {DB}")
+        subprocess.run(["redis-cli", "-n", "7", "flushdb"], capture_output=True)
+        run([PYTHON, "manage.py", "migrate", "--noinput", "-v0"], env=env)
+        run([PYTHON, "manage.py", "collectstatic", "--noinput", "-v0"], env=env)
+        log(f"seeding 1,000 customers and {args.events:,} events")
+        run([PYTHON, "bench/seed.py"], env=env)
+        key = run([PYTHON, "manage.py", "create_api_key", "bench"], env=env,
+                  capture_output=True, text=True).stdout.strip().splitlines()[-1]  # fmt: skip
+        log(f"gunicorn: {args.workers} {args.worker_class} workers on {HOST}:{PORT}")
+        server = subprocess.Popen(
+            [str(Path(PYTHON).parent / "gunicorn"), "entitlements_site.wsgi:application",
+             "-w", str(args.workers), "-k", args.worker_class, "-b", f"{HOST}:{PORT}",
+             "--log-level", "warning", "--backlog", "2048"],
+            cwd=ROOT, env=env, start_new_session=True,
+        )  # fmt: skip
+        wait_http("/healthz")
+        scenarios = {}
+        for kind in ("floor", "check", "check_all", "consume"):
+            log(f"wrk {kind}: {args.duration}s after a {args.warmup}s warm-up")
+            scenarios[kind] = wrk(kind, key, args.duration, args.warmup, args.connections)
+            log(f"  {scenarios[kind]}")
+        floor = scenarios["floor"]
+        for result in scenarios.values():
+            result["ratio_to_floor"] = round(result["rps"] / floor["rps"], 3)
+            result["p99_ratio_to_floor"] = round(result["p99_ms"] / floor["p99_ms"], 3)
+        log(f"ingestion: {args.ingest_clients} clients, batches of 1000")
+        ingestion = ingest(key, args.ingest_seconds, args.ingest_clients)
+        log("check latency: 1,000 vs 1,000,000 events")
+        small, big = [], []
+        for _ in range(3):  # interleaved, so that noise hits both alike
+            small.append(check_latency(key, "bench-0001", 150))
+            big.append(check_latency(key, "bench-0000", 150))
+        results = {
+            "scenarios": scenarios,
+            "ingest_events_per_s": ingestion["events_per_s"],
+            "ingest": ingestion,
+            "check_p50_ms_1k_events": statistics.median(small),
+            "check_p50_ms_1m_events": statistics.median(big),
+            "commit": subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            ).stdout.strip(),  # fmt: skip
+            "cores": os.cpu_count(),
+            "workers": args.workers,
+            "worker_class": args.worker_class,
+            "connections": args.connections,
+            "duration_s": args.duration,
+            "events_seeded": args.events + 1000,
+            "elapsed_s": round(time.time() - started, 1),
+        }
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+        print_table(results)
+        log(f"wrote {args.output} in {results['elapsed_s']}s")
+        return 0
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+        drop = f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"
+        subprocess.run(["psql", f"{PG}/postgres", "-q", "-c", drop], capture_output=True)
+
+
+def print_table(results: dict) -> None:
+    print()
+    print(f"{'scenario':<11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'x floor':>8} "
+          f"{'p99 x floor':>11} {'non-2xx':>8}")  # fmt: skip
+    for name, r in results["scenarios"].items():
+        print(f"{name:<11} {r['rps']:>9.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+              f"{r['ratio_to_floor']:>8.2f} {r['p99_ratio_to_floor']:>11.2f} "
+              f"{r['non_2xx']:>8}")  # fmt: skip
+    print(
+        f"ingestion: {results['ingest_events_per_s']:,.0f} events/s "
+        f"({results['ingest']['events']:,} events in {results['ingest']['seconds']}s)"
+    )
+    print(
+        f"check p50: {results['check_p50_ms_1k_events']:.2f} ms with 1,000 events, "
+        f"{results['check_p50_ms_1m_events']:.2f} ms with 1,000,000 events"
+    )
+    print(f"commit {results['commit']}, {results['cores']} cores, {results['workers']} "
+          f"{results['worker_class']} workers")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
