@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 
 from customers import engine
 from customers.models import UsageCounter, UsageEvent
@@ -53,23 +54,37 @@ def customer():
 
 
 def record_events(customer, count: int) -> None:
-    """`count` events of 1 GB spread over the billing period, inserted in bulk, then the
-    counters rebuilt from them as `rebuild_usage_counters` would."""
+    """`count` events of 1 GB spread over the first 27 days of the billing period, inserted by
+    the database itself (a recursive CTE per day: 100,000 ORM objects would take seconds),
+    then the counters rebuilt from them as `rebuild_usage_counters` does."""
     transfer = engine.feature_by_key("data-transfer")
-    step = timedelta(days=27) / count
-    UsageEvent.objects.bulk_create(
-        (
-            UsageEvent(
-                customer=customer,
-                feature=transfer,
-                event_id=f"bulk-{n}",
-                quantity=Decimal("1"),
-                timestamp=START + step * n,
+    fields = {f.name: f for f in UsageEvent._meta.fields}
+    quote = connection.ops.quote_name
+    columns = ["customer", "feature", "event_id", "quantity", "timestamp", "properties"]
+    days = 27
+    with connection.cursor() as cursor:
+        for day in range(days):
+            first, last = count * day // days, count * (day + 1) // days
+            if first == last:
+                continue
+            cursor.execute(
+                f"INSERT INTO {quote(UsageEvent._meta.db_table)} "
+                f"({', '.join(quote(fields[c].column) for c in [*columns, 'recorded_at'])}) "
+                "WITH RECURSIVE n(i) AS (SELECT %s UNION ALL SELECT i + 1 FROM n WHERE i < %s) "
+                "SELECT %s, %s, 'bulk-' || i, %s, %s, %s, %s FROM n",
+                [
+                    first,
+                    last - 1,
+                    customer.pk,
+                    transfer.pk,
+                    fields["quantity"].get_db_prep_save(Decimal("1"), connection),
+                    fields["timestamp"].get_db_prep_save(
+                        START + timedelta(days=day, hours=1), connection
+                    ),
+                    fields["properties"].get_db_prep_save({}, connection),
+                    fields["recorded_at"].get_db_prep_save(START, connection),
+                ],
             )
-            for n in range(count)
-        ),
-        batch_size=5000,
-    )
     usage_counters_rebuild(customers=[customer])
 
 

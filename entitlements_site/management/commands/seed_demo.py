@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from catalog.demo import seed_catalog
+from customers.demo import seed_customers
 from entitlements_site.roles import PRODUCT_MANAGERS, SUPPORT
 
 # username -> (password, first name, staff group or None)
@@ -32,9 +33,10 @@ class Command(BaseCommand):
             if group:
                 user.groups.set([Group.objects.get(name=group)])
             users[username] = user
+        customers = seed_customers(login=users["customer"], created_by=users["pm"])
         self.stdout.write(
             self.style.SUCCESS(
-                f"Demo data ready: {len(plans)} plans. Logins: "
+                f"Demo data ready: {len(plans)} plans, {len(customers)} customers. Logins: "
                 + ", ".join(f"{u} / {p}" for u, (p, _, _) in DEMO_USERS.items())
             )
         )
