@@ -56,11 +56,23 @@ def chromium_browser() -> Iterator:
                 yield browser
             finally:
                 browser.close()
+                _close_connections_opened_in_block()
     finally:
         if previous is None:
             os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
         else:
             os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+def _close_connections_opened_in_block() -> None:
+    """While Playwright's loop runs, Django keeps the block's database connections apart from
+    the test's own (per context, as in async code), so pytest-django never closes them and
+    PostgreSQL then refuses to drop the test database ("being accessed by other users")."""
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        if not conn.in_atomic_block:
+            conn.close()
 
 
 def browser_login(page, base_url: str, username: str, password: str, next_path: str = "/"):
