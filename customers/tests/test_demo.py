@@ -16,6 +16,12 @@ from customers.usage import usage_counters_rebuild
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # seed_demo sets the demo logins' passwords: a fast hasher keeps these tests quick.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def seed() -> None:
     call_command("seed_demo", stdout=StringIO())
 
