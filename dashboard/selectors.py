@@ -37,6 +37,7 @@ from customers.models import (
 from customers.selectors import usage_buckets
 
 WARN_AT_DEFAULT = 80
+SEVERITY = {"danger": 0, "warn": 1}
 ZERO = Decimal("0")
 
 
@@ -161,6 +162,8 @@ def overview(customer: Customer, *, at: dt.datetime | None = None) -> Overview:
     for e in entitlements:
         card = usage_card(e, can_buy=e.feature in buyable)
         (metered if card.metered else included).append(card)
+    # What needs attention first: over the limit, then past a threshold, then by name.
+    metered.sort(key=lambda card: SEVERITY.get(card.state, 9))
     return Overview(customer, subscription, metered, included, at)
 
 
@@ -527,7 +530,8 @@ def _changes(rows, frm: int, to: int, custom: set[str]) -> list[PlanChangeLine]:
             suffix = "" if row.feature.kind == FeatureKind.BOOLEAN else f" ({after.text})"
             changes.append(PlanChangeLine("added", f"{name}{suffix}"))
         elif before.included and not after.included:
-            changes.append(PlanChangeLine("removed", name))
+            was = "" if row.feature.kind == FeatureKind.BOOLEAN else f" ({before.text})"
+            changes.append(PlanChangeLine("removed", f"{name}{was}"))
         else:
             old = " ".join(x for x in (before.text, before.note) if x)
             new = " ".join(x for x in (after.text, after.note) if x)

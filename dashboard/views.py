@@ -13,11 +13,13 @@ from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 from django.views.decorators.vary import vary_on_headers
+from django_htmx.http import HttpResponseClientRedirect
 
 from billing import selectors as billing_selectors
 from billing.services import proration_preview, subscription_change_plan, topup_purchase
@@ -32,9 +34,16 @@ def customer_required(view):
     """Logged in (else the login page) and linked to a customer (else a 404 page that says
     this login has no customer account). Sets `request.customer`."""
 
-    @login_required
     @wraps(view)
     def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if request.htmx and not request.user.is_authenticated:
+            # A poll after the session ended: send the whole page to the login, rather than
+            # swapping the login form into the cards.
+            return HttpResponseClientRedirect(redirect_to_login(request.get_full_path()).url)
+        return _for_customer(request, *args, **kwargs)
+
+    @login_required
+    def _for_customer(request: HttpRequest, *args, **kwargs) -> HttpResponse:
         customer = selectors.customer_of(request.user)
         if customer is None:
             return render(request, "dashboard/no_customer.html", status=404)
@@ -226,8 +235,7 @@ def plan_change(request: HttpRequest, plan_key: str) -> HttpResponse:
             except DomainError as failure:
                 error, status = failure.message, failure.status
             else:
-                if change.invoice is not None:
-                    messages.success(request, f"You are now on the {plan.name} plan.")
+                if change.invoice is not None:  # the invoice page says the plan changed
                     return redirect("dashboard:plan_changed", number=change.invoice.number)
                 if change.scheduled:
                     end = change.subscription.current_period_end

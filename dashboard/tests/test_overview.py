@@ -43,6 +43,7 @@ def test_past_the_threshold_the_card_warns(client_a, world):
     html = client_a.get(OVERVIEW).content.decode()
     assert "You have used 85% of your Storage." in html
     assert "meter-card-warn" in html and "meter-warning-warn" in html
+    assert html.index('id="usage-storage"') < html.index('id="usage-data-transfer"')  # first
 
 
 def test_under_the_threshold_there_is_no_warning(client_a, world):
@@ -116,6 +117,13 @@ def test_the_polled_partial_renders_alone(client_a, world):
     assert "<html" not in html and "<nav" not in html and "<svg" not in html
     assert "You have used 85% of your Storage." in html
     assert "HX-Request" in response["Vary"]
+
+
+def test_a_poll_after_the_session_ended_sends_the_page_to_the_login(client, world):
+    response = client.get(OVERVIEW, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    assert response["HX-Redirect"] == "/accounts/login/?next=/dashboard/"
+    assert response.content == b""
 
 
 def test_the_partial_shows_new_usage_without_a_reload(client_a, world):
