@@ -152,7 +152,8 @@ def entitlement_row(request: HttpRequest, key: str, pk: int) -> HttpResponse:
 
 
 def _one(plan: Plan, entitlement: PlanEntitlement) -> dict:
-    return {"row": _row(entitlement, plan)}
+    # The row comes back after an inline edit: keyboard focus returns to its Edit link.
+    return {"row": _row(entitlement, plan), "focus_row": True}
 
 
 def _row_url(plan: Plan, entitlement: PlanEntitlement) -> str:
@@ -197,6 +198,9 @@ def entitlement_edit(request: HttpRequest, key: str, pk: int) -> HttpResponse:
                 )
             return redirect(_row_url(plan, entitlement))
     if request.htmx:
+        # The form row replaces the Edit link that had the focus: its first field takes it.
+        first = next(iter(form.fields.values()))
+        first.widget.attrs["autofocus"] = True
         return render(
             request,
             f"{PLAN_PAGE}#entitlement-form-row",

@@ -10,6 +10,8 @@ from catalog.forms import EntitlementValuesForm, FeatureChoiceField
 from catalog.models import Feature, FeatureKind, TopUpPack
 from catalog.selectors import quantity_text
 
+from .selectors import PlanOption
+
 DATETIME_WIDGET = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
 
 
@@ -37,8 +39,11 @@ class PlanChoiceForm(forms.Form):
     def __init__(self, *args, options=(), **kwargs):
         super().__init__(*args, **kwargs)
         self.options = {option.plan.key: option for option in options}
+        groups: dict[str, list] = {label: [] for label in PlanOption.GROUPS.values()}
+        for key, option in self.options.items():
+            groups[option.group].append((key, option.label))
         self.fields["plan"].choices = [("", "Choose a plan…")] + [
-            (key, option.label) for key, option in self.options.items()
+            (label, choices) for label, choices in groups.items() if choices
         ]
 
     @property
@@ -56,6 +61,7 @@ class GrantForm(forms.Form):
     )
     quantity = forms.DecimalField(
         min_value=Decimal("0.0001"),
+        error_messages={"min_value": "Give a quantity above zero."},
         max_digits=20,
         decimal_places=4,
         widget=forms.NumberInput(attrs={"step": "any", "inputmode": "decimal"}),

@@ -216,16 +216,24 @@ def notifications_sent(customer: Customer, *, limit: int = 20) -> list:
 @dataclass(frozen=True)
 class PlanOption:
     plan: Plan
-    direction: str  # "current" | "upgrade" | "downgrade"
+    direction: str  # "subscribe" | "upgrade" | "downgrade" | "current"
+
+    GROUPS = {
+        "subscribe": "Plans",
+        "upgrade": "Upgrade now",
+        "downgrade": "Downgrade at the period end",
+        "current": "Keep the current plan",
+    }
 
     @property
     def label(self) -> str:
-        price = f"{self.plan.price} / {self.plan.interval}"
-        if self.direction == "current":
-            return f"{self.plan.name} ({price}, current plan)"
-        if self.direction == "upgrade":
-            return f"{self.plan.name} ({price}, upgrade now)"
-        return f"{self.plan.name} ({price}, downgrade at period end)"
+        return (
+            f"{self.plan.name}, {self.plan.price}/{'yr' if self.plan.interval == 'year' else 'mo'}"
+        )
+
+    @property
+    def group(self) -> str:
+        return self.GROUPS[self.direction]
 
 
 def plan_options(customer: Customer, subscription: Subscription | None) -> list[PlanOption]:
@@ -233,7 +241,7 @@ def plan_options(customer: Customer, subscription: Subscription | None) -> list[
     rank. The current plan is offered only to drop a scheduled downgrade."""
     plans = Plan.objects.filter(status=PlanStatus.ACTIVE, price_currency=customer.currency)
     if subscription is None:
-        return [PlanOption(plan, "upgrade") for plan in plans.order_by("rank", "name")]
+        return [PlanOption(plan, "subscribe") for plan in plans.order_by("rank", "name")]
     plans = plans.filter(interval=subscription.plan.interval).order_by("rank", "name")
     options = []
     for plan in plans:

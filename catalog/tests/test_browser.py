@@ -73,6 +73,7 @@ def test_a_pm_adds_a_feature_to_a_plan_and_sees_whom_it_reaches(
         row = page.locator(f"#ent-{storage.pk}")
         row.get_by_role("link", name="Edit Storage").click()
         expect(row).to_have_class("editing")
+        expect(row.get_by_label("Limit (GB)")).to_be_focused()  # keyboard users land in the form
         expect(row).to_contain_text("This change applies at once to 2 active subscribers.")
         screenshot(page, "catalog-plan-edit-desktop")
         row.get_by_label("Limit (GB)").fill("150")
@@ -82,17 +83,20 @@ def test_a_pm_adds_a_feature_to_a_plan_and_sees_whom_it_reaches(
         storage.refresh_from_db()
         assert storage.limit == Decimal("150")
 
-        # A bad value stays in the form with its error.
+        # A bad value stays in the form with its error. (Wait for htmx to focus the first field
+        # before typing elsewhere, as a person would.)
         row.get_by_role("link", name="Edit Storage").click()
+        expect(row.get_by_label("Limit (GB)")).to_be_focused()
         row.get_by_label("Notify at (%)").fill("80, 150")
         row.get_by_role("button", name="Save").click()
         expect(row).to_contain_text("Each threshold is a percentage from 1 to 100.")
         row.get_by_role("link", name="Cancel").click()
         expect(row).not_to_have_class("editing")
+        expect(row.get_by_role("link", name="Edit Storage")).to_be_focused()
 
         # Remove, after the confirm dialog.
         tier = entitlement(c["basic"], c["tier"])
-        page.get_by_role("link", name="Remove Support tier").click()
+        page.get_by_role("button", name="Remove Support tier").click()
         expect(page.locator(f"#ent-{tier.pk}")).to_have_count(0)
         expect(page.locator("#flash")).to_contain_text("Removed Support tier from Basic.")
         assert not PlanEntitlement.objects.filter(pk=tier.pk).exists()

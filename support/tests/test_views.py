@@ -205,7 +205,7 @@ def test_granting_without_javascript_redirects_to_the_entitlements(support_clien
 @pytest.mark.parametrize(
     "data, message",
     [
-        ({"grant-feature": "storage", "grant-quantity": "-5", "grant-reason": "x"}, "greater than"),
+        ({"grant-feature": "storage", "grant-quantity": "-5", "grant-reason": "x"}, "above zero"),
         ({"grant-feature": "storage", "grant-quantity": "20", "grant-reason": " "}, "required"),
         ({"grant-feature": "support-tier", "grant-quantity": "1", "grant-reason": "x"}, "valid"),
         (
