@@ -115,6 +115,9 @@ def usage_card(e: Entitlement, *, can_buy: bool = False) -> UsageCard:
                     f" Use beyond your allowance is billed at {money_text(e.overage_price)} "
                     f"per {e.unit or 'unit'}."
                 )
+        elif e.aggregation == "latest":
+            # A level (storage in use) does not reset: it goes down when they use less.
+            warning += " More is blocked until you use less, buy more or upgrade."
         elif e.resets_at:
             warning += f" More is blocked until it resets on {_date_text(e.resets_at)}."
         else:

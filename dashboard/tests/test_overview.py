@@ -57,7 +57,14 @@ def test_at_the_limit_the_card_turns_red_and_says_what_is_blocked(client_a, worl
     report(world.a, "storage", "100")
     html = client_a.get(OVERVIEW).content.decode()
     assert "meter-card-danger" in html
-    assert "You have used 100% of your Storage. More is blocked until it resets on" in html
+    assert "You have used 100% of your Storage. More is blocked until you use less" in html
+    report(world.a, "data-transfer", "200")
+    html = client_a.get(OVERVIEW).content.decode()
+    resets = world.a.subscriptions.get().current_period_end
+    assert (
+        "You have used 100% of your Data transfer. More is blocked until it resets on "
+        f"{resets:%b} {resets.day}, {resets.year}."
+    ) in html
 
 
 def test_a_soft_limit_past_100_percent_says_overage_is_billed(client_a, world):
