@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.db import connection, transaction
-from django.db.models import Count, Max, Min, Q, Sum
+from django.db.models import Count, Max, Min, Sum
 from django.db.models.functions import TruncDay, TruncMonth, TruncWeek
 from django.utils.dateparse import parse_datetime
 
@@ -41,7 +41,7 @@ from .periods import EPOCH, FOREVER, Window, billing_period_at, month_window, re
 
 CUSTOMER_CHUNK = 100  # customers per transaction
 RANGE_CHUNK = 400  # subscription windows per aggregate query
-LOOKUP_CHUNK = 200  # (customer, feature, timestamp) lookups per level query
+LOOKUP_CHUNK = 500  # (customer, feature, timestamp) lookups per level query
 FOUR_PLACES = Decimal("0.0001")
 CALENDAR_KINDS = {Reset.DAY: TruncDay, Reset.WEEK: TruncWeek, Reset.MONTH: TruncMonth}
 
@@ -321,19 +321,27 @@ def _sum_by_range(ranges: list[_Range]) -> Iterator[tuple[int, int, object, obje
 
 def _levels(expected: dict[Key, _Expected], latest: set[int]) -> None:
     """A `latest` feature's level: the quantity of each window's last event (highest id among
-    events sharing its timestamp), looked up by (customer, feature, timestamp)."""
-    wanted = {(c, f, e.last_at) for (c, f, _, _), e in expected.items() if f in latest}
+    events sharing its timestamp), looked up by (customer, feature, timestamp) in chunks."""
+    wanted = sorted({(c, f, e.last_at) for (c, f, _, _), e in expected.items() if f in latest})
+    table = connection.ops.quote_name(UsageEvent._meta.db_table)
+    adapt = connection.ops.adapt_datetimefield_value
     found: dict[tuple[int, int, dt.datetime], tuple[int, Decimal]] = {}
-    wanted = sorted(wanted)
     for offset in range(0, len(wanted), LOOKUP_CHUNK):
-        q = Q()
-        for c, f, at in wanted[offset : offset + LOOKUP_CHUNK]:
-            q |= Q(customer_id=c, feature_id=f, timestamp=at)
-        for c, f, at, pk, quantity in UsageEvent.objects.filter(q).values_list(
-            "customer_id", "feature_id", "timestamp", "pk", "quantity"
-        ):
-            if (c, f, at) not in found or pk > found[(c, f, at)][0]:
-                found[(c, f, at)] = (pk, quantity)
+        chunk = wanted[offset : offset + LOOKUP_CHUNK]
+        params = [v for c, f, at in chunk for v in (c, f, adapt(at))]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH wanted (customer_id, feature_id, ts) AS "
+                f"(VALUES {', '.join(['(%s, %s, %s)'] * len(chunk))}) "
+                "SELECT e.customer_id, e.feature_id, e.timestamp, e.id, e.quantity "
+                f"FROM wanted JOIN {table} e ON e.customer_id = wanted.customer_id "
+                "AND e.feature_id = wanted.feature_id AND e.timestamp = wanted.ts",
+                params,
+            )
+            for c, f, at, pk, quantity in cursor.fetchall():
+                key = (c, f, _datetime(at))
+                if key not in found or pk > found[key][0]:
+                    found[key] = (pk, _q4(_decimal(quantity)))
     for (c, f, _, _), e in expected.items():
         if f in latest:
             e.level, e.level_at = found[(c, f, e.last_at)][1], e.last_at
