@@ -241,6 +241,8 @@ def test_a_paid_top_up_bought_twice_with_one_key_buys_once(support_client, world
     assert TopUpPurchase.objects.filter(customer=world.acme).count() == 1
     assert Invoice.objects.filter(customer=world.acme, purpose=InvoicePurpose.TOPUP).count() == 1
     assert entitlement_check(world.acme, "storage").granted == Decimal("20")
+    grant = Grant.objects.get(customer=world.acme)
+    assert (grant.source, grant.history.get().history_user) == ("topup", world.support)
     # The page shown afterwards carries a new key, for the next sale.
     assert second.context["topup_form"]["idempotency_key"].value() != key
 
