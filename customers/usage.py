@@ -98,10 +98,17 @@ class RebuildReport:
 
 
 def usage_counters_rebuild(
-    *, dry_run: bool = False, customers: Iterable[Customer] | None = None
+    *,
+    dry_run: bool = False,
+    customers: Iterable[Customer] | None = None,
+    since: dt.datetime | None = None,
 ) -> RebuildReport:
     """Recomputes every usage counter (of `customers`, default all) from the event ledger,
     reports each one that drifted and, unless `dry_run`, fixes it.
+
+    `since`: only the windows that start at or after it, whose events are all at or after it.
+    After `usage_events_archive` moved older events out of the ledger, pass its cutoff: the
+    windows that start earlier (`never` among them) keep their counters.
 
     Works a chunk of customers per transaction, with their counters locked in the engine's
     order, so usage recorded meanwhile waits for the chunk instead of being lost. Idempotent:
@@ -120,21 +127,29 @@ def usage_counters_rebuild(
     for offset in range(0, len(customer_ids), CUSTOMER_CHUNK):
         chunk = customer_ids[offset : offset + CUSTOMER_CHUNK]
         with transaction.atomic():
-            _rebuild_chunk(chunk, latest, report)
+            _rebuild_chunk(chunk, latest, report, since)
     return report
 
 
-def _rebuild_chunk(customer_ids: list[int], latest: set[int], report: RebuildReport) -> None:
+def _rebuild_chunk(
+    customer_ids: list[int], latest: set[int], report: RebuildReport, since: dt.datetime | None
+) -> None:
     counters = UsageCounter.objects.filter(customer_id__in=customer_ids).order_by(
         "customer_id", "feature_id", "window", "start"
     )
+    events = UsageEvent.objects.filter(customer_id__in=customer_ids)
+    if since is not None:
+        counters = counters.filter(start__gte=since)
+        events = events.filter(timestamp__gte=since)
     if not report.dry_run:
         counters = counters.select_for_update()
     stored = {(c.customer_id, c.feature_id, c.window, c.start): c for c in counters}
 
     expected: dict[Key, _Expected] = {}
-    report.events += _calendar_windows(customer_ids, expected)
-    _subscription_windows(customer_ids, expected)
+    report.events += _calendar_windows(events, expected)
+    _subscription_windows(events, expected)
+    if since is not None:  # windows begun earlier are partly out of sight: left alone
+        expected = {key: e for key, e in expected.items() if key[3] >= since}
     _levels(expected, latest)
 
     names = dict(Customer.objects.filter(pk__in=customer_ids).values_list("pk", "external_id"))
@@ -190,13 +205,12 @@ class _Expected:
             self.last_at = last_at
 
 
-def _calendar_windows(customer_ids: list[int], expected: dict[Key, _Expected]) -> int:
+def _calendar_windows(events, expected: dict[Key, _Expected]) -> int:
     """Day, week and month windows: one GROUP BY per kind. Returns the number of events."""
-    events = 0
+    count = 0
     for kind, trunc in CALENDAR_KINDS.items():
         rows = (
-            UsageEvent.objects.filter(customer_id__in=customer_ids)
-            .annotate(window_start=trunc("timestamp", tzinfo=dt.UTC))
+            events.annotate(window_start=trunc("timestamp", tzinfo=dt.UTC))
             .values("customer_id", "feature_id", "window_start")
             .annotate(used=Sum("quantity"), last_at=Max("timestamp"), n=Count("pk"))
             .order_by()
@@ -207,8 +221,8 @@ def _calendar_windows(customer_ids: list[int], expected: dict[Key, _Expected]) -
             window = reset_window(kind, start, anchor=None)
             expected.setdefault(key, _Expected(end=window.end)).add(row["used"], row["last_at"])
             if kind == Reset.DAY:
-                events += row["n"]
-    return events
+                count += row["n"]
+    return count
 
 
 @dataclass(frozen=True)
@@ -223,13 +237,12 @@ class _Range:
     end: dt.datetime
 
 
-def _subscription_windows(customer_ids: list[int], expected: dict[Key, _Expected]) -> None:
+def _subscription_windows(events, expected: dict[Key, _Expected]) -> None:
     """`never` and `billing_period` windows: the ranges of each customer's timeline (from its
     subscriptions), joined to the events in chunks of RANGE_CHUNK ranges."""
     spans = {
         row["customer_id"]: (row["first"], row["last"])
-        for row in UsageEvent.objects.filter(customer_id__in=customer_ids)
-        .values("customer_id")
+        for row in events.values("customer_id")
         .annotate(first=Min("timestamp"), last=Max("timestamp"))
         .order_by()
     }

@@ -221,3 +221,25 @@ def test_the_command_prints_each_drift_and_a_summary(transfer, customer):
 def test_the_command_rejects_an_unknown_customer(db):
     with pytest.raises(CommandError, match="nobody"):
         call_command("rebuild_usage_counters", "--customer", "nobody", stdout=StringIO())
+
+
+def test_since_leaves_the_windows_of_archived_events_alone(transfer, customer):
+    """After older events are archived out of the ledger, a rebuild from the cutoff keeps the
+    counters of the windows that began earlier (`never` among them)."""
+    for day, at in enumerate([utc(2025, 2, 10), utc(2025, 3, 10), utc(2025, 4, 10)]):
+        engine.entitlement_consume(customer, transfer, D("5"), f"t-{day}", timestamp=at)
+    UsageEvent.objects.filter(timestamp__lt=utc(2025, 4, 1)).delete()  # archived
+    UsageCounter.objects.filter(window=Reset.DAY, start=utc(2025, 4, 10)).update(used=D("9"))
+    out = StringIO()
+
+    call_command("rebuild_usage_counters", "--since", "2025-04-01", stdout=out)
+
+    assert out.getvalue().splitlines() == [
+        f"drift: acme / {transfer.key} / day from 2025-04-10 00:00: used 9 -> 5",
+        "1 events, 3 counters checked: 1 drifted (0 missing), 1 fixed.",  # day, week, month
+    ]
+    never = UsageCounter.objects.get(window=Reset.NEVER)
+    assert never.used == 15
+    assert engine.entitlement_check(customer, transfer, utc(2025, 4, 11)).usage == 5
+    with pytest.raises(CommandError, match="YYYY-MM-DD"):
+        call_command("rebuild_usage_counters", "--since", "April", stdout=StringIO())

@@ -1,3 +1,5 @@
+import datetime as dt
+
 from django.core.management.base import BaseCommand, CommandError
 
 from customers.models import Customer
@@ -21,15 +23,26 @@ class Command(BaseCommand):
             metavar="EXTERNAL_ID",
             help="Only this customer (repeatable); default every customer.",
         )
+        parser.add_argument(
+            "--since",
+            metavar="YYYY-MM-DD",
+            help="Only windows starting on or after this day (UTC); after archiving usage "
+            "events, the archive's cutoff.",
+        )
 
-    def handle(self, *args, dry_run=False, customer=(), **options):
+    def handle(self, *args, dry_run=False, customer=(), since=None, **options):
+        if since:
+            try:
+                since = dt.datetime.strptime(since, "%Y-%m-%d").replace(tzinfo=dt.UTC)
+            except ValueError:
+                raise CommandError(f"--since is a day, YYYY-MM-DD, not {since!r}.") from None
         customers = None
         if customer:
             customers = list(Customer.objects.filter(external_id__in=customer))
             unknown = set(customer) - {c.external_id for c in customers}
             if unknown:
                 raise CommandError(f"Unknown customers: {', '.join(sorted(unknown))}")
-        report = usage_counters_rebuild(dry_run=dry_run, customers=customers)
+        report = usage_counters_rebuild(dry_run=dry_run, customers=customers, since=since)
         for drift in report.drifts:
             self.stdout.write(f"drift: {drift}")
         style = self.style.WARNING if report.drifts else self.style.SUCCESS
