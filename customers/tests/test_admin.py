@@ -315,3 +315,26 @@ def test_the_customer_list_costs_the_same_queries_with_more_customers(
 
     assert response.status_code == 200
     assert Customer.objects.count() == 21
+
+
+def test_support_reads_the_history_of_a_customer_subscription_override_and_grant(
+    support_client, acme
+):
+    rows = {
+        "customer": acme,
+        "subscription": acme.subscriptions.get(),
+        "entitlementoverride": acme.overrides.get(),
+        "grant": acme.grants.get(),
+    }
+
+    for model, row in rows.items():
+        page = support_client.get(reverse(f"admin:customers_{model}_history", args=[row.pk]))
+        assert page.status_code == 200, model
+
+
+def test_a_subscribed_customers_currency_and_external_id_are_read_only(support_client, acme):
+    page = support_client.get(reverse("admin:customers_customer_change", args=[acme.pk]))
+
+    form = page.context["adminform"].form
+    assert "currency" not in form.fields and "external_id" not in form.fields
+    assert "name" in form.fields
