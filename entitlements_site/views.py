@@ -6,7 +6,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from kombu import Connection
 
@@ -18,7 +18,10 @@ BROKER_TIMEOUT_SECONDS = 2
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    """The landing page after login: links to what this user's roles may open."""
+    """The landing page after login: an end customer goes straight to their dashboard; staff
+    see links to what their roles may open."""
+    if hasattr(request.user, "customer_user") and not request.user.is_staff:
+        return redirect("dashboard:overview")
     return render(request, "home.html")
 
 
