@@ -10,7 +10,7 @@ from django.core.management import CommandError, call_command
 
 from catalog.models import Reset
 from customers import engine
-from customers.models import Subscription, SubscriptionStatus, UsageCounter, UsageEvent
+from customers.models import SubscriptionStatus, UsageCounter, UsageEvent
 from customers.tests.factories import (
     CustomerFactory,
     FeatureFactory,
@@ -96,9 +96,8 @@ def test_counters_kept_by_the_engine_show_no_drift(plan, transfer, storage, cust
     subscription.current_period_end = utc(2025, 4, 20)
     subscription.save()
     report(customer, transfer, 4, utc(2025, 3, 25), "in-stored-period")
-    Subscription.objects.filter(pk=subscription.pk).update(
-        status=SubscriptionStatus.CANCELED, ended_at=utc(2025, 4, 5)
-    )
+    subscription.status, subscription.ended_at = SubscriptionStatus.CANCELED, utc(2025, 4, 5)
+    subscription.save()
     report(customer, transfer, 3, utc(2025, 4, 10), "between-subscriptions")
     SubscriptionFactory(customer=customer, plan=plan, started_at=utc(2025, 4, 15, 8))
     report(customer, transfer, 2, utc(2025, 4, 16), "second-subscription")
