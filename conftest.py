@@ -11,6 +11,9 @@ def _outbox_cache_and_eager_tasks(request, settings):
 
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     cache.clear()
+    from customers.engine import caches_clear
+
+    caches_clear()  # the engine's per-process caches: each test has its own database rows
     eager = request.node.get_closest_marker("integration") is None
     previous = celery_app.conf.task_always_eager
     celery_app.conf.task_always_eager = eager

@@ -305,3 +305,14 @@ class TopUpPack(models.Model):
             errors["expiry_days"] = "Days apply only when the expiry is a number of days."
         if errors:
             raise ValidationError(errors)
+
+
+class CatalogVersion(models.Model):
+    """One row whose number grows with every change to features, plans and their entitlements.
+    Processes that cache the catalog read it in the same query as usage, so a cached copy is
+    never used once it is out of date (customers.engine)."""
+
+    version = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"catalog v{self.version}"

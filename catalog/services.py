@@ -5,8 +5,9 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import F
 
-from .models import Feature, Plan, PlanEntitlement, TopUpPack
+from .models import CatalogVersion, Feature, Plan, PlanEntitlement, TopUpPack
 
 
 def _assign(obj, fields: dict[str, Any]) -> None:
@@ -128,3 +129,10 @@ def plan_set_entitlements(*, plan: Plan, entitlements: list[dict[str, Any]]) -> 
     for feature_id, entitlement in current.items():
         if feature_id not in wanted:
             plan_entitlement_remove(entitlement=entitlement)
+
+
+def catalog_version_bump() -> None:
+    """Marks every cached copy of the catalog out of date (in the caller's transaction, so
+    the new version and the change become visible together)."""
+    if not CatalogVersion.objects.filter(pk=1).update(version=F("version") + 1):
+        CatalogVersion.objects.get_or_create(pk=1, defaults={"version": 1})

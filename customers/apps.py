@@ -18,6 +18,15 @@ class CustomersConfig(AppConfig):
             post_save.connect(entitlement_saved, sender=model, dispatch_uid=uid + ".saved")
             post_delete.connect(entitlement_deleted, sender=model, dispatch_uid=uid + ".deleted")
 
+        # The engine caches a customer's subscription and overrides per process, keyed on the
+        # customer's state version: any change to them bumps it.
+        from .models import Customer, Subscription
+
+        for model in (Customer, Subscription, EntitlementOverride):
+            uid = f"customers.state.{model._meta.label}"
+            post_save.connect(customer_state_changed, sender=model, dispatch_uid=uid + ".saved")
+            post_delete.connect(customer_state_changed, sender=model, dispatch_uid=uid + ".del")
+
 
 def entitlement_saved(sender, instance, created=False, raw=False, **kwargs) -> None:
     """`entitlement.updated` webhooks for a saved plan entitlement, override or grant."""
@@ -34,3 +43,13 @@ def entitlement_deleted(sender, instance, **kwargs) -> None:
     from . import webhooks
 
     webhooks.entitlement_updated_record(instance=instance, action="deleted")
+
+
+def customer_state_changed(sender, instance, raw=False, **kwargs) -> None:
+    if raw:
+        return
+    from .services import customer_version_bump
+
+    customer_version_bump(
+        instance.pk if sender._meta.model_name == "customer" else instance.customer_id
+    )

@@ -17,18 +17,26 @@ deadlock.
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 
-from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db import connection, transaction
+from django.db.models import Q, Subquery
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from djmoney.money import Money
 
-from catalog.models import Enforcement, Feature, FeatureKind, PlanEntitlement, Reset
+from catalog.models import (
+    CatalogVersion,
+    Enforcement,
+    Feature,
+    FeatureKind,
+    PlanEntitlement,
+    Reset,
+)
 from entitlements_site.errors import Conflict, InvalidInput, NotFound
 
 from .models import (
@@ -148,8 +156,16 @@ class BatchResult:
 
 @dataclass
 class CustomerState:
+    """What a customer's entitlements depend on besides usage: the active subscription, the
+    plan's terms and every override. Cached per process, keyed on `version`: the customer's
+    `state_version` and the catalog's version, which grow with every change and are read in
+    the same query as usage, so a cached state is never used once out of date."""
+
     customer: Customer
     subscription: Subscription | None
+    plan_terms: dict[int, Terms] = field(default_factory=dict)
+    overrides: dict[int, list[EntitlementOverride]] = field(default_factory=dict)
+    version: tuple[int, int] | None = None
 
     @property
     def plan_id(self) -> int | None:
@@ -167,14 +183,140 @@ class CustomerState:
             windows[Reset.BILLING_PERIOD] = Window(sub.current_period_start, sub.current_period_end)
         return windows
 
+    def terms_at(self, feature_id: int, at: dt.datetime) -> Terms | None:
+        """An override in force at `at` beats the plan."""
+        chosen = _override_in_force(self.overrides.get(feature_id, ()), at)
+        return Terms.of("override", chosen) if chosen else self.plan_terms.get(feature_id)
+
+    def terms_all(self, at: dt.datetime) -> dict[int, Terms]:
+        terms = {}
+        for feature_id in set(self.plan_terms) | set(self.overrides):
+            chosen = self.terms_at(feature_id, at)
+            if chosen is not None:
+                terms[feature_id] = chosen
+        return terms
+
+
+def _states_load(customers: Iterable[Customer]) -> dict[int, CustomerState]:
+    """Loads the state of several customers in three queries (subscriptions, plan terms,
+    overrides), whatever their number."""
+    customers = {c.pk: c for c in customers}
+    if not customers:
+        return {}
+    subscriptions = {
+        s.customer_id: s
+        for s in Subscription.objects.filter(
+            customer_id__in=customers, status=SubscriptionStatus.ACTIVE
+        ).select_related("plan")
+    }
+    plan_terms: dict[int, dict[int, Terms]] = defaultdict(dict)
+    plan_ids = {s.plan_id for s in subscriptions.values()}
+    if plan_ids:
+        for row in PlanEntitlement.objects.filter(plan_id__in=plan_ids):
+            plan_terms[row.plan_id][row.feature_id] = Terms.of("plan", row)
+    overrides: dict[int, dict[int, list]] = defaultdict(lambda: defaultdict(list))
+    for row in EntitlementOverride.objects.filter(customer_id__in=customers):
+        overrides[row.customer_id][row.feature_id].append(row)
+    states = {}
+    for pk, customer in customers.items():
+        subscription = subscriptions.get(pk)
+        states[pk] = CustomerState(
+            customer=customer,
+            subscription=subscription,
+            plan_terms=dict(plan_terms[subscription.plan_id]) if subscription else {},
+            overrides=dict(overrides[pk]),
+        )
+    return states
+
 
 def customer_state(customer: Customer) -> CustomerState:
-    subscription = (
-        Subscription.objects.filter(customer=customer, status=SubscriptionStatus.ACTIVE)
-        .select_related("plan")
-        .first()
-    )
-    return CustomerState(customer=customer, subscription=subscription)
+    """The customer's state read afresh (three queries)."""
+    return _states_load([customer])[customer.pk]
+
+
+class _VersionedCache:
+    """A small per-process LRU of values tagged with the version they were loaded at. Nothing
+    is trusted without comparing versions read from the database in the same query as usage."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.items: OrderedDict = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            item = self.items.get(key)
+            if item is not None:
+                self.items.move_to_end(key)
+            return item
+
+    def put(self, key, value) -> None:
+        with self.lock:
+            self.items[key] = value
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+    def discard(self, key) -> None:
+        with self.lock:
+            self.items.pop(key, None)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+
+
+_states = _VersionedCache(20_000)  # customer pk -> CustomerState
+_customer_ids = _VersionedCache(100_000)  # external_id -> pk (an external id never changes)
+_catalog = _VersionedCache(1)  # "features" -> (version, {key: Feature}, {pk: Feature})
+
+
+def caches_clear() -> None:
+    """Forgets every cached state (tests between databases; never needed for correctness)."""
+    for cache in (_states, _customer_ids, _catalog):
+        cache.clear()
+
+
+def _features(version: int | None = None) -> tuple[dict[str, Feature], dict[int, Feature]]:
+    """Every feature by key and by id; reloaded (one query) when `version` is newer than the
+    cached copy, or when nothing is cached."""
+    cached = _catalog.get("features")
+    if cached is None or (version is not None and cached[0] != version):
+        loaded_at = version
+        if loaded_at is None:
+            loaded_at = CatalogVersion.objects.filter(pk=1).values_list("version", flat=True)
+            loaded_at = loaded_at.first() or 0
+        features = list(Feature.objects.all())
+        cached = (loaded_at, {f.key: f for f in features}, {f.pk: f for f in features})
+        _catalog.put("features", cached)
+    return cached[1], cached[2]
+
+
+def _state_for(customer: Customer | int, version: tuple[int, int]) -> CustomerState:
+    """The cached state if it was loaded at `version`, else a fresh one (three queries)."""
+    pk = customer if isinstance(customer, int) else customer.pk
+    cached = _states.get(pk)
+    if cached is not None and cached.version == version:
+        return cached
+    if isinstance(customer, int):
+        customer = Customer.objects.get(pk=pk)
+    state = customer_state(customer)
+    state.version = version
+    _states.put(pk, state)
+    return state
+
+
+def _customer_pk(customer: Customer | str) -> int:
+    """A customer's id, from the object or from its external id (cached: it never changes)."""
+    if isinstance(customer, Customer):
+        return customer.pk
+    pk = _customer_ids.get(customer)
+    if pk is None:
+        pk = Customer.objects.filter(external_id=customer).values_list("pk", flat=True).first()
+        if pk is None:
+            raise NotFound(f"No customer {customer!r}.", code="customer_not_found")
+        _customer_ids.put(customer, pk)
+    return pk
 
 
 def _override_in_force(overrides: Iterable[EntitlementOverride], at: dt.datetime):
@@ -183,54 +325,13 @@ def _override_in_force(overrides: Iterable[EntitlementOverride], at: dt.datetime
     return max(active, key=lambda o: (o.created_at, o.pk)) if active else None
 
 
-def _load_terms(
-    state: CustomerState,
-    since: dt.datetime,
-    until: dt.datetime,
-    feature_ids: Iterable[int] | None = None,
-) -> tuple[dict[int, Terms], dict[int, list[EntitlementOverride]]]:
-    """The plan's terms per feature id and the overrides in force at some instant of
-    [since, until] (one query each); `_terms_at` picks the terms of one instant."""
-    plan_terms: dict[int, Terms] = {}
-    if state.plan_id:
-        rows = PlanEntitlement.objects.filter(plan_id=state.plan_id)
-        if feature_ids is not None:
-            rows = rows.filter(feature_id__in=feature_ids)
-        for row in rows:
-            plan_terms[row.feature_id] = Terms.of("plan", row)
-    overrides = EntitlementOverride.objects.filter(customer=state.customer).filter(
-        Q(starts_at__isnull=True) | Q(starts_at__lte=until),
-        Q(ends_at__isnull=True) | Q(ends_at__gt=since),
-    )
-    if feature_ids is not None:
-        overrides = overrides.filter(feature_id__in=feature_ids)
-    by_feature: dict[int, list[EntitlementOverride]] = defaultdict(list)
-    for row in overrides:
-        by_feature[row.feature_id].append(row)
-    return plan_terms, by_feature
-
-
-def _terms_at(
-    plan_terms: dict[int, Terms],
-    overrides: dict[int, list[EntitlementOverride]],
-    feature_id: int,
-    at: dt.datetime,
-) -> Terms | None:
-    """An override in force at `at` beats the plan."""
-    chosen = _override_in_force(overrides.get(feature_id, ()), at)
-    return Terms.of("override", chosen) if chosen else plan_terms.get(feature_id)
-
-
 def _terms_by_feature(
-    state: CustomerState, at: dt.datetime, feature_ids: list[int] | None = None
+    state: CustomerState, at: dt.datetime, feature_ids: Iterable[int] | None = None
 ) -> dict[int, Terms]:
-    """Terms per feature id at `at`: an override in force beats the plan (two queries)."""
-    plan_terms, overrides = _load_terms(state, at, at, feature_ids)
-    terms = {}
-    for feature_id in set(plan_terms) | set(overrides):
-        chosen = _terms_at(plan_terms, overrides, feature_id, at)
-        if chosen is not None:
-            terms[feature_id] = chosen
+    """Terms per feature id at `at`: an override in force beats the plan."""
+    terms = state.terms_all(at)
+    if feature_ids is not None:
+        terms = {f: t for f, t in terms.items() if f in set(feature_ids)}
     return terms
 
 
@@ -366,7 +467,11 @@ def _compute(
 
 
 def feature_by_key(feature_key: str) -> Feature:
-    feature = Feature.objects.filter(key=feature_key).first()
+    """A feature by key from the cached catalog (a key never changes; a newly created feature
+    is found by reloading). Raises NotFound."""
+    feature = _features()[0].get(feature_key)
+    if feature is None:
+        feature = _features(version=-1)[0].get(feature_key)  # -1: reload now
     if feature is None:
         raise NotFound(f"No feature with key {feature_key!r}.", code="feature_not_found")
     return feature
@@ -376,60 +481,175 @@ def _now(at: dt.datetime | None) -> dt.datetime:
     return (at or timezone.now()).astimezone(dt.UTC)
 
 
+@dataclass
+class _Snapshot:
+    version: tuple[int, int]
+    counters: list[UsageCounter]
+    grants: list[Grant]
+
+
+def _usage_snapshot(customer_id: int, feature_id: int | None, at: dt.datetime) -> _Snapshot:
+    """One query: the customer's state version and the catalog's, the usage counters of every
+    window containing `at`, and the grants in force at `at` (of one feature, or all). Raises
+    NotFound when the customer does not exist."""
+    quote = connection.ops.quote_name
+    counter, grant = UsageCounter._meta.db_table, Grant._meta.db_table
+    stamp = connection.ops.adapt_datetimefield_value(at)
+    feature_filter = " AND feature_id = %s" if feature_id is not None else ""
+    feature_param = [feature_id] if feature_id is not None else []
+    sql = f"""
+        SELECT 0, state_version, (SELECT version FROM {CatalogVersion._meta.db_table}
+                                  WHERE id = 1), NULL, NULL, NULL, NULL, NULL, NULL, NULL
+          FROM {Customer._meta.db_table} WHERE id = %s
+        UNION ALL
+        SELECT 1, id, feature_id, {quote("window")}, start, {quote("end")}, used, drawn, level,
+               level_at
+          FROM {counter} WHERE customer_id = %s{feature_filter} AND start <= %s
+               AND {quote("end")} > %s
+        UNION ALL
+        SELECT 2, id, feature_id, NULL, effective_at, expires_at, quantity, consumed, NULL,
+               voided_at
+          FROM {grant} WHERE customer_id = %s{feature_filter} AND effective_at <= %s
+               AND (expires_at IS NULL OR expires_at > %s)
+               AND (voided_at IS NULL OR voided_at > %s)
+    """
+    params = [customer_id, customer_id, *feature_param, stamp, stamp]
+    params += [customer_id, *feature_param, stamp, stamp, stamp]
+    version, counters, grants = None, [], []
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    for kind, pk, feature, window, start, end, a, b, level, stamp_at in rows:
+        if kind == 0:
+            version = (int(pk), int(feature or 0))
+        elif kind == 1:
+            counters.append(
+                UsageCounter(
+                    pk=pk,
+                    customer_id=customer_id,
+                    feature_id=feature,
+                    window=window,
+                    start=_db_time(start),
+                    end=_db_time(end),
+                    used=_db_decimal(a),
+                    drawn=_db_decimal(b),
+                    level=None if level is None else _db_decimal(level),
+                    level_at=_db_time(stamp_at),
+                )
+            )
+        else:
+            grants.append(
+                Grant(
+                    pk=pk,
+                    customer_id=customer_id,
+                    feature_id=feature,
+                    effective_at=_db_time(start),
+                    expires_at=_db_time(end),
+                    quantity=_db_decimal(a),
+                    consumed=_db_decimal(b),
+                    voided_at=_db_time(stamp_at),
+                )
+            )
+    if version is None:
+        raise NotFound("No such customer.", code="customer_not_found")
+    return _Snapshot(version, counters, grants)
+
+
+FOUR_PLACES = Decimal("0.0001")
+
+
+def _db_decimal(value) -> Decimal:
+    # PostgreSQL answers Decimals; SQLite answers ints, floats or strings.
+    return value if isinstance(value, Decimal) else Decimal(str(value)).quantize(FOUR_PLACES)
+
+
+def _db_time(value) -> dt.datetime | None:
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    stamp = parse_datetime(str(value))
+    return stamp.replace(tzinfo=dt.UTC) if timezone.is_naive(stamp) else stamp
+
+
+def _window_counters(
+    snapshot_counters: Iterable[UsageCounter], feature_id: int, windows: dict[str, Window]
+) -> dict[str, UsageCounter]:
+    """The counters of the windows in force, by window kind."""
+    return {
+        c.window: c
+        for c in snapshot_counters
+        if c.feature_id == feature_id and windows[c.window].start == c.start
+    }
+
+
+def _snapshot_and_state(
+    customer: Customer | str, feature_id: int | None, at: dt.datetime
+) -> tuple[_Snapshot, CustomerState]:
+    pk = _customer_pk(customer)
+    try:
+        snapshot = _usage_snapshot(pk, feature_id, at)
+    except NotFound:
+        if isinstance(customer, Customer):
+            raise
+        _customer_ids.discard(customer)  # deleted, or its external id now names another
+        pk = _customer_pk(customer)
+        snapshot = _usage_snapshot(pk, feature_id, at)
+    _features(snapshot.version[1])
+    state = _state_for(customer if isinstance(customer, Customer) else pk, snapshot.version)
+    return snapshot, state
+
+
 def entitlement_check(
-    customer: Customer,
+    customer: Customer | str,
     feature_key: str | Feature,
     at: dt.datetime | None = None,
     *,
     state: CustomerState | None = None,
 ) -> Entitlement:
-    """The effective entitlement of one feature at `at` (default now). A fixed number of
-    queries whatever the number of usage events. Raises NotFound for an unknown feature."""
+    """The effective entitlement of one feature at `at` (default now); `customer` is a
+    Customer or an external id. One query when the customer's state is cached (else four),
+    whatever the number of usage events. Raises NotFound for an unknown customer or feature."""
     at = _now(at)
     feature = feature_key if isinstance(feature_key, Feature) else feature_by_key(feature_key)
-    state = state or customer_state(customer)
-    terms = _terms_by_feature(state, at, [feature.pk]).get(feature.pk)
+    snapshot, cached = _snapshot_and_state(customer, feature.pk, at)
+    state = state or cached
+    feature = _features(snapshot.version[1])[1].get(feature.pk)
+    if feature is None:
+        raise NotFound(f"No feature with key {feature_key!r}.", code="feature_not_found")
+    terms = state.terms_at(feature.pk, at)
     if feature.kind != FeatureKind.METERED:
         return _compute(feature, terms, {}, [], {})
     windows = state.windows(at)
-    kind = _effective_kind(terms or GRANT_ONLY_TERMS)
-    keys = {(customer.pk, feature.pk, k, windows[k].start) for k in (kind, Reset.NEVER)}
-    counters = {c.window: c for c in UsageCounter.objects.filter(_counter_filter(keys))}
-    grants = _active_grants(_grants_query([customer.pk], [feature.pk], at, at), feature.pk, at)
+    counters = _window_counters(snapshot.counters, feature.pk, windows)
+    grants = _active_grants(snapshot.grants, feature.pk, at)
     return _compute(feature, terms, counters, grants, windows)
 
 
-def entitlements_resolve(customer: Customer, at: dt.datetime | None = None) -> list[Entitlement]:
+def entitlements_resolve(
+    customer: Customer | str, at: dt.datetime | None = None, *, with_state: bool = False
+):
     """Every effective entitlement of a customer at `at`: features of the plan, of overrides in
-    force and of active grants, ordered by feature name. Five queries."""
+    force and of active grants, ordered by feature name. One query when the customer's state is
+    cached. With `with_state`, answers (state, entitlements)."""
     at = _now(at)
-    state = customer_state(customer)
-    terms = _terms_by_feature(state, at)
-    grants = list(
-        _grants_query([customer.pk], Feature.objects.filter(kind="metered").values("pk"), at, at)
-    )
-    feature_ids = set(terms) | {g.feature_id for g in grants}
-    features = sorted(Feature.objects.filter(pk__in=feature_ids), key=lambda f: f.name)
+    snapshot, state = _snapshot_and_state(customer, None, at)
+    by_id = _features(snapshot.version[1])[1]
+    terms = state.terms_all(at)
+    grants_by_feature = defaultdict(list)
+    for g in snapshot.grants:
+        grants_by_feature[g.feature_id].append(g)
+    feature_ids = (set(terms) | set(grants_by_feature)) & set(by_id)
     windows = state.windows(at)
-    keys = set()
-    for feature in features:
-        if feature.kind == FeatureKind.METERED:
-            kind = _effective_kind(terms.get(feature.pk) or GRANT_ONLY_TERMS)
-            keys |= {(customer.pk, feature.pk, k, windows[k].start) for k in (kind, Reset.NEVER)}
-    counters: dict[int, dict[str, UsageCounter]] = defaultdict(dict)
-    if keys:
-        for c in UsageCounter.objects.filter(_counter_filter(keys)):
-            counters[c.feature_id][c.window] = c
-    return [
+    entitlements = [
         _compute(
             feature,
             terms.get(feature.pk),
-            counters[feature.pk],
-            _active_grants(grants, feature.pk, at),
+            _window_counters(snapshot.counters, feature.pk, windows),
+            _active_grants(grants_by_feature[feature.pk], feature.pk, at),
             windows,
         )
-        for feature in features
+        for feature in sorted((by_id[f] for f in feature_ids), key=lambda f: (f.name, f.pk))
     ]
+    return (state, entitlements) if with_state else entitlements
 
 
 # --- writes -------------------------------------------------------------------------------
@@ -471,29 +691,53 @@ def _parse_timestamp(value) -> dt.datetime:
     return stamp.astimezone(dt.UTC)
 
 
-def _lock_counters(keys: dict[tuple, Window]) -> dict[tuple, UsageCounter]:
-    """Creates the missing counter rows, then locks all of `keys` in one fixed order
-    (customer, feature, window, start), so that writers never deadlock."""
+def _lock_counters(
+    keys: dict[tuple, Window], *, version_of: int | None = None
+) -> tuple[dict[tuple, UsageCounter], tuple[int, int] | None]:
+    """Locks the counter rows of `keys` in one fixed order (customer, feature, window, start),
+    so that writers never deadlock, creating the missing ones first. With `version_of` (a
+    customer id), also answers that customer's state version and the catalog's, read in the
+    same query (None when the customer does not exist)."""
     ordered = sorted(keys)
-    UsageCounter.objects.bulk_create(
-        [
-            UsageCounter(customer_id=c, feature_id=f, window=k, start=s, end=keys[(c, f, k, s)].end)
-            for c, f, k, s in ordered
-        ],
-        ignore_conflicts=True,
-    )
-    locked = {}
+    locked, version = _select_counters_for_update(ordered, version_of)
+    missing = [key for key in ordered if key not in locked]
+    if missing:
+        UsageCounter.objects.bulk_create(
+            [
+                UsageCounter(
+                    customer_id=c, feature_id=f, window=k, start=s, end=keys[(c, f, k, s)].end
+                )
+                for c, f, k, s in missing
+            ],
+            ignore_conflicts=True,
+        )
+        locked, version = _select_counters_for_update(ordered, version_of)
+    return locked, version
+
+
+def _select_counters_for_update(ordered: list[tuple], version_of: int | None):
+    locked, version = {}, None
     # In chunks (SQLite limits an expression's depth), each in the same order as the whole.
     for offset in range(0, len(ordered), LOCK_CHUNK):
         rows = (
-            UsageCounter.objects.select_for_update()
+            UsageCounter.objects.select_for_update(of=("self",))
             .filter(_counter_filter(ordered[offset : offset + LOCK_CHUNK]))
             .order_by("customer_id", "feature_id", "window", "start")
         )
+        if version_of is not None and offset == 0:
+            rows = rows.annotate(
+                state_version=Subquery(
+                    Customer.objects.filter(pk=version_of).values("state_version")[:1]
+                ),
+                catalog_version=Subquery(CatalogVersion.objects.filter(pk=1).values("version")[:1]),
+            )
         for r in rows:
             r._values_loaded = _counter_values(r)
             locked[(r.customer_id, r.feature_id, r.window, r.start)] = r
-    return locked
+            first = version_of is not None and version is None and offset == 0
+            if first and r.state_version is not None:
+                version = (r.state_version, r.catalog_version or 0)
+    return locked, version
 
 
 @dataclass
@@ -603,7 +847,7 @@ def _mark_loaded(grants: Iterable[Grant]) -> list[Grant]:
 
 
 def entitlement_consume(
-    customer: Customer,
+    customer: Customer | str,
     feature_key: str | Feature,
     quantity,
     event_id: str,
@@ -612,15 +856,16 @@ def entitlement_consume(
     properties: dict | None = None,
     dry_run: bool = False,
 ) -> ConsumeResult:
-    """The gate: atomically checks and records `quantity` of a metered feature.
+    """The gate: atomically checks and records `quantity` of a metered feature; `customer` is a
+    Customer or an external id.
 
     Locks the customer's counter rows of the feature (then its grants), so with N concurrent
     requests against a balance of B units exactly min(N, B) are allowed. Under a hard limit a
     request the balance cannot cover is denied and records nothing. Idempotent on `event_id`
     per customer: a replay returns the first outcome (allowed) and counts nothing; the same
     `event_id` reused for another feature or quantity raises Conflict. `dry_run` answers
-    without recording. Raises NotFound (feature), InvalidInput (`not_metered`, quantity,
-    timestamp)."""
+    without recording. Raises NotFound (customer, feature), InvalidInput (`not_metered`,
+    quantity, timestamp)."""
     feature = feature_key if isinstance(feature_key, Feature) else feature_by_key(feature_key)
     if feature.kind != FeatureKind.METERED:
         raise InvalidInput(
@@ -630,62 +875,87 @@ def entitlement_consume(
     quantity = _parse_quantity(quantity, allow_zero=False)
     event_id = _clean_event_id(event_id)
     at = _parse_timestamp(timestamp)
-    with transaction.atomic():
-        state = customer_state(customer)
-        terms = _terms_by_feature(state, at, [feature.pk]).get(feature.pk)
+    if dry_run:
+        snapshot, state = _snapshot_and_state(customer, feature.pk, at)
+        terms = state.terms_at(feature.pk, at)
         windows = state.windows(at)
-        keys = {(customer.pk, feature.pk, k, windows[k].start): windows[k] for k in WINDOW_KINDS}
-        if dry_run:
-            counters = {c.window: c for c in UsageCounter.objects.filter(_counter_filter(keys))}
-            for key, window in keys.items():
-                counters.setdefault(key[2], UsageCounter(start=window.start, end=window.end))
-            grants = _active_grants(
-                _grants_query([customer.pk], [feature.pk], at, at), feature.pk, at
-            )
-        else:
-            counters = {key[2]: row for key, row in _lock_counters(keys).items()}
-            # Looked up only once the counters are locked: a concurrent request with the same
-            # event_id has then either committed (and this is a replay) or not started.
-            replay = _replay(customer, feature, quantity, event_id, at, state)
-            if replay:
-                return replay
-            grants = _mark_loaded(
-                _active_grants(
-                    _grants_query([customer.pk], [feature.pk], at, at)
-                    .select_for_update()
-                    .order_by("pk"),
-                    feature.pk,
-                    at,
-                )
-            )
+        counters = _window_counters(snapshot.counters, feature.pk, windows)
+        for kind, window in windows.items():
+            counters.setdefault(kind, UsageCounter(start=window.start, end=window.end))
+        grants = _active_grants(snapshot.grants, feature.pk, at)
         draw = _plan_draw(feature, terms, counters, grants, quantity, enforce=True, as_level=False)
         if draw.allowed:
-            before = _compute(feature, terms, counters, grants, windows)
-            if not dry_run:
-                try:
-                    with transaction.atomic():
-                        UsageEvent.objects.create(
-                            customer=customer,
-                            feature=feature,
-                            event_id=event_id,
-                            quantity=draw.level if draw.level is not None else quantity,
-                            timestamp=at,
-                            properties=properties or {},
-                        )
-                except IntegrityError:
-                    # A concurrent request with the same event_id won the insert.
-                    return _replay(customer, feature, quantity, event_id, at, state)
             _apply_draw(draw, terms, counters, at)
-            if not dry_run:
-                _save_counters_and_grants(counters.values(), grants)
-            after = _compute(feature, terms, counters, grants, windows)
-            if not dry_run:
-                _after_usage(state, feature, before, after)
-            return ConsumeResult(True, None, after)
-        entitlement = _compute(feature, terms, counters, grants, windows)
-        if draw.reason == "no_access":
-            entitlement = replace(entitlement, has_access=False)
-        return ConsumeResult(False, draw.reason, entitlement)
+        return _consume_result(draw, _compute(feature, terms, counters, grants, windows))
+    with transaction.atomic():
+        pk = _customer_pk(customer)
+        state = _states.get(pk)
+        if state is None:
+            state = customer_state(customer if isinstance(customer, Customer) else _customer(pk))
+        keys = _consume_keys(state, pk, feature, at)
+        locked, version = _lock_counters(keys, version_of=pk)
+        if version is None:
+            _customer_ids.discard(customer)
+            raise NotFound("No such customer.", code="customer_not_found")
+        if state.version != version:
+            # The cached state is out of date (or new): reload it; its windows may differ.
+            _features(version[1])
+            state = _state_for(state.customer, version)
+            keys = _consume_keys(state, pk, feature, at)
+            if set(keys) - set(locked):
+                locked.update(_lock_counters(keys)[0])
+        windows = state.windows(at)
+        terms = state.terms_at(feature.pk, at)
+        counters = {key[2]: locked[key] for key in keys}
+        grants = _mark_loaded(
+            _active_grants(
+                _grants_query([pk], [feature.pk], at, at).select_for_update().order_by("pk"),
+                feature.pk,
+                at,
+            )
+        )
+        draw = _plan_draw(feature, terms, counters, grants, quantity, enforce=True, as_level=False)
+        if not draw.allowed:
+            # A replay of an allowed request answers its first outcome even if now denied.
+            replay = _replay(state.customer, feature, quantity, event_id, at, state)
+            return replay or _consume_result(
+                draw, _compute(feature, terms, counters, grants, windows)
+            )
+        item = {
+            "customer": state.customer,
+            "feature": feature,
+            "event_id": event_id,
+            "quantity": draw.level if draw.level is not None else quantity,
+            "timestamp": at,
+            "properties": properties or {},
+        }
+        if not _insert_events_returning([item]):
+            # Already recorded (the counters were locked, so the first has committed).
+            return _replay(state.customer, feature, quantity, event_id, at, state)
+        before = _compute(feature, terms, counters, grants, windows)
+        _apply_draw(draw, terms, counters, at)
+        _save_counters_and_grants(counters.values(), grants)
+        after = _compute(feature, terms, counters, grants, windows)
+        _after_usage(state, feature, before, after)
+        return ConsumeResult(True, None, after)
+
+
+def _customer(pk: int) -> Customer:
+    customer = Customer.objects.filter(pk=pk).first()
+    if customer is None:
+        raise NotFound("No such customer.", code="customer_not_found")
+    return customer
+
+
+def _consume_keys(state: CustomerState, pk: int, feature: Feature, at) -> dict[tuple, Window]:
+    windows = state.windows(at)
+    return {(pk, feature.pk, k, windows[k].start): windows[k] for k in WINDOW_KINDS}
+
+
+def _consume_result(draw: _Draw, entitlement: Entitlement) -> ConsumeResult:
+    if draw.reason == "no_access":
+        entitlement = replace(entitlement, has_access=False)
+    return ConsumeResult(draw.allowed, draw.reason, entitlement)
 
 
 def _clean_event_id(event_id) -> str:
@@ -732,14 +1002,20 @@ def usage_record_batch(events: list[dict]) -> BatchResult:
     Every event is validated on its own: a bad one is rejected with its index and error, the
     rest are recorded. Usage already happened, so it is recorded even past a hard limit (it
     shows as overage); it still burns the allowance, then grants. Set-based: a fixed number
-    of queries for the batch plus three per customer in it (subscription, plan terms,
-    overrides). Locks like a consume: counters, then grants, then the ledger insert."""
+    of queries for the batch, whatever the number of customers and events in it (the state of
+    customers not cached is loaded in three queries for all). Locks like a consume: counters,
+    then grants, then the ledger insert."""
     result = BatchResult()
     parsed = []
     customer_ids = {str(e.get("customer")) for e in events if isinstance(e, dict)}
-    feature_keys = {str(e.get("feature")) for e in events if isinstance(e, dict)}
-    customers = {c.external_id: c for c in Customer.objects.filter(external_id__in=customer_ids)}
-    features = {f.key: f for f in Feature.objects.filter(key__in=feature_keys)}
+    customers = {
+        c.external_id: c
+        for c in Customer.objects.filter(external_id__in=customer_ids).annotate(
+            catalog_version=Subquery(CatalogVersion.objects.filter(pk=1).values("version")[:1])
+        )
+    }
+    catalog_version = next((c.catalog_version or 0 for c in customers.values()), None)
+    features = _features(catalog_version)[0]
     seen: set[tuple[int, str]] = set()
     for index, raw in enumerate(events):
         try:
@@ -763,16 +1039,13 @@ def usage_record_batch(events: list[dict]) -> BatchResult:
     with transaction.atomic():
         # The same lock order as a consume (counters, then grants, then the ledger insert), so
         # that a batch and a consume, or two batches, sharing an event_id never deadlock.
-        states = {
-            c.pk: customer_state(c)
-            for c in {i["customer"].pk: i["customer"] for i in parsed}.values()
-        }
+        states = _states_current({i["customer"].pk: i["customer"] for i in parsed}.values())
         keys: dict[tuple, Window] = {}
         for i in parsed:
             i["windows"] = windows = states[i["customer"].pk].windows(i["timestamp"])
             for kind in WINDOW_KINDS:
                 keys[(i["customer"].pk, i["feature"].pk, kind, windows[kind].start)] = windows[kind]
-        locked = _lock_counters(keys)
+        locked = _lock_counters(keys)[0]
         stamps = [i["timestamp"] for i in parsed]
         grants = _mark_loaded(
             _grants_query(
@@ -795,6 +1068,25 @@ def usage_record_batch(events: list[dict]) -> BatchResult:
             _record_reported(fresh, states, locked, grants)
         result.accepted = len(fresh)
     return result
+
+
+def _states_current(customers: Iterable[Customer]) -> dict[int, CustomerState]:
+    """States of customers read with their `state_version` and `catalog_version`: the cached
+    ones still current, the others loaded together (three queries) and cached."""
+    states, stale = {}, []
+    for customer in customers:
+        version = (customer.state_version, customer.catalog_version or 0)
+        cached = _states.get(customer.pk)
+        if cached is not None and cached.version == version:
+            states[customer.pk] = cached
+        else:
+            stale.append(customer)
+    for pk, state in _states_load(stale).items():
+        customer = state.customer
+        state.version = (customer.state_version, customer.catalog_version or 0)
+        _states.put(pk, state)
+        states[pk] = state
+    return states
 
 
 def _parse_batch_event(raw, customers, features) -> dict:
@@ -876,21 +1168,13 @@ def _record_reported(
     grants_by_key = defaultdict(list)
     for g in all_grants:
         grants_by_key[(g.customer_id, g.feature_id)].append(g)
-    terms_by_customer = {}
-    for customer_id in {c for c, _ in groups}:
-        stamps = [i["timestamp"] for i in ours if i["customer"].pk == customer_id]
-        feature_ids = {f for c, f in groups if c == customer_id}
-        terms_by_customer[customer_id] = _load_terms(
-            states[customer_id], min(stamps), max(stamps), feature_ids
-        )
     for (customer_id, feature_id), group in groups.items():
         state = states[customer_id]
-        plan_terms, overrides = terms_by_customer[customer_id]
         group.sort(key=lambda i: (i["timestamp"], i["pk"]))
         feature = group[0]["feature"]
         for i in group:
             at = i["timestamp"]
-            terms = _terms_at(plan_terms, overrides, feature_id, at)
+            terms = state.terms_at(feature_id, at)
             counters = {
                 kind: locked[(customer_id, feature_id, kind, i["windows"][kind].start)]
                 for kind in WINDOW_KINDS

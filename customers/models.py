@@ -39,10 +39,13 @@ class Customer(models.Model):
         help_text="Comma-separated addresses for usage alerts; the customer's email if empty.",
     )
     currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES, default="USD")
+    # Grows with every change to this customer's subscription and overrides, so the engine's
+    # per-process cache of them is never used once out of date (read with the usage).
+    state_version = models.PositiveBigIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
-    history = HistoricalRecords()
+    history = HistoricalRecords(excluded_fields=["state_version"])
 
     class Meta:
         ordering = ["name"]

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from catalog.models import Feature, Plan, PlanStatus, TopUpExpiry, TopUpPack
@@ -22,6 +23,12 @@ from .models import (
     SubscriptionStatus,
 )
 from .periods import add_months, interval_months
+
+
+def customer_version_bump(customer_id: int) -> None:
+    """Marks the engine's cached state of this customer out of date (in the caller's
+    transaction: the new version and the change become visible together)."""
+    Customer.objects.filter(pk=customer_id).update(state_version=F("state_version") + 1)
 
 
 @transaction.atomic

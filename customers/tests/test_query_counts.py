@@ -28,14 +28,17 @@ pytestmark = pytest.mark.django_db
 START = datetime(2025, 1, 31, 10, tzinfo=UTC)
 AT = datetime(2025, 2, 27, 12, tzinfo=UTC)
 
-# feature, subscription, plan terms, overrides, counters, grants
-CHECK_QUERIES = 6
-# subscription, features, plan terms, overrides, counters and grants of every feature
-RESOLVE_QUERIES = 6
-# feature, savepoint, subscription, plan terms, overrides, counters (create missing, lock),
-# replay lookup, grants (lock), event insert in its savepoint (3), counters update, release
-# (one more, the grants update, when the usage draws on a grant)
-CONSUME_QUERIES = 14
+# The customer's state (subscription, plan terms, overrides) is cached per process and checked
+# against its version in the same query as usage; a first check loads it (three queries).
+COLD_CHECK_QUERIES = 4
+# one query: versions, the counters of the windows in force, the grants in force
+CHECK_QUERIES = 1
+# the same query for every feature
+RESOLVE_QUERIES = 1
+# savepoint, counters locked with the versions, grants locked, event insert (ON CONFLICT DO
+# NOTHING RETURNING), counters update, release (one more, the grants update, when the usage
+# draws on a grant; two more the first time a window is used: its counters created, locked again)
+CONSUME_QUERIES = 6
 
 
 @pytest.fixture
@@ -96,10 +99,16 @@ def test_check_resolve_and_consume_cost_the_same_queries_whatever_the_events(
     assert UsageEvent.objects.count() == events
     assert UsageCounter.objects.filter(window="billing_period").get().used == events
 
+    engine.caches_clear()
+    engine.feature_by_key("data-transfer")
+    with django_assert_num_queries(COLD_CHECK_QUERIES):
+        engine.entitlement_check(customer, "data-transfer", at=AT)
     with django_assert_num_queries(CHECK_QUERIES):
         checked = engine.entitlement_check(customer, "data-transfer", at=AT)
     with django_assert_num_queries(RESOLVE_QUERIES):
         resolved = engine.entitlements_resolve(customer, at=AT)
+    with django_assert_num_queries(CONSUME_QUERIES + 2):  # the day's counters are new
+        engine.entitlement_consume(customer, "data-transfer", Decimal("1"), "first", timestamp=AT)
     with django_assert_num_queries(CONSUME_QUERIES):
         consumed = engine.entitlement_consume(
             customer, "data-transfer", Decimal("1"), "one-more", timestamp=AT
@@ -108,4 +117,4 @@ def test_check_resolve_and_consume_cost_the_same_queries_whatever_the_events(
     assert (checked.usage, checked.balance) == (events, 1000000 - events + 10)
     assert len(resolved) == 3
     assert consumed.allowed
-    assert consumed.entitlement.usage == events + 1
+    assert consumed.entitlement.usage == events + 2
