@@ -14,6 +14,9 @@ def _outbox_cache_and_eager_tasks(request, settings):
     from customers.engine import caches_clear
 
     caches_clear()  # the engine's per-process caches: each test has its own database rows
+    from entitlements_site.api import api_keys_forget
+
+    api_keys_forget()
     eager = request.node.get_closest_marker("integration") is None
     previous = celery_app.conf.task_always_eager
     celery_app.conf.task_always_eager = eager

@@ -160,15 +160,13 @@ class EntitlementsView(APIView):
         ],
     )
     def get(self, request, external_id: str):
-        customer = customer_by_external_id(external_id)
-        subscription = services.subscription_active(customer)
+        state, entitlements = engine.entitlements_resolve(external_id, with_state=True)
+        subscription = state.subscription
         return Response(
             {
-                "customer": customer.external_id,
+                "customer": state.customer.external_id,
                 "plan": subscription.plan.key if subscription else None,
-                "entitlements": [
-                    entitlement_json(e) for e in engine.entitlements_resolve(customer)
-                ],
+                "entitlements": [entitlement_json(e) for e in entitlements],
             }
         )
 
@@ -182,8 +180,7 @@ class EntitlementView(APIView):
         examples=[OpenApiExample("Storage", E_EXAMPLE, response_only=True)],
     )
     def get(self, request, external_id: str, feature_key: str):
-        customer = customer_by_external_id(external_id)
-        return Response(entitlement_json(engine.entitlement_check(customer, feature_key)))
+        return Response(entitlement_json(engine.entitlement_check(external_id, feature_key)))
 
 
 class ConsumeView(APIView):
@@ -210,7 +207,6 @@ class ConsumeView(APIView):
     )
     def post(self, request, external_id: str, feature_key: str):
         data = _body(request)
-        customer = customer_by_external_id(external_id)
         dry_run = data.get("dry_run", False)
         if not isinstance(dry_run, bool):
             raise InvalidInput("dry_run is true or false.", code="invalid_dry_run")
@@ -220,7 +216,7 @@ class ConsumeView(APIView):
         if "quantity" not in data:
             raise InvalidInput("quantity is required.", code="invalid_quantity")
         result = engine.entitlement_consume(
-            customer,
+            external_id,
             feature_key,
             data.get("quantity"),
             data.get("event_id"),

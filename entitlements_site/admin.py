@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 from django.utils import timezone
 
+from .api import api_keys_forget
 from .models import ApiKey
 from .services import api_key_create
 
@@ -37,6 +38,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke selected keys")
     def revoke(self, request, queryset):
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        api_keys_forget()  # this process at once; the others within api.KEY_CACHE_SECONDS
         self.message_user(request, f"Revoked {count} key(s).")
 
     def has_delete_permission(self, request, obj=None):

@@ -1,6 +1,8 @@
 """What every API view shares: API-key authentication, the error format, JSON helpers."""
 
 import datetime as dt
+import logging
+import time
 from decimal import Decimal, InvalidOperation
 
 import orjson
@@ -26,11 +28,14 @@ from .errors import DomainError
 from .models import ApiKey, api_key_hash
 
 LAST_USED_EVERY = dt.timedelta(minutes=1)
+logger = logging.getLogger(__name__)
 
 
 class ApiKeyAuthentication(BaseAuthentication):
-    """`Authorization: Bearer <key>`. The key is looked up by its hash (one indexed query);
-    `last_used_at` is written at most once a minute per key, off the hot path's critical cost."""
+    """`Authorization: Bearer <key>`, looked up by its hash. Keys are cached in the process for
+    KEY_CACHE_SECONDS (a revocation reaches every process within that time, this one at once),
+    and `last_used_at` is written at most once a minute per key and process: the hot path
+    usually spends no query on authentication."""
 
     keyword = "bearer"
 
@@ -41,19 +46,52 @@ class ApiKeyAuthentication(BaseAuthentication):
         scheme, _, key = header.partition(" ")
         if scheme.lower() != self.keyword or not key.strip():
             raise exceptions.AuthenticationFailed("Use the header 'Authorization: Bearer <key>'.")
-        api_key = ApiKey.objects.filter(key_hash=api_key_hash(key.strip())).first()
+        api_key = api_key_lookup(key.strip())
         if api_key is None:
             raise exceptions.AuthenticationFailed("Invalid API key.")
         if api_key.revoked_at is not None:
             raise exceptions.AuthenticationFailed("This API key has been revoked.")
-        now = timezone.now()
-        stale = api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_EVERY
-        if stale and cache.add(f"apikey-used:{api_key.pk}", 1, LAST_USED_EVERY.total_seconds()):
-            ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        _last_used_touch(api_key)
         return (None, api_key)
 
     def authenticate_header(self, request):
         return 'Bearer realm="api"'
+
+
+KEY_CACHE_SECONDS = 5.0
+_keys: dict[str, tuple[float, ApiKey | None]] = {}
+_last_used_written: dict[int, float] = {}
+
+
+def api_key_lookup(key: str) -> ApiKey | None:
+    digest = api_key_hash(key)
+    now = time.monotonic()
+    cached = _keys.get(digest)
+    if cached is not None and now - cached[0] < KEY_CACHE_SECONDS:
+        return cached[1]
+    api_key = ApiKey.objects.filter(key_hash=digest).first()
+    if len(_keys) > 10_000:
+        _keys.clear()
+    _keys[digest] = (now, api_key)
+    return api_key
+
+
+def api_keys_forget() -> None:
+    """Drops this process's cached keys (after a revocation; in tests)."""
+    _keys.clear()
+    _last_used_written.clear()
+
+
+def _last_used_touch(api_key: ApiKey) -> None:
+    now = time.monotonic()
+    if now - _last_used_written.get(api_key.pk, -LAST_USED_EVERY.total_seconds()) < (
+        LAST_USED_EVERY.total_seconds()
+    ):
+        return
+    _last_used_written[api_key.pk] = now
+    stamp = timezone.now()
+    ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=stamp)
+    api_key.last_used_at = stamp
 
 
 class HasApiKey(BasePermission):
@@ -62,14 +100,32 @@ class HasApiKey(BasePermission):
 
 
 class ApiKeyRateThrottle(SimpleRateThrottle):
-    """Requests per API key, counted in the shared cache (CACHE_URL in production)."""
+    """Requests per API key in fixed windows, counted in the shared cache (CACHE_URL in
+    production) with one atomic increment per request. Counting is best effort: when the
+    cache is down the API keeps answering, unthrottled, rather than failing the checks."""
 
     scope = "api_key"
 
-    def get_cache_key(self, request, view):
-        if isinstance(request.auth, ApiKey):
-            return f"throttle:apikey:{request.auth.pk}"
-        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+    def allow_request(self, request, view):
+        if self.rate is None or not isinstance(request.auth, ApiKey):
+            return True  # requests without a valid key are refused by authentication
+        self.num_requests, self.duration = self.parse_rate(self.rate)
+        now = self.timer()
+        window = int(now // self.duration)
+        key = f"throttle:apikey:{request.auth.pk}:{window}"
+        try:
+            try:
+                count = cache.incr(key)
+            except ValueError:  # the window's first request
+                count = 1 if cache.add(key, 1, self.duration + 1) else cache.incr(key)
+        except Exception:  # noqa: BLE001 (any cache failure)
+            logger.warning("API rate limit not counted: the cache is unavailable", exc_info=True)
+            return True
+        self.wait_seconds = (window + 1) * self.duration - now
+        return count <= self.num_requests
+
+    def wait(self):
+        return getattr(self, "wait_seconds", None)
 
 
 class FastJSONRenderer(JSONRenderer):

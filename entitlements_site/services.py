@@ -24,4 +24,7 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])
+    from .api import api_keys_forget
+
+    api_keys_forget()  # this process at once; the others within api.KEY_CACHE_SECONDS
     return api_key

@@ -134,14 +134,6 @@ DOWN_CACHE = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Exception,
-    reason="Today both raise when the cache is down (a 500): ApiKeyRateThrottle (DRF's "
-    "SimpleRateThrottle: cache.get of the key's history) and ApiKeyAuthentication (cache.add "
-    "guarding the last_used_at write, on a key's first request each minute). The lead's "
-    "fixed-window rework fails open; remove this mark then (strict: an XPASS fails).",
-)
 def test_the_limit_fails_open_when_the_cache_is_down(customer, api_key, settings):
     """Counting is best effort: without the cache the API keeps answering (unthrottled)
     rather than failing the business's checks."""
