@@ -8,6 +8,7 @@ DJANGO_SECRET_KEY, DJANGO_DEBUG=false and DJANGO_ALLOWED_HOSTS.
 from pathlib import Path
 
 import environ
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -36,6 +37,7 @@ INSTALLED_APPS = [
     "djmoney",
     "simple_history",
     "django_celery_beat",
+    "csp",
     "entitlements_site",
     "catalog",
     "customers",
@@ -53,6 +55,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
 ]
@@ -192,6 +195,31 @@ CSRF_COOKIE_HTTPONLY = False
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+# Content-Security-Policy (django-csp): scripts from this site only (htmx and the pages' own
+# .js are static files; no template has an inline script or on* handler). Styles may be
+# inline: the usage bars set their width in a style attribute, htmx adds its indicator <style>
+# and the admin and API docs have a few.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+# Login throttling (django-ratelimit, counted in the cache: CACHE_URL shares it between web
+# processes): failed sign-ins per client IP and per username. Behind reverse proxies that
+# append to X-Forwarded-For, DJANGO_PROXY_COUNT says how many, so the client's address is
+# counted rather than the proxy's.
+LOGIN_FAILURE_RATE = "10/15m"
+PROXY_COUNT = env.int("DJANGO_PROXY_COUNT", default=0)
+RATELIMIT_IP_META_KEY = "entitlements_site.login_throttle.client_ip"
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=True)

@@ -45,7 +45,7 @@ def test_the_owner_sees_a_printable_invoice_with_entitlements_under_the_plan(cli
     assert response.status_code == 200
     html = response.content.decode()
     assert "/static/css/invoice.css" in html and "/static/css/app.css" in html
-    assert "window.print()" in html
+    assert "data-print" in html and "/static/billing/print.js" in html
     text = text_of(response)
     assert "Invoice INV-2026-000002" in text and "Acme Ltd" in text
     plan = text.index("Basic plan, monthly (Feb 28, 2026 – Mar 31, 2026) 1 $10.50 $10.50")
