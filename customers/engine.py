@@ -53,7 +53,7 @@ from .periods import Window, reset_window
 ZERO = Decimal("0")
 WINDOW_KINDS = (Reset.BILLING_PERIOD, Reset.DAY, Reset.MONTH, Reset.NEVER, Reset.WEEK)
 MAX_QUANTITY = Decimal("1e15")
-LOCK_CHUNK = 250  # counter keys per locking query
+LOCK_CHUNK = 1000  # counter keys per locking query (4 parameters each)
 
 
 # --- what the engine answers --------------------------------------------------------------
@@ -360,16 +360,6 @@ def _grants_query(customer_ids, feature_ids, since: dt.datetime, until: dt.datet
     )
 
 
-def _counter_filter(keys: Iterable[tuple[int, int, str, dt.datetime]]) -> Q:
-    q = Q()
-    for customer_id, feature_id, kind, start in keys:
-        q |= Q(customer_id=customer_id, feature_id=feature_id, window=kind, start=start)
-    return q
-
-
-# --- computing an entitlement -------------------------------------------------------------
-
-
 def _level(counters: dict[str, UsageCounter | None], kind: str) -> Decimal:
     """A `latest` feature's level: the last report in the window, else the last report ever
     (a level such as storage in use carries over into a new period until reported again)."""
@@ -564,9 +554,10 @@ def _db_decimal(value) -> Decimal:
 
 
 def _db_time(value) -> dt.datetime | None:
-    if value is None or isinstance(value, dt.datetime):
-        return value
-    stamp = parse_datetime(str(value))
+    # PostgreSQL answers aware datetimes; SQLite naive ones (UTC) or strings.
+    if value is None:
+        return None
+    stamp = value if isinstance(value, dt.datetime) else parse_datetime(str(value))
     return stamp.replace(tzinfo=dt.UTC) if timezone.is_naive(stamp) else stamp
 
 
@@ -716,28 +707,60 @@ def _lock_counters(
 
 
 def _select_counters_for_update(ordered: list[tuple], version_of: int | None):
-    locked, version = {}, None
-    # In chunks (SQLite limits an expression's depth), each in the same order as the whole.
-    for offset in range(0, len(ordered), LOCK_CHUNK):
-        rows = (
-            UsageCounter.objects.select_for_update(of=("self",))
-            .filter(_counter_filter(ordered[offset : offset + LOCK_CHUNK]))
-            .order_by("customer_id", "feature_id", "window", "start")
+    """SELECT .. FOR UPDATE of the counters of `ordered` keys, matched as row values against a
+    VALUES list (one statement per LOCK_CHUNK keys, in the same order as the whole)."""
+    quote = connection.ops.quote_name
+    table = quote(UsageCounter._meta.db_table)
+    window, end = quote("window"), quote("end")
+    versions = "NULL, NULL"
+    version_params: list = []
+    if version_of is not None:
+        versions = (
+            f"(SELECT state_version FROM {quote(Customer._meta.db_table)} WHERE id = %s), "
+            f"(SELECT version FROM {quote(CatalogVersion._meta.db_table)} WHERE id = 1)"
         )
-        if version_of is not None and offset == 0:
-            rows = rows.annotate(
-                state_version=Subquery(
-                    Customer.objects.filter(pk=version_of).values("state_version")[:1]
-                ),
-                catalog_version=Subquery(CatalogVersion.objects.filter(pk=1).values("version")[:1]),
+        version_params = [version_of]
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    locked, version = {}, None
+    with connection.cursor() as cursor:
+        for offset in range(0, len(ordered), LOCK_CHUNK):
+            chunk = ordered[offset : offset + LOCK_CHUNK]
+            params = list(version_params)
+            for customer_id, feature_id, kind, start in chunk:
+                params += [customer_id, feature_id, kind, _db_param_time(start)]
+            values = ", ".join(["(%s, %s, %s, %s)"] * len(chunk))
+            cursor.execute(
+                f"SELECT id, customer_id, feature_id, {window}, start, {end}, used, drawn, level, "
+                f"level_at, {versions} FROM {table} "
+                f"WHERE (customer_id, feature_id, {window}, start) IN (VALUES {values}) "
+                f"ORDER BY customer_id, feature_id, {window}, start{lock}",
+                params,
             )
-        for r in rows:
-            r._values_loaded = _counter_values(r)
-            locked[(r.customer_id, r.feature_id, r.window, r.start)] = r
-            first = version_of is not None and version is None and offset == 0
-            if first and r.state_version is not None:
-                version = (r.state_version, r.catalog_version or 0)
+            for row in cursor.fetchall():
+                pk, customer_id, feature_id, kind, start, stop, used, drawn, level, level_at = row[
+                    :10
+                ]
+                counter = UsageCounter(
+                    pk=pk,
+                    customer_id=customer_id,
+                    feature_id=feature_id,
+                    window=kind,
+                    start=_db_time(start),
+                    end=_db_time(stop),
+                    used=_db_decimal(used),
+                    drawn=_db_decimal(drawn),
+                    level=None if level is None else _db_decimal(level),
+                    level_at=_db_time(level_at),
+                )
+                counter._values_loaded = _counter_values(counter)
+                locked[(customer_id, feature_id, kind, counter.start)] = counter
+                if version_of is not None and version is None and row[10] is not None:
+                    version = (int(row[10]), int(row[11] or 0))
     return locked, version
+
+
+def _db_param_time(value: dt.datetime):
+    return connection.ops.adapt_datetimefield_value(value)
 
 
 @dataclass
@@ -821,7 +844,9 @@ def _save_counters_and_grants(counters: Iterable[UsageCounter], grants: Iterable
     """Writes back the locked counters and grants that changed: the counters in one
     executemany (bulk_update's CASE expressions cost seconds for a batch of thousands)."""
     counters = [c for c in counters if _counter_values(c) != c._values_loaded]
-    if counters:
+    if counters and connection.vendor == "postgresql":
+        _update_counters_from_values(counters)
+    elif counters:
         fields = [UsageCounter._meta.get_field(name) for name in COUNTER_VALUES]
         quote = connection.ops.quote_name
         assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
@@ -837,6 +862,27 @@ def _save_counters_and_grants(counters: Iterable[UsageCounter], grants: Iterable
     grants = [g for g in grants if g.consumed != g._consumed_loaded]
     if grants:
         Grant.objects.bulk_update(grants, ["consumed"])
+
+
+def _update_counters_from_values(counters: list[UsageCounter]) -> None:
+    """PostgreSQL: one UPDATE .. FROM (VALUES ..) for all the changed counters."""
+    table = UsageCounter._meta.db_table
+    with connection.cursor() as cursor:
+        for offset in range(0, len(counters), 2000):
+            chunk = counters[offset : offset + 2000]
+            params = []
+            for c in chunk:
+                params += [c.pk, c.used, c.drawn, c.level, c.level_at]
+            values = ", ".join(
+                ["(%s::bigint, %s::numeric, %s::numeric, %s::numeric, %s::timestamptz)"]
+                * len(chunk)
+            )
+            cursor.execute(
+                f"UPDATE {table} AS c SET used = v.used, drawn = v.drawn, level = v.level, "
+                f"level_at = v.level_at FROM (VALUES {values}) AS v(id, used, drawn, level, "
+                "level_at) WHERE c.id = v.id",
+                params,
+            )
 
 
 def _mark_loaded(grants: Iterable[Grant]) -> list[Grant]:
