@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 
+import orjson
 from django.db import connection, transaction
 from django.db.models import Q, Subquery
 from django.utils import timezone
@@ -726,13 +727,20 @@ def _select_counters_for_update(ordered: list[tuple], version_of: int | None):
         for offset in range(0, len(ordered), LOCK_CHUNK):
             chunk = ordered[offset : offset + LOCK_CHUNK]
             params = list(version_params)
-            for customer_id, feature_id, kind, start in chunk:
-                params += [customer_id, feature_id, kind, _db_param_time(start)]
-            values = ", ".join(["(%s, %s, %s, %s)"] * len(chunk))
+            if connection.vendor == "postgresql":
+                # Four array parameters, whatever the number of keys: no giant statement.
+                keys = "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::varchar[], "
+                keys += "%s::timestamptz[])"
+                params += [list(column) for column in zip(*chunk, strict=True)]
+                params[-2] = [str(kind) for kind in params[-2]]
+            else:
+                for customer_id, feature_id, kind, start in chunk:
+                    params += [customer_id, feature_id, str(kind), _db_param_time(start)]
+                keys = "VALUES " + ", ".join(["(%s, %s, %s, %s)"] * len(chunk))
             cursor.execute(
                 f"SELECT id, customer_id, feature_id, {window}, start, {end}, used, drawn, level, "
                 f"level_at, {versions} FROM {table} "
-                f"WHERE (customer_id, feature_id, {window}, start) IN (VALUES {values}) "
+                f"WHERE (customer_id, feature_id, {window}, start) IN ({keys}) "
                 f"ORDER BY customer_id, feature_id, {window}, start{lock}",
                 params,
             )
@@ -865,24 +873,17 @@ def _save_counters_and_grants(counters: Iterable[UsageCounter], grants: Iterable
 
 
 def _update_counters_from_values(counters: list[UsageCounter]) -> None:
-    """PostgreSQL: one UPDATE .. FROM (VALUES ..) for all the changed counters."""
+    """PostgreSQL: one UPDATE .. FROM unnest(arrays) for all the changed counters."""
     table = UsageCounter._meta.db_table
+    columns = [[c.pk, c.used, c.drawn, c.level, c.level_at] for c in counters]
     with connection.cursor() as cursor:
-        for offset in range(0, len(counters), 2000):
-            chunk = counters[offset : offset + 2000]
-            params = []
-            for c in chunk:
-                params += [c.pk, c.used, c.drawn, c.level, c.level_at]
-            values = ", ".join(
-                ["(%s::bigint, %s::numeric, %s::numeric, %s::numeric, %s::timestamptz)"]
-                * len(chunk)
-            )
-            cursor.execute(
-                f"UPDATE {table} AS c SET used = v.used, drawn = v.drawn, level = v.level, "
-                f"level_at = v.level_at FROM (VALUES {values}) AS v(id, used, drawn, level, "
-                "level_at) WHERE c.id = v.id",
-                params,
-            )
+        cursor.execute(
+            f"UPDATE {table} AS c SET used = v.used, drawn = v.drawn, level = v.level, "
+            "level_at = v.level_at FROM unnest(%s::bigint[], %s::numeric[], %s::numeric[], "
+            "%s::numeric[], %s::timestamptz[]) AS v(id, used, drawn, level, level_at) "
+            "WHERE c.id = v.id",
+            [list(column) for column in zip(*columns, strict=True)],
+        )
 
 
 def _mark_loaded(grants: Iterable[Grant]) -> list[Grant]:
@@ -1171,6 +1172,26 @@ def _insert_events_returning(items: list[dict]) -> dict[tuple[int, str], int]:
     now = timezone.now()
     items = sorted(items, key=lambda i: (i["customer"].pk, i["event_id"]))
     inserted: dict[tuple[int, str], int] = {}
+    if connection.vendor == "postgresql":
+        # Seven array parameters, whatever the number of events: no giant statement.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) SELECT c, f, e, q, t, p::jsonb, r FROM "
+                "unnest(%s::bigint[], %s::bigint[], %s::varchar[], %s::numeric[], "
+                "%s::timestamptz[], %s::text[], %s::timestamptz[]) AS u(c, f, e, q, t, p, r) "
+                "ON CONFLICT (customer_id, event_id) DO NOTHING "
+                f"RETURNING customer_id, event_id, {pk_column}",
+                [
+                    [i["customer"].pk for i in items],
+                    [i["feature"].pk for i in items],
+                    [i["event_id"] for i in items],
+                    [i["quantity"] for i in items],
+                    [i["timestamp"] for i in items],
+                    [orjson.dumps(i["properties"]).decode() for i in items],
+                    [now] * len(items),
+                ],
+            )
+            return {(c, e): pk for c, e, pk in cursor.fetchall()}
     with connection.cursor() as cursor:
         for start in range(0, len(items), 500):
             chunk = items[start : start + 500]
