@@ -216,7 +216,12 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
     parser.add_argument("--worker-class", default="sync")
     parser.add_argument("--duration", type=int, default=15, help="seconds per wrk scenario")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=8,
+        help="seconds of load before each measure (fills the per-process caches)",
+    )
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--ingest-clients", type=int, default=4)
     parser.add_argument("--ingest-seconds", type=int, default=20)
