@@ -514,20 +514,8 @@ def _usage_snapshot(customer_id: int, feature_id: int | None, at: dt.datetime) -
         if kind == 0:
             version = (int(pk), int(feature or 0))
         elif kind == 1:
-            counters.append(
-                UsageCounter(
-                    pk=pk,
-                    customer_id=customer_id,
-                    feature_id=feature,
-                    window=window,
-                    start=_db_time(start),
-                    end=_db_time(end),
-                    used=_db_decimal(a),
-                    drawn=_db_decimal(b),
-                    level=None if level is None else _db_decimal(level),
-                    level_at=_db_time(stamp_at),
-                )
-            )
+            row = (pk, customer_id, feature, window, start, end, a, b, level, stamp_at)
+            counters.append(_counter_from_row(row))
         else:
             grants.append(
                 Grant(
@@ -547,6 +535,24 @@ def _usage_snapshot(customer_id: int, feature_id: int | None, at: dt.datetime) -
 
 
 FOUR_PLACES = Decimal("0.0001")
+
+
+def _counter_from_row(row) -> UsageCounter:
+    """A counter from (id, customer, feature, window, start, end, used, drawn, level, level_at)
+    as raw SQL answers them on either database."""
+    pk, customer_id, feature_id, window, start, end, used, drawn, level, level_at = row
+    return UsageCounter(
+        pk=pk,
+        customer_id=customer_id,
+        feature_id=feature_id,
+        window=window,
+        start=_db_time(start),
+        end=_db_time(end),
+        used=_db_decimal(used),
+        drawn=_db_decimal(drawn),
+        level=None if level is None else _db_decimal(level),
+        level_at=_db_time(level_at),
+    )
 
 
 def _db_decimal(value) -> Decimal:
@@ -745,23 +751,10 @@ def _select_counters_for_update(ordered: list[tuple], version_of: int | None):
                 params,
             )
             for row in cursor.fetchall():
-                pk, customer_id, feature_id, kind, start, stop, used, drawn, level, level_at = row[
-                    :10
-                ]
-                counter = UsageCounter(
-                    pk=pk,
-                    customer_id=customer_id,
-                    feature_id=feature_id,
-                    window=kind,
-                    start=_db_time(start),
-                    end=_db_time(stop),
-                    used=_db_decimal(used),
-                    drawn=_db_decimal(drawn),
-                    level=None if level is None else _db_decimal(level),
-                    level_at=_db_time(level_at),
-                )
+                counter = _counter_from_row(row[:10])
                 counter._values_loaded = _counter_values(counter)
-                locked[(customer_id, feature_id, kind, counter.start)] = counter
+                key = (counter.customer_id, counter.feature_id, counter.window, counter.start)
+                locked[key] = counter
                 if version_of is not None and version is None and row[10] is not None:
                     version = (int(row[10]), int(row[11] or 0))
     return locked, version
