@@ -33,9 +33,24 @@ class FeatureSerializer(serializers.ModelSerializer):
         extra_kwargs = {"description": {"required": False}}
 
 
-class EntitlementSerializer(serializers.ModelSerializer):
+# The values of an entitlement, validated by the feature's kind in the model: shared by a plan's
+# entitlements here and a customer's overrides (customers.api).
+ENTITLEMENT_VALUE_FIELDS = [
+    "feature",
+    "enabled",
+    "limit",
+    "unlimited",
+    "reset",
+    "enforcement",
+    "overage_price",
+    "notify_at",
+    "value",
+    "show_on_invoice",
+]
+
+
+class EntitlementValuesSerializer(serializers.ModelSerializer):
     feature = serializers.SlugRelatedField(slug_field="key", queryset=Feature.objects.all())
-    kind = serializers.CharField(source="feature.kind", read_only=True)
     limit = DecimalStringField(required=False, allow_null=True, min_value=0)
     overage_price = MoneyJSONField(required=False, allow_null=True)
     notify_at = serializers.ListField(
@@ -44,21 +59,13 @@ class EntitlementSerializer(serializers.ModelSerializer):
     reset = serializers.ChoiceField(Reset.choices, default=Reset.BILLING_PERIOD)
     enforcement = serializers.ChoiceField(Enforcement.choices, default=Enforcement.HARD)
 
+
+class EntitlementSerializer(EntitlementValuesSerializer):
+    kind = serializers.CharField(source="feature.kind", read_only=True)
+
     class Meta:
         model = PlanEntitlement
-        fields = [
-            "feature",
-            "kind",
-            "enabled",
-            "limit",
-            "unlimited",
-            "reset",
-            "enforcement",
-            "overage_price",
-            "notify_at",
-            "value",
-            "show_on_invoice",
-        ]
+        fields = ["feature", "kind", *ENTITLEMENT_VALUE_FIELDS[1:]]
         extra_kwargs = {"value": {"required": False, "allow_blank": True}}
 
 

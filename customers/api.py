@@ -18,10 +18,10 @@ from rest_framework import generics, serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from catalog.models import Enforcement, Feature, Reset
+from catalog.api import ENTITLEMENT_VALUE_FIELDS, EntitlementValuesSerializer
+from catalog.models import Enforcement, Feature
 from entitlements_site.api import (
     DecimalStringField,
-    MoneyJSONField,
     decimal_str,
     time_str,
 )
@@ -439,36 +439,12 @@ class CustomerDetailView(generics.RetrieveUpdateAPIView):
 # --- management: overrides and grants -----------------------------------------------------
 
 
-class OverrideSerializer(serializers.ModelSerializer):
+class OverrideSerializer(EntitlementValuesSerializer):
     id = serializers.IntegerField(read_only=True)
-    feature = serializers.SlugRelatedField(slug_field="key", queryset=Feature.objects.all())
-    limit = DecimalStringField(required=False, allow_null=True, min_value=0)
-    overage_price = MoneyJSONField(required=False, allow_null=True)
-    notify_at = serializers.ListField(
-        child=serializers.IntegerField(min_value=1, max_value=100), required=False
-    )
-    reset = serializers.ChoiceField(Reset.choices, default=Reset.BILLING_PERIOD)
-    enforcement = serializers.ChoiceField(Enforcement.choices, default=Enforcement.HARD)
 
     class Meta:
         model = EntitlementOverride
-        fields = [
-            "id",
-            "feature",
-            "enabled",
-            "limit",
-            "unlimited",
-            "reset",
-            "enforcement",
-            "overage_price",
-            "notify_at",
-            "value",
-            "show_on_invoice",
-            "reason",
-            "starts_at",
-            "ends_at",
-            "created_at",
-        ]
+        fields = ["id", *ENTITLEMENT_VALUE_FIELDS, "reason", "starts_at", "ends_at", "created_at"]
         read_only_fields = ["created_at"]
         extra_kwargs = {"value": {"required": False, "allow_blank": True}}
 
