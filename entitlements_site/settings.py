@@ -149,9 +149,11 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 5}
-# Publishing gives up within about a second when the broker is down: the outbox row stays
-# pending and a sweep queues it later, so the web request still succeeds.
+# Publishing gives up within about a second when the broker is down, three when it hangs (a
+# try, a reconnect and a retry, each waiting socket_timeout; Redis answers in well under a
+# millisecond): the outbox row stays pending and a sweep queues it later, so the web request
+# still succeeds. (Workers wait for tasks with BRPOP in their event loop, not bound by it.)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 1, "socket_timeout": 1}
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "max_retries": 1,
