@@ -10,7 +10,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import DataError, IntegrityError
+from django.db import DataError, IntegrityError, InterfaceError, OperationalError
 from django.db.models import ProtectedError
 from django.http import Http404, JsonResponse
 from django.utils import timezone
@@ -114,10 +114,14 @@ class ApiKeyRateThrottle(SimpleRateThrottle):
         now = self.timer()
         window = int(now // self.duration)
         key = f"throttle:apikey:{request.auth.pk}:{window}"
+        global _cache_down_until
+        if time.monotonic() < _cache_down_until:
+            return True  # the cache failed a moment ago: don't make every request wait for it
         try:
             count = _count_request(key, self.duration + 1)
         except Exception:  # noqa: BLE001 (any cache failure)
             logger.warning("API rate limit not counted: the cache is unavailable", exc_info=True)
+            _cache_down_until = time.monotonic() + CACHE_RETRY_SECONDS
             return True
         self.wait_seconds = (window + 1) * self.duration - now
         return count <= self.num_requests
@@ -127,6 +131,8 @@ class ApiKeyRateThrottle(SimpleRateThrottle):
 
 
 _redis_client = None
+_cache_down_until = 0.0
+CACHE_RETRY_SECONDS = 5.0
 
 
 def _count_request(key: str, ttl: int) -> int:
@@ -150,8 +156,9 @@ def _count_request(key: str, ttl: int) -> int:
 
 
 def throttle_client_forget() -> None:
-    global _redis_client
+    global _redis_client, _cache_down_until
     _redis_client = None
+    _cache_down_until = 0.0
 
 
 class FastJSONRenderer(JSONRenderer):
@@ -234,6 +241,15 @@ def api_exception_handler(exc, context):
         return error_response(403, "forbidden", str(exc) or "Not allowed.")
     if isinstance(exc, ProtectedError):
         return error_response(409, "in_use", "It is in use and cannot be deleted.")
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database went away mid-request (a restart, a dropped connection): nothing was
+        # recorded, so the client may retry with the same event ids.
+        logger.warning("API request failed on the database", exc_info=exc)
+        response = error_response(
+            503, "unavailable", "The service is briefly unavailable; retry the request."
+        )
+        response["Retry-After"] = "1"
+        return response
     if isinstance(exc, DataError):
         # Input the database cannot hold (a NUL byte, a number out of range): the client's.
         return error_response(400, "invalid", "A value is not acceptable (e.g. a NUL byte).")

@@ -10,8 +10,8 @@ workers, redis-server).
   out exactly once.
 - Database connections dropped during batch ingestion (under the live server and gunicorn):
   every event whose request returned 2xx is stored, none twice after the client's retries, and
-  the counters equal the events; an xfail records that the failed request answers Django's HTML
-  500 page instead of a retryable error JSON.
+  the counters equal the events; a request whose connection drops answers the API's error JSON
+  (503 `unavailable`, Retry-After), so the client retries.
 
 Each test starts its own redis-server on a free port (never the shared one), its own workers
 and web servers, bounds every wait, and stops them in `finally`. They run when TEST_REDIS_URL
@@ -787,11 +787,6 @@ def test_database_connections_dropped_during_batch_ingestion_lose_and_double_not
         faults.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="entitlements_site/api.py maps no database error: a dropped connection answers "
-    "Django's HTML 500 page, not a retryable error in the API's JSON",
-)
 def test_a_request_whose_database_connection_drops_answers_a_retryable_error_json(
     live_server, api_key
 ):
