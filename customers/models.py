@@ -325,6 +325,9 @@ class UsageCounter(models.Model):
                 fields=["customer", "feature", "window", "start"], name="usage_counter_unique"
             ),
         ]
+        # A check reads the windows still open (end > now): without this, the day counters of
+        # every past day would be scanned and filtered, a cost that grows with the customer's age.
+        indexes = [models.Index(fields=["customer", "feature", "end"], name="usage_counter_open")]
 
     def __str__(self) -> str:
         return f"{self.customer_id}/{self.feature_id} {self.window} {self.start:%Y-%m-%d}"
