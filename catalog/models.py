@@ -132,11 +132,10 @@ class Enforcement(models.TextChoices):
     SOFT = "soft", "Soft: allow and bill overage"
 
 
-class PlanEntitlement(models.Model):
-    """What one plan includes of one feature. Which fields apply depends on the feature's kind."""
+class EntitlementValues(models.Model):
+    """The values of an entitlement, by the feature's kind: what a plan includes of a feature,
+    and what a customer's override replaces them with (customers.EntitlementOverride)."""
 
-    plan = models.ForeignKey(Plan, on_delete=models.CASCADE, related_name="entitlements")
-    feature = models.ForeignKey(Feature, on_delete=models.PROTECT, related_name="plan_entitlements")
     # boolean
     enabled = models.BooleanField(default=True)
     # metered
@@ -169,6 +168,16 @@ class PlanEntitlement(models.Model):
     # config
     value = models.CharField(max_length=255, blank=True)
     show_on_invoice = models.BooleanField(default=False)
+
+    class Meta:
+        abstract = True
+
+
+class PlanEntitlement(EntitlementValues):
+    """What one plan includes of one feature. Which fields apply depends on the feature's kind."""
+
+    plan = models.ForeignKey(Plan, on_delete=models.CASCADE, related_name="entitlements")
+    feature = models.ForeignKey(Feature, on_delete=models.PROTECT, related_name="plan_entitlements")
 
     history = HistoricalRecords()
 

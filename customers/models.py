@@ -9,18 +9,15 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
-from djmoney.models.fields import MoneyField
-from djmoney.models.validators import MinMoneyValidator
 from simple_history.models import HistoricalRecords
 
 from catalog.models import (
-    Enforcement,
+    EntitlementValues,
     Feature,
     FeatureKind,
     Plan,
     Reset,
     TopUpPack,
-    default_notify_at,
     entitlement_values_clean,
 )
 
@@ -122,36 +119,12 @@ class Subscription(models.Model):
         return f"{self.customer.name}: {self.plan.name} ({self.status})"
 
 
-class EntitlementOverride(models.Model):
+class EntitlementOverride(EntitlementValues):
     """Replaces the plan's values of one feature for one customer (an enterprise deal, a
     promotion), optionally within [starts_at, ends_at)."""
 
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="overrides")
     feature = models.ForeignKey(Feature, on_delete=models.PROTECT, related_name="overrides")
-    enabled = models.BooleanField(default=True)
-    limit = models.DecimalField(
-        max_digits=20,
-        decimal_places=4,
-        null=True,
-        blank=True,
-        validators=[MinValueValidator(Decimal("0"))],
-    )
-    unlimited = models.BooleanField(default=False)
-    reset = models.CharField(max_length=16, choices=Reset.choices, default=Reset.BILLING_PERIOD)
-    enforcement = models.CharField(
-        max_length=8, choices=Enforcement.choices, default=Enforcement.HARD
-    )
-    overage_price = MoneyField(
-        max_digits=12,
-        decimal_places=4,
-        null=True,
-        blank=True,
-        default_currency="USD",
-        validators=[MinMoneyValidator(0)],
-    )
-    notify_at = models.JSONField(default=default_notify_at, blank=True)
-    value = models.CharField(max_length=255, blank=True)
-    show_on_invoice = models.BooleanField(default=False)
     reason = models.CharField(max_length=500, help_text="The deal or reason, e.g. the contract.")
     starts_at = models.DateTimeField(null=True, blank=True)
     ends_at = models.DateTimeField(null=True, blank=True)
