@@ -40,47 +40,44 @@ OVERRIDE_VALUES = [
 GRANT_FIELDS = ["quantity", "source", "reason", "effective_at", "expires_at", "topup_pack"]
 
 
-def override_save(request, override: EntitlementOverride) -> EntitlementOverride:
-    """A new override through the service (recording who made it); an edit as validated."""
-    if override.pk is None:
-        created = services.override_create(
-            customer=override.customer,
-            feature=override.feature,
-            reason=override.reason,
-            created_by=request.user,
-            starts_at=override.starts_at,
-            ends_at=override.ends_at,
-            **{name: getattr(override, name) for name in OVERRIDE_VALUES},
-        )
-        override.pk, override.created_by, override.created_at = (
+def _save_through(request, obj, create, **fields):
+    """A new row through its service `create` (recording who made it); an edit as validated."""
+    if obj.pk is None:
+        created = create(created_by=request.user, **fields)
+        obj.pk, obj.created_by, obj.created_at = (
             created.pk,
             created.created_by,
             created.created_at,
         )
         return created
-    override.full_clean()
-    override.save()
-    return override
+    obj.full_clean()
+    obj.save()
+    return obj
+
+
+def override_save(request, override: EntitlementOverride) -> EntitlementOverride:
+    return _save_through(
+        request,
+        override,
+        services.override_create,
+        customer=override.customer,
+        feature=override.feature,
+        reason=override.reason,
+        starts_at=override.starts_at,
+        ends_at=override.ends_at,
+        **{name: getattr(override, name) for name in OVERRIDE_VALUES},
+    )
 
 
 def grant_save(request, grant: Grant) -> Grant:
-    """A new grant through the service (recording who made it); an edit as validated."""
-    if grant.pk is None:
-        created = services.grant_create(
-            customer=grant.customer,
-            feature=grant.feature,
-            created_by=request.user,
-            **{name: getattr(grant, name) for name in GRANT_FIELDS},
-        )
-        grant.pk, grant.created_by, grant.created_at = (
-            created.pk,
-            created.created_by,
-            created.created_at,
-        )
-        return created
-    grant.full_clean()
-    grant.save()
-    return grant
+    return _save_through(
+        request,
+        grant,
+        services.grant_create,
+        customer=grant.customer,
+        feature=grant.feature,
+        **{name: getattr(grant, name) for name in GRANT_FIELDS},
+    )
 
 
 def _quantity(value, unit: str = "") -> str:
