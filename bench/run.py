@@ -227,7 +227,20 @@ def main() -> int:
     parser.add_argument("--ingest-seconds", type=int, default=20)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"))
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated parts to run while iterating (floor,check,check_all,consume,"
+        "ingest,latency); the full run is the benchmark",
+    )
+    parser.add_argument(
+        "--keep-db",
+        action="store_true",
+        help="reuse the seeded database if it exists and keep it afterwards (for iterating)",
+    )
     args = parser.parse_args()
+    only = set(filter(None, args.only.split(",")))
+    wanted = lambda part: not only or part in only  # noqa: E731
 
     ensure_tools()
     env = bench_env()
@@ -235,14 +248,18 @@ def main() -> int:
     started = time.time()
     server = None
     try:
-        log(f"fresh database {DB}")
-        psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        psql(f"CREATE DATABASE {DB}")
         subprocess.run(["redis-cli", "-n", "7", "flushdb"], capture_output=True)
-        run([PYTHON, "manage.py", "migrate", "--noinput", "-v0"], env=env)
-        run([PYTHON, "manage.py", "collectstatic", "--noinput", "-v0"], env=env)
-        log(f"seeding 1,000 customers and {args.events:,} events")
-        run([PYTHON, "bench/seed.py"], env=env)
+        if args.keep_db and database_seeded():
+            log(f"reusing the seeded database {DB}")
+            run([PYTHON, "manage.py", "migrate", "--noinput", "-v0"], env=env)
+        else:
+            log(f"fresh database {DB}")
+            psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+            psql(f"CREATE DATABASE {DB}")
+            run([PYTHON, "manage.py", "migrate", "--noinput", "-v0"], env=env)
+            run([PYTHON, "manage.py", "collectstatic", "--noinput", "-v0"], env=env)
+            log(f"seeding 1,000 customers and {args.events:,} events")
+            run([PYTHON, "bench/seed.py"], env=env)
         key = run([PYTHON, "manage.py", "create_api_key", "bench"], env=env,
                   capture_output=True, text=True).stdout.strip().splitlines()[-1]  # fmt: skip
         log(f"gunicorn: {args.workers} {args.worker_class} workers on {HOST}:{PORT}")
@@ -259,6 +276,8 @@ def main() -> int:
         log(f"warming every worker's cache: {5 + 4 * args.workers}s of checks")
         wrk("check_all", key, 5 + 4 * args.workers, 1, args.connections)
         for kind in ("floor", "check", "check_all", "consume"):
+            if not wanted(kind) and kind != "floor":
+                continue
             log(f"wrk {kind}: {args.duration}s after a {args.warmup}s warm-up")
             scenarios[kind] = wrk(kind, key, args.duration, args.warmup, args.connections)
             log(f"  {scenarios[kind]}")
@@ -266,13 +285,17 @@ def main() -> int:
         for result in scenarios.values():
             result["ratio_to_floor"] = round(result["rps"] / floor["rps"], 3)
             result["p99_ratio_to_floor"] = round(result["p99_ms"] / floor["p99_ms"], 3)
-        log(f"ingestion: {args.ingest_clients} clients, batches of 1000")
-        ingestion = ingest(key, args.ingest_seconds, args.ingest_clients)
-        log("check latency: 1,000 vs 1,000,000 events")
-        small, big = [], []
-        for _ in range(3):  # interleaved, so that noise hits both alike
-            small.append(check_latency(key, "bench-0001", 150))
-            big.append(check_latency(key, "bench-0000", 150))
+        ingestion = {"events": 0, "seconds": 0, "events_per_s": 0}
+        if wanted("ingest"):
+            log(f"ingestion: {args.ingest_clients} clients, batches of 1000")
+            ingestion = ingest(key, args.ingest_seconds, args.ingest_clients)
+        small, big = [0.0], [0.0]
+        if wanted("latency"):
+            log("check latency: 1,000 vs 1,000,000 events")
+            small, big = [], []
+            for _ in range(3):  # interleaved, so that noise hits both alike
+                small.append(check_latency(key, "bench-0001", 150))
+                big.append(check_latency(key, "bench-0000", 150))
         results = {
             "scenarios": scenarios,
             "ingest_events_per_s": ingestion["events_per_s"],
@@ -302,8 +325,17 @@ def main() -> int:
                 server.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
-        drop = f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"
-        subprocess.run(["psql", f"{PG}/postgres", "-q", "-c", drop], capture_output=True)
+        if not args.keep_db:
+            drop = f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"
+            subprocess.run(["psql", f"{PG}/postgres", "-q", "-c", drop], capture_output=True)
+
+
+def database_seeded() -> bool:
+    probe = subprocess.run(
+        ["psql", f"{PG}/{DB}", "-tAq", "-c", "SELECT count(*) FROM customers_customer"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    return probe.returncode == 0 and probe.stdout.strip() not in ("", "0")
 
 
 def print_table(results: dict) -> None:

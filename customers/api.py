@@ -135,14 +135,76 @@ ERRORS = {
 }
 
 
-def _body(request) -> dict:
-    data = request.data
+# --- the hot endpoints --------------------------------------------------------------------
+# Each answer is built by one function from the path values and the parsed body, called by the
+# lean views of `entitlements_site.hot` (what serves these paths) and by the DRF views below
+# (which document them in the schema and serve them if the lean views are switched off).
+
+
+def check_answer(external_id: str, feature_key: str) -> dict:
+    return entitlement_json(engine.entitlement_check(external_id, feature_key))
+
+
+def entitlements_answer(external_id: str) -> dict:
+    state, entitlements = engine.entitlements_resolve(external_id, with_state=True)
+    subscription = state.subscription
+    return {
+        "customer": state.customer.external_id,
+        "plan": subscription.plan.key if subscription else None,
+        "entitlements": [entitlement_json(e) for e in entitlements],
+    }
+
+
+def _body(data) -> dict:
     if not isinstance(data, dict):
         raise InvalidInput("The body is a JSON object.", code="invalid_body")
     return data
 
 
-# --- the hot endpoints --------------------------------------------------------------------
+def consume_answer(external_id: str, feature_key: str, data) -> dict:
+    data = _body(data)
+    dry_run = data.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise InvalidInput("dry_run is true or false.", code="invalid_dry_run")
+    properties = data.get("properties")
+    if properties is not None and not isinstance(properties, dict):
+        raise InvalidInput("properties must be an object.", code="invalid_properties")
+    if "quantity" not in data:
+        raise InvalidInput("quantity is required.", code="invalid_quantity")
+    result = engine.entitlement_consume(
+        external_id,
+        feature_key,
+        data.get("quantity"),
+        data.get("event_id"),
+        timestamp=data.get("timestamp"),
+        properties=properties,
+        dry_run=dry_run,
+    )
+    return {
+        "allowed": result.allowed,
+        "reason": result.reason,
+        "entitlement": entitlement_json(result.entitlement),
+    }
+
+
+MAX_BATCH = 1000
+
+
+def usage_batch_answer(data) -> dict:
+    events = _body(data).get("events")
+    if not isinstance(events, list):
+        raise InvalidInput("events is a list of usage events.", code="invalid_events")
+    if len(events) > MAX_BATCH:
+        raise InvalidInput(
+            f"At most {MAX_BATCH} events per request; got {len(events)}.",
+            code="batch_too_large",
+        )
+    result = engine.usage_record_batch(events)
+    return {
+        "accepted": result.accepted,
+        "duplicates": result.duplicates,
+        "rejected": result.rejected,
+    }
 
 
 class EntitlementsView(APIView):
@@ -160,15 +222,7 @@ class EntitlementsView(APIView):
         ],
     )
     def get(self, request, external_id: str):
-        state, entitlements = engine.entitlements_resolve(external_id, with_state=True)
-        subscription = state.subscription
-        return Response(
-            {
-                "customer": state.customer.external_id,
-                "plan": subscription.plan.key if subscription else None,
-                "entitlements": [entitlement_json(e) for e in entitlements],
-            }
-        )
+        return Response(entitlements_answer(external_id))
 
 
 class EntitlementView(APIView):
@@ -180,7 +234,7 @@ class EntitlementView(APIView):
         examples=[OpenApiExample("Storage", E_EXAMPLE, response_only=True)],
     )
     def get(self, request, external_id: str, feature_key: str):
-        return Response(entitlement_json(engine.entitlement_check(external_id, feature_key)))
+        return Response(check_answer(external_id, feature_key))
 
 
 class ConsumeView(APIView):
@@ -206,31 +260,7 @@ class ConsumeView(APIView):
         ],
     )
     def post(self, request, external_id: str, feature_key: str):
-        data = _body(request)
-        dry_run = data.get("dry_run", False)
-        if not isinstance(dry_run, bool):
-            raise InvalidInput("dry_run is true or false.", code="invalid_dry_run")
-        properties = data.get("properties")
-        if properties is not None and not isinstance(properties, dict):
-            raise InvalidInput("properties must be an object.", code="invalid_properties")
-        if "quantity" not in data:
-            raise InvalidInput("quantity is required.", code="invalid_quantity")
-        result = engine.entitlement_consume(
-            external_id,
-            feature_key,
-            data.get("quantity"),
-            data.get("event_id"),
-            timestamp=data.get("timestamp"),
-            properties=properties,
-            dry_run=dry_run,
-        )
-        return Response(
-            {
-                "allowed": result.allowed,
-                "reason": result.reason,
-                "entitlement": entitlement_json(result.entitlement),
-            }
-        )
+        return Response(consume_answer(external_id, feature_key, request.data))
 
 
 class UsageEventIn(serializers.Serializer):
@@ -250,9 +280,6 @@ class UsageBatchOut(serializers.Serializer):
     accepted = serializers.IntegerField()
     duplicates = serializers.IntegerField()
     rejected = serializers.ListField(child=serializers.DictField())
-
-
-MAX_BATCH = 1000
 
 
 class UsageBatchView(APIView):
@@ -293,22 +320,7 @@ class UsageBatchView(APIView):
         ],
     )
     def post(self, request):
-        events = _body(request).get("events")
-        if not isinstance(events, list):
-            raise InvalidInput("events is a list of usage events.", code="invalid_events")
-        if len(events) > MAX_BATCH:
-            raise InvalidInput(
-                f"At most {MAX_BATCH} events per request; got {len(events)}.",
-                code="batch_too_large",
-            )
-        result = engine.usage_record_batch(events)
-        return Response(
-            {
-                "accepted": result.accepted,
-                "duplicates": result.duplicates,
-                "rejected": result.rejected,
-            }
-        )
+        return Response(usage_batch_answer(request.data))
 
 
 class UsageBucketsOut(serializers.Serializer):

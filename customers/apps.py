@@ -27,6 +27,17 @@ class CustomersConfig(AppConfig):
             post_save.connect(customer_state_changed, sender=model, dispatch_uid=uid + ".saved")
             post_delete.connect(customer_state_changed, sender=model, dispatch_uid=uid + ".del")
 
+        # The usage snapshots mirrored in Redis hold grants and the catalog's version.
+        from catalog.models import Feature, Plan
+
+        uid = "customers.snapshots.grant"
+        post_save.connect(grant_changed, sender=Grant, dispatch_uid=uid + ".saved")
+        post_delete.connect(grant_changed, sender=Grant, dispatch_uid=uid + ".del")
+        for model in (Feature, Plan, PlanEntitlement):
+            uid = f"customers.snapshots.{model._meta.label}"
+            post_save.connect(catalog_changed, sender=model, dispatch_uid=uid + ".saved")
+            post_delete.connect(catalog_changed, sender=model, dispatch_uid=uid + ".del")
+
 
 def entitlement_saved(sender, instance, created=False, raw=False, **kwargs) -> None:
     """`entitlement.updated` webhooks for a saved plan entitlement, override or grant."""
@@ -53,3 +64,19 @@ def customer_state_changed(sender, instance, raw=False, **kwargs) -> None:
     customer_version_bump(
         instance.pk if sender._meta.model_name == "customer" else instance.customer_id
     )
+
+
+def grant_changed(sender, instance, raw=False, **kwargs) -> None:
+    if raw:
+        return
+    from . import snapshots
+
+    snapshots.changed([instance.customer_id])
+
+
+def catalog_changed(sender, raw=False, **kwargs) -> None:
+    if raw:
+        return
+    from . import snapshots
+
+    snapshots.changed(None)

@@ -40,6 +40,7 @@ from catalog.models import (
 )
 from entitlements_site.errors import Conflict, InvalidInput, NotFound
 
+from . import snapshots
 from .models import (
     Customer,
     EntitlementOverride,
@@ -50,6 +51,7 @@ from .models import (
     UsageEvent,
 )
 from .periods import Window, reset_window
+from .snapshots import CounterRow, GrantRow, Snapshot
 
 ZERO = Decimal("0")
 WINDOW_KINDS = (Reset.BILLING_PERIOD, Reset.DAY, Reset.MONTH, Reset.NEVER, Reset.WEEK)
@@ -276,6 +278,7 @@ def caches_clear() -> None:
     """Forgets every cached state (tests between databases; never needed for correctness)."""
     for cache in (_states, _customer_ids, _catalog):
         cache.clear()
+    snapshots.forget()
 
 
 def _features(version: int | None = None) -> tuple[dict[str, Feature], dict[int, Feature]]:
@@ -472,17 +475,10 @@ def _now(at: dt.datetime | None) -> dt.datetime:
     return (at or timezone.now()).astimezone(dt.UTC)
 
 
-@dataclass
-class _Snapshot:
-    version: tuple[int, int]
-    counters: list[UsageCounter]
-    grants: list[Grant]
-
-
-def _usage_snapshot(customer_id: int, feature_id: int | None, at: dt.datetime) -> _Snapshot:
+def _usage_snapshot(customer_id: int, feature_id: int | None, at: dt.datetime) -> Snapshot:
     """One query: the customer's state version and the catalog's, the usage counters of every
-    window containing `at`, and the grants in force at `at` (of one feature, or all). Raises
-    NotFound when the customer does not exist."""
+    window containing `at`, the grants in force at `at` (of one feature, or all) and when the
+    next grant comes into force. Raises NotFound when the customer does not exist."""
     quote = connection.ops.quote_name
     counter, grant = UsageCounter._meta.db_table, Grant._meta.db_table
     stamp = connection.ops.adapt_datetimefield_value(at)
@@ -503,10 +499,14 @@ def _usage_snapshot(customer_id: int, feature_id: int | None, at: dt.datetime) -
           FROM {grant} WHERE customer_id = %s{feature_filter} AND effective_at <= %s
                AND (expires_at IS NULL OR expires_at > %s)
                AND (voided_at IS NULL OR voided_at > %s)
+        UNION ALL
+        SELECT 3, NULL, NULL, NULL, MIN(effective_at), NULL, NULL, NULL, NULL, NULL
+          FROM {grant} WHERE customer_id = %s{feature_filter} AND effective_at > %s
     """
     params = [customer_id, customer_id, *feature_param, stamp, stamp]
     params += [customer_id, *feature_param, stamp, stamp, stamp]
-    version, counters, grants = None, [], []
+    params += [customer_id, *feature_param, stamp]
+    version, counters, grants, next_grant_at = None, [], [], None
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -514,24 +514,49 @@ def _usage_snapshot(customer_id: int, feature_id: int | None, at: dt.datetime) -
         if kind == 0:
             version = (int(pk), int(feature or 0))
         elif kind == 1:
-            row = (pk, customer_id, feature, window, start, end, a, b, level, stamp_at)
-            counters.append(_counter_from_row(row))
-        else:
-            grants.append(
-                Grant(
-                    pk=pk,
-                    customer_id=customer_id,
-                    feature_id=feature,
-                    effective_at=_db_time(start),
-                    expires_at=_db_time(end),
-                    quantity=_db_decimal(a),
-                    consumed=_db_decimal(b),
-                    voided_at=_db_time(stamp_at),
-                )
+            counters.append(
+                CounterRow(
+                    pk,
+                    customer_id,
+                    feature,
+                    window,
+                    _db_time(start),
+                    _db_time(end),
+                    _db_decimal(a),
+                    _db_decimal(b),
+                    None if level is None else _db_decimal(level),
+                    _db_time(stamp_at),
+                )  # fmt: skip
             )
+        elif kind == 2:
+            grants.append(
+                GrantRow(
+                    pk,
+                    customer_id,
+                    feature,
+                    _db_time(start),
+                    _db_time(end),
+                    _db_decimal(a),
+                    _db_decimal(b),
+                    _db_time(stamp_at),
+                )  # fmt: skip
+            )
+        else:
+            next_grant_at = _db_time(start)
     if version is None:
         raise NotFound("No such customer.", code="customer_not_found")
-    return _Snapshot(version, counters, grants)
+    return Snapshot(version, counters, grants, next_grant_at)
+
+
+def _snapshot_horizon(snapshot: Snapshot, state: CustomerState, at: dt.datetime) -> dt.datetime:
+    """The first moment after `at` at which the snapshot could change by time alone."""
+    moments = [w.end for k, w in state.windows(at).items() if k != Reset.NEVER]
+    moments += [c.end for c in snapshot.counters]
+    for g in snapshot.grants:
+        moments += [t for t in (g.expires_at, g.voided_at) if t is not None]
+    if snapshot.next_grant_at is not None:
+        moments.append(snapshot.next_grant_at)
+    return min(m for m in moments if m is not None and m > at)
 
 
 FOUR_PLACES = Decimal("0.0001")
@@ -581,18 +606,26 @@ def _window_counters(
 
 def _snapshot_and_state(
     customer: Customer | str, feature_id: int | None, at: dt.datetime
-) -> tuple[_Snapshot, CustomerState]:
+) -> tuple[Snapshot, CustomerState]:
+    """The customer's usage snapshot at `at` and its state: from the Redis mirror when it is
+    valid (no query), else read in one query (and mirrored, every feature at once)."""
     pk = _customer_pk(customer)
-    try:
-        snapshot = _usage_snapshot(pk, feature_id, at)
-    except NotFound:
-        if isinstance(customer, Customer):
-            raise
-        _customer_ids.discard(customer)  # deleted, or its external id now names another
-        pk = _customer_pk(customer)
-        snapshot = _usage_snapshot(pk, feature_id, at)
+    snapshot, ticket = snapshots.fetch(pk, at)
+    if snapshot is None:
+        wanted = None if ticket is not None else feature_id
+        try:
+            snapshot = _usage_snapshot(pk, wanted, at)
+        except NotFound:
+            if isinstance(customer, Customer):
+                raise
+            _customer_ids.discard(customer)  # deleted, or its external id now names another
+            pk = _customer_pk(customer)
+            snapshot, ticket = _usage_snapshot(pk, feature_id, at), None
     _features(snapshot.version[1])
     state = _state_for(customer if isinstance(customer, Customer) else pk, snapshot.version)
+    if ticket is not None:
+        snapshot.horizon = _snapshot_horizon(snapshot, state, at)
+        snapshots.store(pk, snapshot, ticket)
     return snapshot, state
 
 
@@ -927,8 +960,8 @@ def entitlement_consume(
         if draw.allowed:
             _apply_draw(draw, terms, counters, at)
         return _consume_result(draw, _compute(feature, terms, counters, grants, windows))
-    with transaction.atomic():
-        pk = _customer_pk(customer)
+    pk = _customer_pk(customer)
+    with snapshots.write_guard([pk]), transaction.atomic():
         state = _states.get(pk)
         if state is None:
             state = customer_state(customer if isinstance(customer, Customer) else _customer(pk))
@@ -1076,7 +1109,7 @@ def usage_record_batch(events: list[dict]) -> BatchResult:
         parsed.append(item)
     if not parsed:
         return result
-    with transaction.atomic():
+    with snapshots.write_guard(i["customer"].pk for i in parsed), transaction.atomic():
         # The same lock order as a consume (counters, then grants, then the ledger insert), so
         # that a batch and a consume, or two batches, sharing an event_id never deadlock.
         states = _states_current({i["customer"].pk: i["customer"] for i in parsed}.values())

@@ -13,6 +13,7 @@ from django.utils import timezone
 from catalog.models import Feature, Plan, PlanStatus, TopUpExpiry, TopUpPack
 from entitlements_site.errors import Conflict, InvalidInput
 
+from . import snapshots
 from .models import (
     Customer,
     CustomerUser,
@@ -29,6 +30,7 @@ def customer_version_bump(customer_id: int) -> None:
     """Marks the engine's cached state of this customer out of date (in the caller's
     transaction: the new version and the change become visible together)."""
     Customer.objects.filter(pk=customer_id).update(state_version=F("state_version") + 1)
+    snapshots.changed([customer_id])
 
 
 @transaction.atomic

@@ -36,6 +36,7 @@ from django.utils.dateparse import parse_datetime
 
 from catalog.models import Aggregation, Feature, Reset
 
+from . import snapshots
 from .models import Customer, Subscription, SubscriptionStatus, UsageCounter, UsageEvent
 from .periods import EPOCH, FOREVER, Window, billing_period_at, month_window, reset_window
 
@@ -128,6 +129,8 @@ def usage_counters_rebuild(
         chunk = customer_ids[offset : offset + CUSTOMER_CHUNK]
         with transaction.atomic():
             _rebuild_chunk(chunk, latest, report, since)
+            if not dry_run:
+                snapshots.changed(chunk)
     return report
 
 

@@ -7,7 +7,6 @@ from decimal import Decimal, InvalidOperation
 
 import orjson
 from django.conf import settings
-from django.core.cache import cache
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DataError, IntegrityError, InterfaceError, OperationalError
@@ -24,7 +23,8 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
-from .errors import DomainError
+from . import shared_redis
+from .errors import DomainError, RateLimited
 from .models import ApiKey, api_key_hash
 
 LAST_USED_EVERY = dt.timedelta(minutes=1)
@@ -43,19 +43,27 @@ class ApiKeyAuthentication(BaseAuthentication):
         header = request.META.get("HTTP_AUTHORIZATION", "")
         if not header:
             return None
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != self.keyword or not key.strip():
-            raise exceptions.AuthenticationFailed("Use the header 'Authorization: Bearer <key>'.")
-        api_key = api_key_lookup(key.strip())
-        if api_key is None:
-            raise exceptions.AuthenticationFailed("Invalid API key.")
-        if api_key.revoked_at is not None:
-            raise exceptions.AuthenticationFailed("This API key has been revoked.")
-        _last_used_touch(api_key)
-        return (None, api_key)
+        return (None, api_key_authenticate(header))
 
     def authenticate_header(self, request):
         return 'Bearer realm="api"'
+
+
+def api_key_authenticate(header: str) -> ApiKey:
+    """The valid API key of an `Authorization` header. Raises AuthenticationFailed (or
+    NotAuthenticated for an empty header); shared by DRF and the lean hot-path views."""
+    if not header:
+        raise exceptions.NotAuthenticated()
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != ApiKeyAuthentication.keyword or not key.strip():
+        raise exceptions.AuthenticationFailed("Use the header 'Authorization: Bearer <key>'.")
+    api_key = api_key_lookup(key.strip())
+    if api_key is None:
+        raise exceptions.AuthenticationFailed("Invalid API key.")
+    if api_key.revoked_at is not None:
+        raise exceptions.AuthenticationFailed("This API key has been revoked.")
+    _last_used_touch(api_key)
+    return api_key
 
 
 KEY_CACHE_SECONDS = 5.0
@@ -80,7 +88,7 @@ def api_keys_forget() -> None:
     """Drops this process's cached keys (after a revocation; in tests)."""
     _keys.clear()
     _last_used_written.clear()
-    throttle_client_forget()
+    shared_redis.forget()
 
 
 def _last_used_touch(api_key: ApiKey) -> None:
@@ -110,55 +118,39 @@ class ApiKeyRateThrottle(SimpleRateThrottle):
     def allow_request(self, request, view):
         if self.rate is None or not isinstance(request.auth, ApiKey):
             return True  # requests without a valid key are refused by authentication
-        self.num_requests, self.duration = self.parse_rate(self.rate)
-        now = self.timer()
-        window = int(now // self.duration)
-        key = f"throttle:apikey:{request.auth.pk}:{window}"
-        global _cache_down_until
-        if time.monotonic() < _cache_down_until:
-            return True  # the cache failed a moment ago: don't make every request wait for it
-        try:
-            count = _count_request(key, self.duration + 1)
-        except Exception:  # noqa: BLE001 (any cache failure)
-            logger.warning("API rate limit not counted: the cache is unavailable", exc_info=True)
-            _cache_down_until = time.monotonic() + CACHE_RETRY_SECONDS
-            return True
-        self.wait_seconds = (window + 1) * self.duration - now
-        return count <= self.num_requests
+        self.wait_seconds = api_key_throttle_wait(request.auth, self.rate)
+        return self.wait_seconds is None
 
     def wait(self):
         return getattr(self, "wait_seconds", None)
 
 
-_redis_client = None
-_cache_down_until = 0.0
-CACHE_RETRY_SECONDS = 5.0
+throttle_clock = time.time  # the windows' clock (tests freeze it)
 
 
-def _count_request(key: str, ttl: int) -> int:
-    """Adds one to a window's counter and answers it: on Redis one round trip (INCR and EXPIRE
-    in a pipeline, through one client kept by the process); on another cache, incr/add."""
-    global _redis_client
-    backend = settings.CACHES["default"]
-    if backend["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
-        if _redis_client is None:
-            import redis
+def api_key_rate(api_key: ApiKey, rate: str | None = None) -> shared_redis.RateCount:
+    """This request's place in the key's fixed window: what to count, against what limit."""
+    rate = rate or settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["api_key"]
+    num_requests, duration = SimpleRateThrottle.parse_rate(None, rate)
+    now = throttle_clock()
+    window = int(now // duration)
+    return shared_redis.RateCount(
+        key=f"throttle:apikey:{api_key.pk}:{window}",
+        ttl=duration + 1,
+        limit=num_requests,
+        retry_after=int((window + 1) * duration - now) + 1,
+    )
 
-            _redis_client = redis.Redis.from_url(
-                backend["LOCATION"], socket_connect_timeout=0.5, socket_timeout=0.5
-            )
-        count, _ = _redis_client.pipeline(transaction=False).incr(key).expire(key, ttl).execute()
-        return count
+
+def api_key_throttle_wait(api_key: ApiKey, rate: str | None = None) -> float | None:
+    """Counts one request of `api_key` now; answers the seconds to wait when the key is over
+    its rate, else None. Fails open when the cache is unavailable."""
+    shared_redis.rate_defer(api_key_rate(api_key, rate))
     try:
-        return cache.incr(key)
-    except ValueError:  # the window's first request
-        return 1 if cache.add(key, 1, ttl) else cache.incr(key)
-
-
-def throttle_client_forget() -> None:
-    global _redis_client, _cache_down_until
-    _redis_client = None
-    _cache_down_until = 0.0
+        shared_redis.rate_settle()
+    except RateLimited as limited:
+        return limited.retry_after - 1
+    return None
 
 
 class FastJSONRenderer(JSONRenderer):
@@ -227,34 +219,45 @@ def _flatten(detail):
     return str(detail)
 
 
-def api_exception_handler(exc, context):
-    """Every error in the one format of DESIGN.md; nothing escapes as a 500 for bad input."""
+def api_error(exc) -> tuple[int, dict, dict] | None:
+    """(status, error body, headers) for the exceptions that are not DRF's: domain errors, and
+    the database failing or refusing a value. Shared by DRF's handler and the lean views."""
     if isinstance(exc, DomainError):
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else {}
+        return exc.status, error_body(exc.code, exc.message, exc.details), headers
     if isinstance(exc, DjangoValidationError):
         details = exc.message_dict if hasattr(exc, "error_dict") else {"non_field": exc.messages}
         message = "; ".join(f"{k}: {' '.join(v)}" for k, v in details.items())
-        return error_response(400, "invalid", message or "Invalid input.", details)
+        return 400, error_body("invalid", message or "Invalid input.", details), {}
     if isinstance(exc, Http404):
-        return error_response(404, "not_found", str(exc) or "Not found.")
+        return 404, error_body("not_found", str(exc) or "Not found."), {}
     if isinstance(exc, DjangoPermissionDenied):
-        return error_response(403, "forbidden", str(exc) or "Not allowed.")
+        return 403, error_body("forbidden", str(exc) or "Not allowed."), {}
     if isinstance(exc, ProtectedError):
-        return error_response(409, "in_use", "It is in use and cannot be deleted.")
+        return 409, error_body("in_use", "It is in use and cannot be deleted."), {}
     if isinstance(exc, OperationalError | InterfaceError):
         # The database went away mid-request (a restart, a dropped connection): nothing was
         # recorded, so the client may retry with the same event ids.
         logger.warning("API request failed on the database", exc_info=exc)
-        response = error_response(
-            503, "unavailable", "The service is briefly unavailable; retry the request."
-        )
-        response["Retry-After"] = "1"
-        return response
+        body = error_body("unavailable", "The service is briefly unavailable; retry the request.")
+        return 503, body, {"Retry-After": "1"}
     if isinstance(exc, DataError):
         # Input the database cannot hold (a NUL byte, a number out of range): the client's.
-        return error_response(400, "invalid", "A value is not acceptable (e.g. a NUL byte).")
+        return 400, error_body("invalid", "A value is not acceptable (e.g. a NUL byte)."), {}
     if isinstance(exc, IntegrityError):
-        return error_response(409, "conflict", "That conflicts with existing data.")
+        return 409, error_body("conflict", "That conflicts with existing data."), {}
+    return None
+
+
+def api_exception_handler(exc, context):
+    """Every error in the one format of DESIGN.md; nothing escapes as a 500 for bad input."""
+    mapped = api_error(exc)
+    if mapped is not None:
+        status_code, body, headers = mapped
+        response = Response(body, status=status_code)
+        for name, value in headers.items():
+            response[name] = value
+        return response
     for klass, (code, status_code) in _DRF_CODES.items():
         if isinstance(exc, klass):
             if isinstance(exc, exceptions.ValidationError):

@@ -34,3 +34,14 @@ class Conflict(DomainError):
 class PaymentFailed(DomainError):
     status = 402
     code = "payment_failed"
+
+
+class RateLimited(DomainError):
+    """The API key is over its rate: answered 429 with Retry-After."""
+
+    status = 429
+    code = "throttled"
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after

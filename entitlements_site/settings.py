@@ -48,6 +48,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "entitlements_site.hot.HotPathMiddleware",  # the hot API paths skip the page middleware
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -96,6 +97,13 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://entitlements")}
+# The hot path's Redis (API rate limit, usage snapshots): the cache's, unless set apart.
+_cache_is_redis = CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
+HOT_REDIS_URL = env.str(
+    "HOT_REDIS_URL", default=CACHES["default"]["LOCATION"] if _cache_is_redis else ""
+)
+# Checks answered from usage snapshots mirrored in that Redis (customers/snapshots.py).
+USAGE_SNAPSHOTS = env.bool("USAGE_SNAPSHOTS", default=True)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -165,6 +173,8 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 
 # API
+# The hot endpoints answer through entitlements_site.hot (no DRF, no page middleware).
+API_LEAN_VIEWS = env.bool("API_LEAN_VIEWS", default=True)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["entitlements_site.api.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["entitlements_site.api.HasApiKey"],

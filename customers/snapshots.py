@@ -1,0 +1,356 @@
+"""Usage snapshots mirrored in Redis: a warm check costs one Redis round trip, no query.
+
+A snapshot is what the engine reads from the database for a customer (`_usage_snapshot`: the
+state and catalog versions, the counters of the windows in force, the grants in force), kept
+with the `gen` and `epoch` it was read at and its horizon: the first moment something in it
+changes by time alone (a window ends, a grant expires or starts). PostgreSQL stays the ledger
+and the only thing written; Redis only ever says "nothing changed since".
+
+The protocol, per customer (keys `es:d:<id>` dirty, `es:g:<id>` gen, `es:s:<id>` snapshot,
+plus the global `es:epoch`):
+- a writer of usage (consume, batch) calls `write_begin` before its transaction (INCR dirty,
+  with a TTL) and `write_end` after it, committed or not (INCR gen, DECR dirty); a rarer
+  writer (grants, overrides, subscriptions, the catalog) calls `changed`, which bumps gen (or
+  the epoch) at once and again when its transaction commits;
+- a reader gets dirty, gen, epoch and the snapshot in one call and uses the snapshot only if
+  no write is in flight (dirty 0), gen and epoch are those it was stored with and now is
+  before its horizon. Otherwise it reads PostgreSQL and stores what it read tagged with the
+  gen and epoch it saw *before* reading: a write committing after that has bumped gen, so the
+  stored copy is already void. A reader never stores while a write is in flight.
+- when Redis fails, readers and writers use PostgreSQL alone; a process that could not tell
+  Redis of a write bumps the epoch (voiding every snapshot) at its next successful call. A
+  worker killed between its commit and `write_end` leaves dirty set: readers use PostgreSQL
+  for that customer until the dirty key's TTL (a minute) ends.
+Requires a Redis that does not evict keys behind our back (`noeviction` or `volatile-*`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+
+import orjson
+from django.conf import settings
+from django.db import transaction
+
+from entitlements_site import shared_redis
+
+SNAPSHOT_TTL = 3600  # seconds: a bound on any staleness the protocol above cannot see
+DIRTY_TTL = 60  # seconds: longer than any write transaction of usage
+EPOCH_KEY = "es:epoch"
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+_READ = """
+local n = 0
+if KEYS[1] ~= '' then
+  n = redis.call('INCR', KEYS[1])
+  if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+end
+return {n, redis.call('MGET', KEYS[2], KEYS[3], KEYS[4], KEYS[5])}
+"""
+_BEGIN = """
+local n = 0
+if KEYS[1] ~= '' then
+  n = redis.call('INCR', KEYS[1])
+  if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+  if n > tonumber(ARGV[3]) then return n end
+end
+for i = 2, #KEYS do
+  redis.call('INCR', KEYS[i])
+  redis.call('EXPIRE', KEYS[i], ARGV[2])
+end
+return n
+"""
+_END = """
+for i = 1, #KEYS, 2 do
+  redis.call('INCR', KEYS[i])
+  if ARGV[1] == '1' then
+    if redis.call('DECR', KEYS[i + 1]) <= 0 then redis.call('DEL', KEYS[i + 1]) end
+  end
+end
+return 1
+"""
+_scripts: dict = {}
+_owe_epoch = threading.Event()  # a write Redis did not hear of: void everything on return
+
+
+def _owe() -> None:
+    _owe_epoch.set()
+
+
+shared_redis.on_failure(_owe)
+
+
+def forget() -> None:
+    """Drops this process's registered scripts and any debt (tests)."""
+    _scripts.clear()
+    _owe_epoch.clear()
+
+
+def enabled() -> bool:
+    return bool(shared_redis.url()) and getattr(settings, "USAGE_SNAPSHOTS", True)
+
+
+def _redis():
+    """The client, having paid what this process owes (an epoch bump) first; None if off."""
+    if not enabled():
+        return None
+    client = shared_redis.client()
+    if client is not None and _owe_epoch.is_set():
+        try:
+            client.incr(EPOCH_KEY)
+        except Exception as error:  # noqa: BLE001 (any Redis failure)
+            shared_redis.failed(error)
+            return None
+        _owe_epoch.clear()
+    return client
+
+
+def _script(client, name: str, source: str):
+    script = _scripts.get((id(client), name))
+    if script is None:
+        script = _scripts[(id(client), name)] = client.register_script(source)
+    return script
+
+
+# --- rows ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class CounterRow:
+    """A usage counter as the engine's arithmetic reads it (lighter than the model)."""
+
+    pk: int | None
+    customer_id: int | None
+    feature_id: int | None
+    window: str | None
+    start: dt.datetime | None
+    end: dt.datetime | None
+    used: Decimal
+    drawn: Decimal
+    level: Decimal | None
+    level_at: dt.datetime | None
+
+
+@dataclass(slots=True)
+class GrantRow:
+    pk: int
+    customer_id: int
+    feature_id: int
+    effective_at: dt.datetime
+    expires_at: dt.datetime | None
+    quantity: Decimal
+    consumed: Decimal
+    voided_at: dt.datetime | None
+
+
+@dataclass
+class Snapshot:
+    version: tuple[int, int]
+    counters: list[CounterRow]
+    grants: list[GrantRow]
+    next_grant_at: dt.datetime | None = None  # the next grant to come into force
+    horizon: dt.datetime | None = None  # valid before this moment
+
+
+@dataclass
+class Ticket:
+    """What a reader saw before reading the database: the tags to store its snapshot with."""
+
+    gen: int
+    epoch: int
+
+
+def _us(value: dt.datetime | None) -> int | None:
+    return None if value is None else (value - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+def _time(value: int | None) -> dt.datetime | None:
+    return None if value is None else _EPOCH + dt.timedelta(microseconds=value)
+
+
+def _dec(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def _encode(snapshot: Snapshot, ticket: Ticket) -> bytes:
+    return orjson.dumps(
+        {
+            "t": [ticket.gen, ticket.epoch, _us(snapshot.horizon)],
+            "v": list(snapshot.version),
+            "c": [
+                [
+                    c.pk,
+                    c.customer_id,
+                    c.feature_id,
+                    c.window,
+                    _us(c.start),
+                    _us(c.end),
+                    str(c.used),
+                    str(c.drawn),
+                    None if c.level is None else str(c.level),
+                    _us(c.level_at),
+                ]
+                for c in snapshot.counters
+            ],
+            "g": [
+                [
+                    g.pk,
+                    g.customer_id,
+                    g.feature_id,
+                    _us(g.effective_at),
+                    _us(g.expires_at),
+                    str(g.quantity),
+                    str(g.consumed),
+                    _us(g.voided_at),
+                ]
+                for g in snapshot.grants
+            ],
+        }  # fmt: skip
+    )
+
+
+def _decode(blob: bytes) -> tuple[Snapshot, int, int]:
+    data = orjson.loads(blob)
+    gen, epoch, horizon = data["t"]
+    counters = [
+        CounterRow(pk, c, f, w, _time(s), _time(e), Decimal(u), Decimal(d), _dec(lv), _time(la))
+        for pk, c, f, w, s, e, u, d, lv, la in data["c"]
+    ]
+    grants = [
+        GrantRow(pk, c, f, _time(ef), _time(ex), Decimal(q), Decimal(cd), _time(v))
+        for pk, c, f, ef, ex, q, cd, v in data["g"]
+    ]
+    snapshot = Snapshot(tuple(data["v"]), counters, grants, horizon=_time(horizon))
+    return snapshot, gen, epoch
+
+
+def _int(value) -> int:
+    return int(value) if value is not None else 0
+
+
+# --- readers ------------------------------------------------------------------------------
+
+
+def fetch(customer_id: int, at: dt.datetime) -> tuple[Snapshot | None, Ticket | None]:
+    """The stored snapshot if still valid at `at`, else None with the ticket to store a fresh
+    one under (None when it must not be stored: a write in flight, or Redis unavailable).
+    Counts the request's deferred rate limit in the same round trip."""
+    client = _redis()
+    if client is None:
+        return None, None
+    rate = shared_redis.rate_take()
+    keys = [rate.key if rate else "", f"es:d:{customer_id}", f"es:g:{customer_id}", EPOCH_KEY]
+    keys.append(f"es:s:{customer_id}")
+    try:
+        count, (dirty, gen, epoch, blob) = _script(client, "read", _READ)(
+            keys=keys, args=[rate.ttl if rate else 0]
+        )
+    except Exception as error:  # noqa: BLE001 (any Redis failure: the database answers)
+        shared_redis.failed(error)
+        return None, None
+    if rate is not None:
+        shared_redis.rate_counted(rate, count)
+    if _int(dirty) > 0:
+        return None, None
+    ticket = Ticket(_int(gen), _int(epoch))
+    if blob is None:
+        return None, ticket
+    snapshot, stored_gen, stored_epoch = _decode(blob)
+    if (stored_gen, stored_epoch) != (ticket.gen, ticket.epoch):
+        return None, ticket
+    if snapshot.horizon is not None and at >= snapshot.horizon:
+        return None, ticket
+    return snapshot, None
+
+
+def store(customer_id: int, snapshot: Snapshot, ticket: Ticket) -> None:
+    client = _redis()
+    if client is None:
+        return
+    try:
+        client.set(f"es:s:{customer_id}", _encode(snapshot, ticket), ex=SNAPSHOT_TTL)
+    except Exception as error:  # noqa: BLE001
+        shared_redis.failed(error)
+
+
+# --- writers ------------------------------------------------------------------------------
+
+
+class WriteGuard:
+    """`write_begin` .. `write_end` around a write transaction of customers' usage."""
+
+    def __init__(self, customer_ids: Iterable[int]):
+        self.customer_ids = sorted(set(customer_ids))
+        self.begun = False
+
+    def __enter__(self) -> WriteGuard:
+        client = _redis()
+        rate = shared_redis.rate_take()
+        if client is None:
+            shared_redis.rate_settle()  # counted on its own (or not at all when Redis is down)
+            return self
+        keys = [rate.key if rate else ""] + [f"es:d:{pk}" for pk in self.customer_ids]
+        try:
+            count = _script(client, "begin", _BEGIN)(
+                keys=keys, args=[rate.ttl if rate else 0, DIRTY_TTL, rate.limit if rate else 0]
+            )
+        except Exception as error:  # noqa: BLE001
+            shared_redis.failed(error)
+            return self
+        if rate is not None:
+            shared_redis.rate_counted(rate, count)  # over the rate: raises, nothing was marked
+        self.begun = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.end()
+
+    def end(self) -> None:
+        client = _redis()
+        if client is None:
+            if enabled():
+                _owe()
+            return
+        keys = []
+        for pk in self.customer_ids:
+            keys += [f"es:g:{pk}", f"es:d:{pk}"]
+        try:
+            _script(client, "end", _END)(keys=keys, args=["1" if self.begun else "0"])
+        except Exception as error:  # noqa: BLE001
+            shared_redis.failed(error)
+        self.begun = False
+
+
+def write_guard(customer_ids: Iterable[int]) -> WriteGuard:
+    return WriteGuard(customer_ids)
+
+
+def changed(customer_ids: Iterable[int] | None) -> None:
+    """A customer's state, grants or counters changed outside the hot writers (None: anything,
+    such as the catalog): their snapshots are voided now and again on commit."""
+    if not enabled():
+        return
+    ids = None if customer_ids is None else sorted(set(customer_ids))
+    _bump(ids)
+    transaction.on_commit(lambda: _bump(ids))
+
+
+def _bump(ids: list[int] | None) -> None:
+    client = _redis()
+    if client is None:
+        _owe()
+        return
+    try:
+        if ids is None:
+            client.incr(EPOCH_KEY)
+        else:
+            pipe = client.pipeline(transaction=False)
+            for pk in ids:
+                pipe.incr(f"es:g:{pk}")
+            pipe.execute()
+    except Exception as error:  # noqa: BLE001
+        shared_redis.failed(error)

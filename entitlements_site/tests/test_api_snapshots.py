@@ -1,0 +1,244 @@
+"""Checks answered from usage snapshots mirrored in Redis (customers/snapshots.py, issue 8).
+
+A warm check spends one Redis round trip and no query, and is never stale: whatever returned
+before it (a consume, a batch, a grant, an override, a plan or catalog change) shows in it;
+a write in flight, a window or grant ending, or Redis failing sends it to the database.
+These tests need a Redis server (the one CI starts; skipped without one).
+"""
+
+import datetime as dt
+import os
+import threading
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from catalog import services as catalog_services
+from customers import services as customer_services
+from customers import snapshots
+from customers.engine import entitlement_check
+from entitlements_site import shared_redis
+
+ENTITLEMENT = "/api/v1/customers/acme/entitlements/data-transfer"
+
+
+def _redis_base() -> str | None:
+    import redis
+
+    url = os.environ.get("TEST_REDIS_URL") or "redis://127.0.0.1:6379/0"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=0.3).ping()
+    except redis.RedisError:
+        return None
+    return url.rsplit("/", 1)[0]
+
+
+REDIS = _redis_base()
+pytestmark = pytest.mark.skipif(REDIS is None, reason="needs a Redis server")
+
+
+@pytest.fixture
+def mirror(settings, worker_id):
+    """The hot path's Redis on a database of this test worker's own, emptied around the test."""
+    import redis
+
+    db = 12 + (int(worker_id[2:]) if worker_id.startswith("gw") else 0)
+    url = f"{REDIS}/{db}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.test_url = url
+    settings.HOT_REDIS_URL = url
+    settings.USAGE_SNAPSHOTS = True
+    shared_redis.forget()
+    snapshots.forget()
+    yield client
+    client.flushdb()
+    shared_redis.forget()
+    snapshots.forget()
+
+
+@pytest.fixture
+def worker_id(request):
+    return getattr(request.config, "workerinput", {}).get("workerid", "master")
+
+
+def consume(api, quantity: str, event_id: str) -> dict:
+    body = {"quantity": quantity, "event_id": event_id}
+    response = api.post(f"{ENTITLEMENT}/consume", body, format="json")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def check(api) -> dict:
+    response = api.get(ENTITLEMENT)
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def test_a_warm_check_makes_no_query_and_shows_every_consume_that_returned(
+    mirror, customer, api, django_assert_num_queries
+):
+    # Given a check that read the database and mirrored its snapshot
+    assert check(api)["usage"] == "0"
+    assert mirror.exists(f"es:s:{customer.pk}")
+
+    # When it is asked again: no query at all
+    with django_assert_num_queries(0):
+        assert check(api)["balance"] == "20"
+
+    # Then each consume that returned shows in the next check, whoever answers it
+    for n in range(1, 4):
+        assert consume(api, "1.5", f"c-{n}")["allowed"] is True
+        assert Decimal(check(api)["usage"]) == Decimal("1.5") * n
+    with django_assert_num_queries(0):
+        assert check(api)["balance"] == "15.5"
+
+
+def test_batches_grants_overrides_and_plan_changes_show_at_once(
+    mirror, customer, features, api, django_assert_num_queries
+):
+    check(api)
+    batch = {"events": [{"event_id": "b-1", "customer": "acme", "feature": "data-transfer",
+                         "quantity": "4"}]}  # fmt: skip
+    assert api.post("/api/v1/usage", batch, format="json").json()["accepted"] == 1
+    assert check(api)["usage"] == "4"
+
+    customer_services.grant_create(
+        customer=customer, feature=features["transfer"], quantity=Decimal("10")
+    )
+    assert check(api)["granted"] == "10"
+    assert check(api)["balance"] == "26"
+
+    customer_services.override_create(
+        customer=customer, feature=features["transfer"], limit=Decimal("50"), reason="deal"
+    )
+    answer = check(api)
+    assert (answer["limit"], answer["source"], answer["balance"]) == ("50", "override", "56")
+
+    with django_assert_num_queries(0):
+        assert check(api)["limit"] == "50"
+
+
+def test_a_catalog_change_shows_at_once(mirror, customer, plan, features, api):
+    assert check(api)["limit"] == "20"
+    entitlement = plan.entitlements.get(feature=features["transfer"])
+    catalog_services.plan_entitlement_update(entitlement=entitlement, limit=Decimal("35"))
+    assert check(api)["limit"] == "35"
+
+
+def test_while_a_write_is_in_flight_checks_read_the_database_and_store_nothing(
+    mirror, customer, api, django_assert_num_queries
+):
+    check(api)
+    mirror.delete(f"es:s:{customer.pk}")
+    mirror.set(f"es:d:{customer.pk}", 1)  # a consume between write_begin and write_end
+
+    with django_assert_num_queries(1):
+        assert check(api)["usage"] == "0"
+    assert not mirror.exists(f"es:s:{customer.pk}")
+
+    mirror.delete(f"es:d:{customer.pk}")
+    check(api)
+    assert mirror.exists(f"es:s:{customer.pk}")
+
+
+def test_a_snapshot_is_not_used_past_the_end_of_a_window_or_a_grant(
+    mirror, customer, features, django_assert_num_queries
+):
+    grant = customer_services.grant_create(
+        customer=customer,
+        feature=features["transfer"],
+        quantity=Decimal("5"),
+        expires_at=timezone.now() + dt.timedelta(hours=1),
+    )
+    now = grant.effective_at
+    assert entitlement_check(customer, "data-transfer", now).granted == Decimal("5")
+    with django_assert_num_queries(0):
+        assert entitlement_check(customer, "data-transfer", now).granted == Decimal("5")
+
+    # An hour later the grant has expired: the snapshot's horizon has passed
+    later = now + dt.timedelta(hours=1, seconds=1)
+    with django_assert_num_queries(1):
+        assert entitlement_check(customer, "data-transfer", later).granted == Decimal("0")
+
+
+def test_redis_down_checks_and_consumes_use_the_database_and_nothing_stale_survives(
+    mirror, customer, api, settings
+):
+    # Given a mirrored snapshot at usage 0
+    assert check(api)["usage"] == "0"
+
+    # When Redis cannot be reached (a port nothing listens on), consumes and checks go on
+    settings.HOT_REDIS_URL = "redis://127.0.0.1:1/0"
+    shared_redis.forget()
+    assert consume(api, "3", "down-1")["entitlement"]["usage"] == "3"
+    assert check(api)["usage"] == "3"
+
+    # Then when it is back with its old snapshot (usage 0), that snapshot is never answered
+    settings.HOT_REDIS_URL = mirror.test_url
+    shared_redis.forget()  # as the pause after a failure ends
+    assert mirror.exists(f"es:s:{customer.pk}")
+    assert check(api)["usage"] == "3"
+    assert check(api)["usage"] == "3"
+
+
+def test_the_rate_limit_counts_in_the_same_round_trip_and_refuses_the_sixth(
+    mirror, customer, api, settings
+):
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"api_key": "5/min"},
+    }
+    answers = [api.get(ENTITLEMENT) for _ in range(6)]
+    assert [a.status_code for a in answers[:5]] == [200] * 5
+    assert answers[5].status_code == 429
+    assert answers[5].json()["error"]["code"] == "throttled"
+    assert int(answers[5]["Retry-After"]) >= 1
+    refused = api.post(f"{ENTITLEMENT}/consume", {"quantity": "1", "event_id": "x"}, format="json")
+    assert refused.status_code == 429
+    assert check_usage_in_database(customer) == Decimal("0")
+
+
+def check_usage_in_database(customer) -> Decimal:
+    from customers.models import UsageEvent
+
+    return sum((e.quantity for e in UsageEvent.objects.filter(customer=customer)), Decimal("0"))
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="concurrency needs PostgreSQL")
+def test_concurrent_consumes_and_checks_every_check_shows_what_returned_before_it(
+    mirror, customer, api_key
+):
+    # Given 8 clients, each consuming then checking, 15 times, on one customer
+    errors: list[str] = []
+
+    def client_loop(n: int) -> None:
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key}")
+        try:
+            for i in range(15):
+                body = {"quantity": "0.1", "event_id": f"t{n}-{i}"}
+                answer = api.post(f"{ENTITLEMENT}/consume", body, format="json").json()
+                returned = Decimal(answer["entitlement"]["usage"])
+                seen = Decimal(api.get(ENTITLEMENT).json()["usage"])
+                if seen < returned:
+                    errors.append(f"client {n}: consume answered {returned}, check {seen}")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client_loop, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # Then no check ever showed less than a consume that had returned, and all is counted
+    assert errors == []
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key}")
+    assert check(api)["usage"] == "12"
+    assert check_usage_in_database(customer) == Decimal("12")
