@@ -9,7 +9,8 @@ and the only thing written; Redis only ever says "nothing changed since".
 The protocol, per customer (keys `es:d:<id>` dirty, `es:g:<id>` gen, `es:s:<id>` snapshot,
 plus the global `es:epoch`):
 - a writer of usage (consume, batch) calls `write_begin` before its transaction (INCR dirty,
-  with a TTL) and `write_end` after it, committed or not (INCR gen, DECR dirty); a rarer
+  with a TTL, and INCR gen) and `write_end` after it, committed or not (INCR gen, DECR
+  dirty); a rarer
   writer (grants, overrides, subscriptions, the catalog) calls `changed`, which bumps gen (or
   the epoch) at once and again when its transaction commits;
 - a reader gets dirty, gen, epoch and the snapshot in one call and uses the snapshot only if
@@ -20,7 +21,8 @@ plus the global `es:epoch`):
 - when Redis fails, readers and writers use PostgreSQL alone; a process that could not tell
   Redis of a write bumps the epoch (voiding every snapshot) at its next successful call. A
   worker killed between its commit and `write_end` leaves dirty set: readers use PostgreSQL
-  for that customer until the dirty key's TTL (a minute) ends.
+  for that customer until the dirty key's TTL (a minute) ends; what a reader stored before
+  `write_begin` was voided by its gen bump, what it read after sees dirty and is not stored.
 Requires a Redis that does not evict keys behind our back (`noeviction` or `volatile-*`).
 """
 
@@ -58,9 +60,10 @@ if KEYS[1] ~= '' then
   if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
   if n > tonumber(ARGV[3]) then return n end
 end
-for i = 2, #KEYS do
+for i = 2, #KEYS, 2 do
   redis.call('INCR', KEYS[i])
   redis.call('EXPIRE', KEYS[i], ARGV[2])
+  redis.call('INCR', KEYS[i + 1])
 end
 return n
 """
@@ -133,6 +136,7 @@ class CounterRow:
     drawn: Decimal
     level: Decimal | None
     level_at: dt.datetime | None
+    loaded: tuple | None = None  # (used, drawn, level, level_at) as locked: to write changes only
 
 
 @dataclass(slots=True)
@@ -293,7 +297,9 @@ class WriteGuard:
         if client is None:
             shared_redis.rate_settle()  # counted on its own (or not at all when Redis is down)
             return self
-        keys = [rate.key if rate else ""] + [f"es:d:{pk}" for pk in self.customer_ids]
+        keys = [rate.key if rate else ""]
+        for pk in self.customer_ids:
+            keys += [f"es:d:{pk}", f"es:g:{pk}"]
         try:
             count = _script(client, "begin", _BEGIN)(
                 keys=keys, args=[rate.ttl if rate else 0, DIRTY_TTL, rate.limit if rate else 0]

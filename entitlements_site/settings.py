@@ -102,6 +102,10 @@ _cache_is_redis = CACHES["default"]["BACKEND"] == "django.core.cache.backends.re
 HOT_REDIS_URL = env.str(
     "HOT_REDIS_URL", default=CACHES["default"]["LOCATION"] if _cache_is_redis else ""
 )
+# false: a consume answers without waiting for its commit to reach the disk (PostgreSQL's
+# synchronous_commit off for that transaction): faster, and a database crash may forget the
+# last moment's consumes (never half of one). See docs/performance.md.
+USAGE_SYNCHRONOUS_COMMIT = env.bool("USAGE_SYNCHRONOUS_COMMIT", default=True)
 # Checks answered from usage snapshots mirrored in that Redis (customers/snapshots.py).
 USAGE_SNAPSHOTS = env.bool("USAGE_SNAPSHOTS", default=True)
 

@@ -1,0 +1,96 @@
+"""The consume's two-round-trip path on PostgreSQL (issue 8): outside any transaction a warm
+consume is BEGIN + its locks, then the event, counters, grants and COMMIT in one statement.
+It answers exactly what the ordinary path answers, and hands over to it (having written
+nothing) when a counter must be created, the cached state is out of date or a threshold is
+crossed. These tests commit for real (transaction=True), as production does.
+"""
+
+from decimal import Decimal
+
+import pytest
+from django.core import mail
+from django.db import connection
+
+from customers import services as customer_services
+from customers.models import Grant, Notification, UsageEvent
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(connection.vendor != "postgresql", reason="the path is PostgreSQL's"),
+]
+
+TRANSFER = "/api/v1/customers/acme/entitlements/data-transfer"
+
+
+def consume(api, quantity: str, event_id: str, status: int = 200) -> dict:
+    response = api.post(
+        f"{TRANSFER}/consume", {"quantity": quantity, "event_id": event_id}, format="json"
+    )
+    assert response.status_code == status, response.content
+    return response.json()
+
+
+def test_a_warm_consume_is_two_statements_and_counts_once(customer, api, django_assert_num_queries):
+    consume(api, "1", "warm-up")  # creates this period's counters, caches the state
+
+    with django_assert_num_queries(2):
+        answer = consume(api, "2.5", "e-1")
+    assert answer["allowed"] is True
+    assert answer["entitlement"]["usage"] == "3.5"
+
+    # The same event again: the first outcome, counted once
+    again = consume(api, "2.5", "e-1")
+    assert again["allowed"] is True
+    assert UsageEvent.objects.filter(customer=customer).count() == 2
+    assert api.get(TRANSFER).json()["usage"] == "3.5"
+
+    # Reused for another quantity: a conflict, nothing recorded
+    assert consume(api, "4", "e-1", status=409)["error"]["code"] == "idempotency_conflict"
+    assert api.get(TRANSFER).json()["usage"] == "3.5"
+
+
+def test_a_denial_under_the_hard_limit_records_nothing(customer, api):
+    consume(api, "1", "warm-up")
+    denied = consume(api, "19.5", "too-much")  # 1 + 19.5 > 20
+    assert (denied["allowed"], denied["reason"]) == (False, "limit_exceeded")
+    assert denied["entitlement"]["balance"] == "19"
+    assert not UsageEvent.objects.filter(event_id="too-much").exists()
+    assert consume(api, "19", "exactly")["entitlement"]["balance"] == "0"
+
+
+def test_grants_are_drawn_after_the_allowance(customer, features, api):
+    consume(api, "15", "warm-up")
+    grant = customer_services.grant_create(
+        customer=customer, feature=features["transfer"], quantity=Decimal("10")
+    )
+    answer = consume(api, "8", "past-allowance")  # 5 from the allowance, 3 from the grant
+    assert answer["allowed"] is True
+    assert (answer["entitlement"]["granted"], answer["entitlement"]["balance"]) == ("7", "7")
+    grant.refresh_from_db()
+    assert grant.consumed == Decimal("3")
+    consume(api, "6", "more")
+    assert Grant.objects.get(pk=grant.pk).consumed == Decimal("9")
+
+
+def test_a_state_change_between_consumes_is_seen(customer, features, api):
+    consume(api, "10", "warm-up")
+    customer_services.override_create(
+        customer=customer, feature=features["transfer"], limit=Decimal("100"), reason="deal"
+    )
+    answer = consume(api, "50", "big")  # beyond the plan's 20, within the override's 100
+    assert answer["allowed"] is True
+    assert (answer["entitlement"]["limit"], answer["entitlement"]["usage"]) == ("100", "60")
+
+
+def test_crossing_a_threshold_records_its_notification_and_sends_one_email(customer, api):
+    consume(api, "10", "warm-up")  # 50%
+    assert Notification.objects.count() == 0
+
+    consume(api, "6.5", "crossing")  # 82.5%: past 80
+    consume(api, "0.5", "after")  # 85%: nothing new
+
+    notification = Notification.objects.get()
+    assert notification.threshold == 80
+    assert len(mail.outbox) == 1
+    assert "80%" in mail.outbox[0].subject or "80%" in mail.outbox[0].body
+    assert api.get(TRANSFER).json()["usage"] == "17"
