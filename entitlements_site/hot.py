@@ -9,10 +9,13 @@ in the URL configuration to document the endpoints and to serve them if this is 
 with `API_LEAN_VIEWS=false`). The contract is the same: the error JSON, 401, 415, 429.
 """
 
+import contextlib
+import logging
 import re
 
 import orjson
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
 from django.http import HttpResponse
 from rest_framework import exceptions
 
@@ -21,6 +24,7 @@ from customers import api as customers_api
 from . import shared_redis
 from .api import _json_default, api_error, api_key_authenticate, api_key_rate, error_body
 
+logger = logging.getLogger(__name__)
 _SEGMENT = r"(?P<%s>[^/]+)"
 _CUSTOMER = "^/api/v1/customers/" + _SEGMENT % "external_id"
 _FEATURE = _CUSTOMER + "/entitlements/" + _SEGMENT % "feature_key"
@@ -78,6 +82,9 @@ def _parse_body(request):
 
 
 def _answer(request, handler, path_values: list, with_body: bool) -> HttpResponse:
+    # No `SELECT 1` health check before the first query (CONN_HEALTH_CHECKS, kept for the
+    # pages): a round trip per call. `_answer_reconnecting` does its work instead.
+    connection.health_check_done = True
     try:
         request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware would check it
         api_key = _authenticate(request)
@@ -86,7 +93,7 @@ def _answer(request, handler, path_values: list, with_body: bool) -> HttpRespons
         shared_redis.rate_defer(api_key_rate(api_key))
         try:
             args = [*path_values, _parse_body(request)] if with_body else path_values
-            answer, failure = handler(*args), None
+            answer, failure = _answer_reconnecting(handler, args), None
         except Exception as error:  # noqa: BLE001 (answered below, after the rate)
             answer, failure = None, error
         shared_redis.rate_settle()  # over the rate: 429, whatever the answer would have been
@@ -103,6 +110,30 @@ def _answer(request, handler, path_values: list, with_body: bool) -> HttpRespons
         if mapped is None:
             raise
         return _json_response(*mapped)
+
+
+def _answer_reconnecting(handler, args: list):
+    """Calls the handler; if the persistent connection had died while idle (its very first
+    statement fails, nothing done), reconnects and calls it once more. A failure later in the
+    request is answered 503 (Retry-After): the client retries, event ids keep it exact."""
+    reused = connection.connection is not None
+    done = []
+
+    def count(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        done.append(True)
+        return result
+
+    try:
+        with connection.execute_wrapper(count):
+            return handler(*args)
+    except (OperationalError, InterfaceError):
+        if not reused or done or connection.in_atomic_block:
+            raise
+    logger.info("The database connection had gone away; reconnecting")
+    with contextlib.suppress(Exception):
+        connection.close()
+    return handler(*args)
 
 
 class HotPathMiddleware:
