@@ -171,12 +171,30 @@ class CustomerState:
     plan_terms: dict[int, Terms] = field(default_factory=dict)
     overrides: dict[int, list[EntitlementOverride]] = field(default_factory=dict)
     version: tuple[int, int] | None = None
+    _windows: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def plan_id(self) -> int | None:
         return self.subscription.plan_id if self.subscription else None
 
     def windows(self, at: dt.datetime) -> dict[str, Window]:
+        """The window of each reset kind containing `at` (the same dict, not to be changed,
+        for every moment up to the next boundary of any of them)."""
+        cached = self._windows
+        if cached is not None and cached[0] <= at < cached[1]:
+            return cached[2]
+        windows = self._windows_at(at)
+        points = [w.start for w in windows.values()] + [w.end for w in windows.values()]
+        if self.subscription:
+            points += [self.subscription.current_period_start, self.subscription.current_period_end]
+        self._windows = (
+            max(p for p in points if p <= at),
+            min(p for p in points if p > at),
+            windows,
+        )
+        return windows
+
+    def _windows_at(self, at: dt.datetime) -> dict[str, Window]:
         sub = self.subscription
         anchor = sub.started_at if sub else None
         interval = sub.plan.interval if sub else "month"
@@ -811,15 +829,12 @@ def _lock_chunk_pg(cursor, chunk: list[tuple], versions: str, params: list, lock
 def pg_array(values) -> str:
     """A PostgreSQL array literal of numbers, timestamps, None and plain words (never user
     text): built in one join, where psycopg's array dumper costs milliseconds per thousand."""
-    return "{" + ",".join(_pg_item(v) for v in values) + "}"
-
-
-def _pg_item(value) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    return str(value)
+    values = list(values)
+    if any(isinstance(v, dt.datetime) for v in values):
+        return "{" + ",".join("NULL" if v is None else v.isoformat() for v in values) + "}"
+    if None in values:
+        return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def _db_param_time(value: dt.datetime):
