@@ -622,7 +622,11 @@ def _snapshot_and_state(
     """The customer's usage snapshot at `at` and its state: from the Redis mirror when it is
     valid (no query), else read in one query (and mirrored, every feature at once)."""
     pk = _customer_pk(customer)
-    snapshot, ticket = snapshots.fetch(pk, at)
+    # Only reads of the present use the mirror: a snapshot holds the windows in force when it
+    # was read, and an invoice or report asking about a past moment needs that moment's.
+    snapshot, ticket = None, None
+    if at >= timezone.now() - snapshots.PRESENT:
+        snapshot, ticket = snapshots.fetch(pk, at)
     if snapshot is None:
         wanted = None if ticket is not None else feature_id
         try:
@@ -636,6 +640,7 @@ def _snapshot_and_state(
     _features(snapshot.version[1])
     state = _state_for(customer if isinstance(customer, Customer) else pk, snapshot.version)
     if ticket is not None:
+        snapshot.loaded_at = at
         snapshot.horizon = _snapshot_horizon(snapshot, state, at)
         snapshots.store(pk, snapshot, ticket)
     return snapshot, state

@@ -40,6 +40,7 @@ from django.db import transaction
 
 from entitlements_site import shared_redis
 
+PRESENT = dt.timedelta(seconds=5)  # reads of moments older than this never use snapshots
 SNAPSHOT_TTL = 3600  # seconds: a bound on any staleness the protocol above cannot see
 DIRTY_TTL = 60  # seconds: longer than any write transaction of usage
 EPOCH_KEY = "es:epoch"
@@ -158,6 +159,7 @@ class Snapshot:
     grants: list[GrantRow]
     next_grant_at: dt.datetime | None = None  # the next grant to come into force
     horizon: dt.datetime | None = None  # valid before this moment
+    loaded_at: dt.datetime | None = None  # and from this one
 
 
 @dataclass
@@ -183,7 +185,7 @@ def _dec(value: str | None) -> Decimal | None:
 def _encode(snapshot: Snapshot, ticket: Ticket) -> bytes:
     return orjson.dumps(
         {
-            "t": [ticket.gen, ticket.epoch, _us(snapshot.horizon)],
+            "t": [ticket.gen, ticket.epoch, _us(snapshot.horizon), _us(snapshot.loaded_at)],
             "v": list(snapshot.version),
             "c": [
                 [
@@ -219,7 +221,7 @@ def _encode(snapshot: Snapshot, ticket: Ticket) -> bytes:
 
 def _decode(blob: bytes) -> tuple[Snapshot, int, int]:
     data = orjson.loads(blob)
-    gen, epoch, horizon = data["t"]
+    gen, epoch, horizon, loaded_at = data["t"]
     counters = [
         CounterRow(pk, c, f, w, _time(s), _time(e), Decimal(u), Decimal(d), _dec(lv), _time(la))
         for pk, c, f, w, s, e, u, d, lv, la in data["c"]
@@ -228,7 +230,9 @@ def _decode(blob: bytes) -> tuple[Snapshot, int, int]:
         GrantRow(pk, c, f, _time(ef), _time(ex), Decimal(q), Decimal(cd), _time(v))
         for pk, c, f, ef, ex, q, cd, v in data["g"]
     ]
-    snapshot = Snapshot(tuple(data["v"]), counters, grants, horizon=_time(horizon))
+    snapshot = Snapshot(
+        tuple(data["v"]), counters, grants, horizon=_time(horizon), loaded_at=_time(loaded_at)
+    )
     return snapshot, gen, epoch
 
 
@@ -268,6 +272,8 @@ def fetch(customer_id: int, at: dt.datetime) -> tuple[Snapshot | None, Ticket | 
         return None, ticket
     if snapshot.horizon is not None and at >= snapshot.horizon:
         return None, ticket
+    if snapshot.loaded_at is None or at < snapshot.loaded_at:
+        return None, None  # an earlier moment (clocks apart): the database answers it
     return snapshot, None
 
 

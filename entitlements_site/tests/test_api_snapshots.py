@@ -242,3 +242,27 @@ def test_concurrent_consumes_and_checks_every_check_shows_what_returned_before_i
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key}")
     assert check(api)["usage"] == "12"
     assert check_usage_in_database(customer) == Decimal("12")
+
+
+def test_a_read_of_a_past_moment_never_uses_the_snapshot_of_the_present(
+    mirror, customer, features, api, django_assert_num_queries
+):
+    # Given a daily allowance, usage recorded yesterday and a snapshot of today
+    customer_services.override_create(
+        customer=customer, feature=features["transfer"], limit=Decimal("20"), reset="day",
+        reason="daily",
+    )  # fmt: skip
+    yesterday = timezone.now() - dt.timedelta(days=1)
+    batch = {"events": [{"event_id": "old-1", "customer": "acme", "feature": "data-transfer",
+                         "quantity": "7", "timestamp": yesterday.isoformat()}]}  # fmt: skip
+    assert api.post("/api/v1/usage", batch, format="json").json()["accepted"] == 1
+    consume(api, "2", "today")
+    assert check(api)["usage"] == "2"
+    with django_assert_num_queries(0):
+        assert check(api)["usage"] == "2"
+
+    # When an invoice or a report asks about that moment, the database answers it
+    assert entitlement_check(customer, "data-transfer", yesterday).usage == Decimal("7")
+    # and the snapshot of the present is still the one answered now
+    with django_assert_num_queries(0):
+        assert check(api)["usage"] == "2"
