@@ -947,19 +947,25 @@ def _save_counters_and_grants(counters: Iterable[UsageCounter], grants: Iterable
         Grant.objects.bulk_update(grants, ["consumed"])
 
 
+# PostgreSQL: the counters' new values as five arrays (id, used, drawn, level, level_at).
+_COUNTERS_FROM_VALUES = """
+    UPDATE customers_usagecounter AS c
+       SET used = v.used, drawn = v.drawn, level = v.level, level_at = v.level_at
+      FROM unnest(%s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[],
+                  %s::timestamptz[]) AS v(id, used, drawn, level, level_at)
+     WHERE c.id = v.id"""
+
+
+def _counter_columns(counters: list) -> list[str]:
+    """The five array parameters of `_COUNTERS_FROM_VALUES`."""
+    rows = [(c.pk, c.used, c.drawn, c.level, c.level_at) for c in counters]
+    return [pg_array(column) for column in zip(*rows, strict=True)]
+
+
 def _update_counters_from_values(counters: list[UsageCounter]) -> None:
     """PostgreSQL: one UPDATE .. FROM unnest(arrays) for all the changed counters."""
-    table = UsageCounter._meta.db_table
-    columns = [[c.pk, c.used, c.drawn, c.level, c.level_at] for c in counters]
-    columns = [pg_array(column) for column in zip(*columns, strict=True)]
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} AS c SET used = v.used, drawn = v.drawn, level = v.level, "
-            "level_at = v.level_at FROM unnest(%s::bigint[], %s::numeric[], %s::numeric[], "
-            "%s::numeric[], %s::timestamptz[]) AS v(id, used, drawn, level, level_at) "
-            "WHERE c.id = v.id",
-            columns,
-        )
+        cursor.execute(_COUNTERS_FROM_VALUES, _counter_columns(counters))
 
 
 def _mark_loaded(grants: Iterable[Grant]) -> list[Grant]:
@@ -1096,18 +1102,13 @@ _CONSUME_LOCK = """
     SELECT 2, id, NULL, effective_at, expires_at, quantity, consumed, NULL, voided_at, NULL, NULL
       FROM g
 """
-_CONSUME_WRITE = """
+_CONSUME_WRITE = f"""
     WITH ev AS (
         INSERT INTO customers_usageevent
                (customer_id, feature_id, event_id, quantity, "timestamp", properties, recorded_at)
         VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s)
         ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING id
-    ), counters AS (
-        UPDATE customers_usagecounter AS c
-           SET used = v.used, drawn = v.drawn, level = v.level, level_at = v.level_at
-          FROM unnest(%s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[],
-                      %s::timestamptz[]) AS v(id, used, drawn, level, level_at)
-         WHERE c.id = v.id AND EXISTS (SELECT 1 FROM ev)
+    ), counters AS ({_COUNTERS_FROM_VALUES} AND EXISTS (SELECT 1 FROM ev)
     ), grants AS (
         UPDATE customers_grant AS g SET consumed = v.consumed
           FROM unnest(%s::bigint[], %s::numeric[]) AS v(id, consumed)
@@ -1169,16 +1170,13 @@ def _consume_two_trips(pk, feature, quantity, event_id, at, properties) -> Consu
                 cursor.execute("ROLLBACK")
                 return None
             changed = [g for g in grants if g.consumed != loaded[g.pk]]
-            ordered = list(counters.values())
             recorded = draw.level if draw.level is not None else quantity
             cursor.execute(
                 _CONSUME_WRITE,
                 [
                     pk, feature.pk, event_id, recorded, at,
                     orjson.dumps(properties or {}).decode(), timezone.now(),
-                    [c.pk for c in ordered], [c.used for c in ordered],
-                    [c.drawn for c in ordered], [c.level for c in ordered],
-                    [c.level_at for c in ordered],
+                    *_counter_columns(list(counters.values())),
                     [g.pk for g in changed], [g.consumed for g in changed],
                 ],
             )  # fmt: skip

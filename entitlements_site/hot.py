@@ -41,9 +41,17 @@ class _Refused(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
+_policy_cache: tuple = (None, "")
+
+
 def _policy() -> str:
+    """The site's Content-Security-Policy header, built once per settings object."""
+    global _policy_cache
     directives = settings.CONTENT_SECURITY_POLICY["DIRECTIVES"]
-    return "; ".join(f"{name} {' '.join(values)}" for name, values in directives.items())
+    if _policy_cache[0] is not directives:
+        text = "; ".join(f"{name} {' '.join(values)}" for name, values in directives.items())
+        _policy_cache = (directives, text)
+    return _policy_cache[1]
 
 
 def _json_response(status: int, body, headers: dict | None = None) -> HttpResponse:
