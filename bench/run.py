@@ -157,13 +157,13 @@ def wrk(kind: str, key: str, duration: int, warmup: int, connections: int) -> di
 
 
 def _ingest_client(args) -> int:
-    key, seconds, client = args
+    key, seconds, client, run = args
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     accepted, batch, deadline = 0, 0, time.time() + seconds
     while time.time() < deadline:
         events = [
             {
-                "event_id": f"i-{client}-{batch}-{i}",
+                "event_id": f"i-{run}-{client}-{batch}-{i}",
                 "customer": f"bench-{(batch * 1000 + i) % 1000:04d}",
                 "feature": "data-transfer",
                 "quantity": "0.01",
@@ -187,7 +187,10 @@ def _ingest_client(args) -> int:
 def ingest(key: str, seconds: int, clients: int) -> dict:
     started = time.time()
     with multiprocessing.Pool(clients) as pool:
-        accepted = sum(pool.map(_ingest_client, [(key, seconds, c) for c in range(clients)]))
+        # Event ids unique to this run: a reused database (--keep-db) must not see replays.
+        run = uuid.uuid4().hex[:8]
+        jobs = [(key, seconds, c, run) for c in range(clients)]
+        accepted = sum(pool.map(_ingest_client, jobs))
     elapsed = time.time() - started
     return {"events": accepted, "seconds": round(elapsed, 1),
             "events_per_s": round(accepted / elapsed, 1)}  # fmt: skip

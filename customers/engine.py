@@ -942,9 +942,11 @@ def _save_counters_and_grants(counters: Iterable[UsageCounter], grants: Iterable
                     for c in counters
                 ],
             )
-    grants = [g for g in grants if g.consumed != g._consumed_loaded]
+    grants = [g for g in grants if g.consumed != g.loaded]
     if grants:
-        Grant.objects.bulk_update(grants, ["consumed"])
+        Grant.objects.bulk_update(
+            [Grant(pk=g.pk, consumed=g.consumed) for g in grants], ["consumed"]
+        )
 
 
 # PostgreSQL: the counters' new values as five arrays (id, used, drawn, level, level_at).
@@ -963,15 +965,51 @@ def _counter_columns(counters: list) -> list[str]:
 
 
 def _update_counters_from_values(counters: list[UsageCounter]) -> None:
-    """PostgreSQL: one UPDATE .. FROM unnest(arrays) for all the changed counters."""
+    """PostgreSQL: one UPDATE .. FROM unnest(arrays) for all the changed counters; only
+    `used` when nothing else changed (a batch of sums without grants)."""
     with connection.cursor() as cursor:
-        cursor.execute(_COUNTERS_FROM_VALUES, _counter_columns(counters))
+        if all(c.loaded[1:] == (c.drawn, c.level, c.level_at) for c in counters):
+            cursor.execute(
+                "UPDATE customers_usagecounter AS c SET used = v.used "
+                "FROM unnest(%s::bigint[], %s::numeric[]) AS v(id, used) WHERE c.id = v.id",
+                [
+                    "{" + ",".join([str(c.pk) for c in counters]) + "}",
+                    "{" + ",".join([str(c.used) for c in counters]) + "}",
+                ],
+            )
+        else:
+            cursor.execute(_COUNTERS_FROM_VALUES, _counter_columns(counters))
 
 
-def _mark_loaded(grants: Iterable[Grant]) -> list[Grant]:
-    grants = list(grants)
+GRANT_ROW = ("pk", "customer_id", "feature_id", "effective_at", "expires_at", "quantity",
+             "consumed", "voided_at")  # fmt: skip
+
+
+def _lock_grants(customer_ids, feature_ids, since: dt.datetime, until: dt.datetime) -> list:
+    """Locks, in id order, the grants of these customers and features that may be in force
+    between `since` and `until`, read as light rows that remember what they were locked at."""
+    if connection.vendor == "postgresql":
+        # Arrays rather than IN lists: a batch names up to a thousand customers.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT id, customer_id, feature_id, effective_at, expires_at, quantity, "
+                "consumed, voided_at FROM customers_grant "
+                "WHERE customer_id = ANY(%s::bigint[]) AND feature_id = ANY(%s::bigint[]) "
+                "AND effective_at <= %s AND (expires_at IS NULL OR expires_at > %s) "
+                "AND (voided_at IS NULL OR voided_at > %s) ORDER BY id FOR UPDATE",
+                [pg_array(customer_ids), pg_array(feature_ids), until, since, since],
+            )
+            rows = cursor.fetchall()
+    else:
+        rows = (
+            _grants_query(customer_ids, feature_ids, since, until)
+            .select_for_update()
+            .order_by("pk")
+            .values_list(*GRANT_ROW)
+        )
+    grants = [GrantRow(*row) for row in rows]
     for g in grants:
-        g._consumed_loaded = g.consumed
+        g.loaded = g.consumed
     return grants
 
 
@@ -1045,13 +1083,7 @@ def _consume_in_transaction(customer, pk, feature, quantity, event_id, at, prope
         windows = state.windows(at)
         terms = state.terms_at(feature.pk, at)
         counters = {key[2]: locked[key] for key in keys}
-        grants = _mark_loaded(
-            _active_grants(
-                _grants_query([pk], [feature.pk], at, at).select_for_update().order_by("pk"),
-                feature.pk,
-                at,
-            )
-        )
+        grants = _active_grants(_lock_grants([pk], [feature.pk], at, at), feature.pk, at)
         draw = _plan_draw(feature, terms, counters, grants, quantity, enforce=True, as_level=False)
         if not draw.allowed:
             # A replay of an allowed request answers its first outcome even if now denied.
@@ -1248,6 +1280,25 @@ def _replay(customer, feature, quantity, event_id, at, state) -> ConsumeResult |
     return ConsumeResult(True, None, entitlement_check(customer, feature, at, state=state), True)
 
 
+def _may_cross(terms: Terms | None, counters: dict, quantity: Decimal) -> bool:
+    """Whether adding `quantity` to a sum without grants may cross a `notify_at` threshold:
+    `percent_used` before and after, by the same arithmetic (capacity is the larger of usage
+    and limit). True whenever unsure (no terms, no positive limit), so the caller then takes
+    the full path."""
+    if terms is None:
+        return True
+    if terms.unlimited or not terms.notify_at:
+        return False
+    limit = terms.limit or ZERO
+    if limit <= 0:
+        return True
+    before = counters[_effective_kind(terms)].used
+    after = before + quantity
+    low = before * 100 / max(before, limit)
+    high = after * 100 / max(after, limit)
+    return any(low < Decimal(t) <= high for t in terms.notify_at)
+
+
 def _after_usage(state: CustomerState, feature: Feature, before, after) -> None:
     """Hook for what follows recorded usage in the same transaction (threshold notifications
     are written here by the notifications module)."""
@@ -1269,14 +1320,8 @@ def usage_record_batch(events: list[dict]) -> BatchResult:
     then grants, then the ledger insert."""
     result = BatchResult()
     parsed = []
-    customer_ids = {str(e.get("customer")) for e in events if isinstance(e, dict)}
-    customers = {
-        c.external_id: c
-        for c in Customer.objects.filter(external_id__in=customer_ids).annotate(
-            catalog_version=Subquery(CatalogVersion.objects.filter(pk=1).values("version")[:1])
-        )
-    }
-    catalog_version = next((c.catalog_version or 0 for c in customers.values()), None)
+    customers = _batch_customers({str(e.get("customer")) for e in events if isinstance(e, dict)})
+    catalog_version = next((c.catalog_version for c in customers.values()), None)
     features = _features(catalog_version)[0]
     seen: set[tuple[int, str]] = set()
     for index, raw in enumerate(events):
@@ -1309,15 +1354,11 @@ def usage_record_batch(events: list[dict]) -> BatchResult:
                 keys[(i["customer"].pk, i["feature"].pk, kind, windows[kind].start)] = windows[kind]
         locked = _lock_counters(keys)[0]
         stamps = [i["timestamp"] for i in parsed]
-        grants = _mark_loaded(
-            _grants_query(
-                {i["customer"].pk for i in parsed},
-                {i["feature"].pk for i in parsed},
-                min(stamps),
-                max(stamps),
-            )
-            .select_for_update()
-            .order_by("pk")
+        grants = _lock_grants(
+            {i["customer"].pk for i in parsed},
+            {i["feature"].pk for i in parsed},
+            min(stamps),
+            max(stamps),
         )
         inserted = _insert_events_returning(parsed)
         fresh = []
@@ -1332,22 +1373,56 @@ def usage_record_batch(events: list[dict]) -> BatchResult:
     return result
 
 
-def _states_current(customers: Iterable[Customer]) -> dict[int, CustomerState]:
+@dataclass(frozen=True, slots=True)
+class CustomerKey:
+    """A customer as a batch looks it up: the id and the versions its cached state must have."""
+
+    pk: int
+    external_id: str
+    state_version: int
+    catalog_version: int
+
+
+def _batch_customers(external_ids: set[str]) -> dict[str, CustomerKey]:
+    """The customers of a batch by external id, with the catalog's version, in one query of
+    plain values (no model instances: a batch names up to a thousand customers)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT c.id, c.external_id, c.state_version, "
+                f"(SELECT version FROM {CatalogVersion._meta.db_table} WHERE id = 1) "
+                f"FROM {Customer._meta.db_table} c WHERE c.external_id = ANY(%s::text[])",
+                [list(external_ids)],
+            )
+            rows = cursor.fetchall()
+    else:
+        rows = (
+            Customer.objects.filter(external_id__in=external_ids)
+            .annotate(
+                catalog_version=Subquery(CatalogVersion.objects.filter(pk=1).values("version")[:1])
+            )
+            .values_list("pk", "external_id", "state_version", "catalog_version")
+        )
+    return {row[1]: CustomerKey(row[0], row[1], row[2], row[3] or 0) for row in rows}
+
+
+def _states_current(customers: Iterable[CustomerKey]) -> dict[int, CustomerState]:
     """States of customers read with their `state_version` and `catalog_version`: the cached
-    ones still current, the others loaded together (three queries) and cached."""
-    states, stale = {}, []
+    ones still current, the others loaded together (four queries) and cached. A state loaded
+    here is at least as new as the versions it is tagged with."""
+    states, stale = {}, {}
     for customer in customers:
-        version = (customer.state_version, customer.catalog_version or 0)
+        version = (customer.state_version, customer.catalog_version)
         cached = _states.get(customer.pk)
         if cached is not None and cached.version == version:
             states[customer.pk] = cached
         else:
-            stale.append(customer)
-    for pk, state in _states_load(stale).items():
-        customer = state.customer
-        state.version = (customer.state_version, customer.catalog_version or 0)
-        _states.put(pk, state)
-        states[pk] = state
+            stale[customer.pk] = customer
+    if stale:
+        for pk, state in _states_load(Customer.objects.filter(pk__in=stale)).items():
+            state.version = (stale[pk].state_version, stale[pk].catalog_version)
+            _states.put(pk, state)
+            states[pk] = state
     return states
 
 
@@ -1454,6 +1529,9 @@ def _record_reported(
         state = states[customer_id]
         group.sort(key=lambda i: (i["timestamp"], i["pk"]))
         feature = group[0]["feature"]
+        keyed = grants_by_key.get((customer_id, feature_id))
+        # Without grants, a sum's usage draws nothing: it only adds to every counter.
+        adds_only = feature.aggregation == "sum" and not keyed
         for i in group:
             at = i["timestamp"]
             terms = state.terms_at(feature_id, at)
@@ -1461,7 +1539,11 @@ def _record_reported(
                 kind: locked[(customer_id, feature_id, kind, i["windows"][kind].start)]
                 for kind in WINDOW_KINDS
             }
-            grants = _active_grants(grants_by_key[(customer_id, feature_id)], feature_id, at)
+            if adds_only and not _may_cross(terms, counters, i["quantity"]):
+                for counter in counters.values():
+                    counter.used += i["quantity"]
+                continue
+            grants = _active_grants(keyed or (), feature_id, at)
             before = _compute(feature, terms, counters, grants, i["windows"])
             draw = _plan_draw(
                 feature,

@@ -150,6 +150,7 @@ class GrantRow:
     quantity: Decimal
     consumed: Decimal
     voided_at: dt.datetime | None
+    loaded: Decimal | None = None  # `consumed` as locked: to write changes only
 
 
 @dataclass
