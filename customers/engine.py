@@ -26,7 +26,7 @@ from decimal import Decimal, InvalidOperation
 
 import orjson
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Q, Subquery
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -56,6 +56,7 @@ from .periods import Window, reset_window
 from .snapshots import CounterRow, GrantRow, Snapshot
 
 ZERO = Decimal("0")
+DEADLOCK_DETECTED = "40P01"  # PostgreSQL's SQLSTATE
 WINDOW_KINDS = (Reset.BILLING_PERIOD, Reset.DAY, Reset.MONTH, Reset.NEVER, Reset.WEEK)
 MAX_QUANTITY = Decimal("1e15")
 LOCK_CHUNK = 1000  # counter keys per locking query (4 parameters each)
@@ -1056,11 +1057,19 @@ def entitlement_consume(
         return _consume_result(draw, _compute(feature, terms, counters, grants, windows))
     pk = _customer_pk(customer)
     with snapshots.write_guard([pk]):
-        if connection.vendor == "postgresql" and not connection.in_atomic_block:
-            fast = _consume_two_trips(pk, feature, quantity, event_id, at, properties)
-            if fast is not None:
-                return fast
-        return _consume_in_transaction(customer, pk, feature, quantity, event_id, at, properties)
+        # A batch inserts its events before it locks counters: one reusing this event_id at
+        # this very instant may deadlock with this consume, whichever PostgreSQL aborts retries.
+        return _retrying_deadlocks(
+            lambda: _consume(customer, pk, feature, quantity, event_id, at, properties)
+        )
+
+
+def _consume(customer, pk, feature, quantity, event_id, at, properties) -> ConsumeResult:
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        fast = _consume_two_trips(pk, feature, quantity, event_id, at, properties)
+        if fast is not None:
+            return fast
+    return _consume_in_transaction(customer, pk, feature, quantity, event_id, at, properties)
 
 
 def _consume_in_transaction(customer, pk, feature, quantity, event_id, at, properties):
@@ -1316,8 +1325,7 @@ def usage_record_batch(events: list[dict]) -> BatchResult:
     rest are recorded. Usage already happened, so it is recorded even past a hard limit (it
     shows as overage); it still burns the allowance, then grants. Set-based: a fixed number
     of queries for the batch, whatever the number of customers and events in it (the state of
-    customers not cached is loaded in three queries for all). Locks like a consume: counters,
-    then grants, then the ledger insert."""
+    customers not cached is loaded in four queries for all)."""
     result = BatchResult()
     parsed = []
     customers = _batch_customers({str(e.get("customer")) for e in events if isinstance(e, dict)})
@@ -1343,34 +1351,61 @@ def usage_record_batch(events: list[dict]) -> BatchResult:
         parsed.append(item)
     if not parsed:
         return result
-    with snapshots.write_guard(i["customer"].pk for i in parsed), transaction.atomic():
-        # The same lock order as a consume (counters, then grants, then the ledger insert), so
-        # that a batch and a consume, or two batches, sharing an event_id never deadlock.
-        states = _states_current({i["customer"].pk: i["customer"] for i in parsed}.values())
-        keys: dict[tuple, Window] = {}
-        for i in parsed:
-            i["windows"] = windows = states[i["customer"].pk].windows(i["timestamp"])
-            for kind in WINDOW_KINDS:
-                keys[(i["customer"].pk, i["feature"].pk, kind, windows[kind].start)] = windows[kind]
-        locked = _lock_counters(keys)[0]
-        stamps = [i["timestamp"] for i in parsed]
-        grants = _lock_grants(
-            {i["customer"].pk for i in parsed},
-            {i["feature"].pk for i in parsed},
-            min(stamps),
-            max(stamps),
-        )
+    with snapshots.write_guard(i["customer"].pk for i in parsed):
+        result.accepted = _retrying_deadlocks(lambda: _record_batch(parsed))
+    result.duplicates += len(parsed) - result.accepted
+    return result
+
+
+def _record_batch(parsed: list[dict]) -> int:
+    """One transaction: the ledger insert first, then the counters and grants of the events it
+    recorded, locked like a consume's (counters, then grants). Answers how many it recorded.
+
+    Inserting first keeps the insert and its foreign-key checks (made immediate) out of the
+    time the counters stay locked, and a duplicate then needs no lock at all. Two batches
+    insert in (customer, event_id) order and wait for each other only on an event_id they
+    share; a batch and a consume reusing one event_id at the same instant may deadlock, and
+    the victim is run again (`_retrying_deadlocks`), finding the other's event recorded."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         inserted = _insert_events_returning(parsed)
         fresh = []
         for i in parsed:
             pk = inserted.get((i["customer"].pk, i["event_id"]))
             if pk is not None:
                 fresh.append({**i, "pk": pk})
-        result.duplicates += len(parsed) - len(fresh)
-        if fresh:
-            _record_reported(fresh, states, locked, grants)
-        result.accepted = len(fresh)
-    return result
+        if not fresh:
+            return 0
+        states = _states_current({i["customer"].pk: i["customer"] for i in fresh}.values())
+        keys: dict[tuple, Window] = {}
+        for i in fresh:
+            i["windows"] = windows = states[i["customer"].pk].windows(i["timestamp"])
+            for kind in WINDOW_KINDS:
+                keys[(i["customer"].pk, i["feature"].pk, kind, windows[kind].start)] = windows[kind]
+        locked = _lock_counters(keys)[0]
+        stamps = [i["timestamp"] for i in fresh]
+        grants = _lock_grants(
+            {i["customer"].pk for i in fresh},
+            {i["feature"].pk for i in fresh},
+            min(stamps),
+            max(stamps),
+        )
+        _record_reported(fresh, states, locked, grants)
+        return len(fresh)
+
+
+def _retrying_deadlocks(attempt):
+    """Runs `attempt`, a whole transaction, again (twice at most) when PostgreSQL aborted it
+    as the victim of a deadlock. Inside an outer transaction there is nothing to retry."""
+    for tries in (1, 2, 3):
+        try:
+            return attempt()
+        except OperationalError as error:
+            deadlock = getattr(error.__cause__, "sqlstate", None) == DEADLOCK_DETECTED
+            if not deadlock or tries == 3 or connection.in_atomic_block:
+                raise
 
 
 @dataclass(frozen=True, slots=True)

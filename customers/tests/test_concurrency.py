@@ -188,3 +188,58 @@ def test_concurrent_consumes_and_batches_sharing_event_ids_count_each_once():
     assert UsageEvent.objects.filter(customer=customer).count() == 10
     assert period_counter(customer, transfer).used == 30
     assert Grant.objects.count() == 0
+
+
+def test_a_batch_and_a_consume_deadlocked_on_one_event_id_both_complete(monkeypatch):
+    """The batch has inserted the event and waits for the counters that the consume holds,
+    while the consume waits on the batch's insert: PostgreSQL aborts one, which runs again and
+    finds the other's event recorded."""
+    customer, transfer = customer_with("1000")
+    inserted, lock_counters = threading.Event(), engine._lock_counters
+
+    def lock_after_the_consume(keys, **kwargs):
+        if threading.current_thread().name == "batch":
+            inserted.set()
+            threading.Event().wait(0.5)  # the consume locks its counters, then waits on us
+        return lock_counters(keys, **kwargs)
+
+    monkeypatch.setattr(engine, "_lock_counters", lock_after_the_consume)
+    outcomes, errors = {}, []
+
+    def batch():
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SET deadlock_timeout = '100ms'")
+            outcomes["batch"] = engine.usage_record_batch(
+                [{"event_id": "both", "customer": customer.external_id,
+                  "feature": transfer.key, "quantity": "3", "timestamp": AT.isoformat()}]
+            )  # fmt: skip
+        except BaseException as error:  # noqa: BLE001 (reported below)
+            errors.append(error)
+        finally:
+            connection.close()
+
+    def consume():
+        try:
+            inserted.wait(10)
+            outcomes["consume"] = engine.entitlement_consume(
+                customer, transfer.key, Decimal("3"), "both", timestamp=AT
+            )
+        except BaseException as error:  # noqa: BLE001 (reported below)
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=batch, name="batch"), threading.Thread(target=consume)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert not errors, errors
+    assert outcomes["consume"].allowed
+    batch_result = outcomes["batch"]
+    assert (batch_result.accepted, batch_result.duplicates) in ((1, 0), (0, 1))
+    assert outcomes["consume"].replayed == (batch_result.accepted == 1)
+    assert UsageEvent.objects.filter(customer=customer).count() == 1
+    assert period_counter(customer, transfer).used == 3
