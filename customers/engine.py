@@ -1352,12 +1352,12 @@ def usage_record_batch(events: list[dict]) -> BatchResult:
     if not parsed:
         return result
     with snapshots.write_guard(i["customer"].pk for i in parsed):
-        result.accepted = _retrying_deadlocks(lambda: _record_batch(parsed))
+        result.accepted = _retrying_deadlocks(lambda: _record_batch_once(parsed))
     result.duplicates += len(parsed) - result.accepted
     return result
 
 
-def _record_batch(parsed: list[dict]) -> int:
+def _record_batch(parsed: list[dict], *, adding: bool = True) -> int:
     """One transaction: the ledger insert first, then the counters and grants of the events it
     recorded, locked like a consume's (counters, then grants). Answers how many it recorded.
 
@@ -1365,9 +1365,15 @@ def _record_batch(parsed: list[dict]) -> int:
     time the counters stay locked, and a duplicate then needs no lock at all. Two batches
     insert in (customer, event_id) order and wait for each other only on an event_id they
     share; a batch and a consume reusing one event_id at the same instant may deadlock, and
-    the victim is run again (`_retrying_deadlocks`), finding the other's event recorded."""
+    the victim is run again (`_retrying_deadlocks`), finding the other's event recorded.
+
+    On PostgreSQL (`adding`), the sums without grants are added to their counters by the very
+    statement that locks the counters: the arithmetic that follows then only checks them for
+    thresholds, and writes back the other counters. Should a grant have come into being
+    meanwhile for one of them, the transaction is run again without adding."""
+    pg = connection.vendor == "postgresql"
     with transaction.atomic():
-        if connection.vendor == "postgresql":
+        if pg:
             with connection.cursor() as cursor:
                 cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         inserted = _insert_events_returning(parsed)
@@ -1379,21 +1385,142 @@ def _record_batch(parsed: list[dict]) -> int:
         if not fresh:
             return 0
         states = _states_current({i["customer"].pk: i["customer"] for i in fresh}.values())
-        keys: dict[tuple, Window] = {}
-        for i in fresh:
-            i["windows"] = windows = states[i["customer"].pk].windows(i["timestamp"])
-            for kind in WINDOW_KINDS:
-                keys[(i["customer"].pk, i["feature"].pk, kind, windows[kind].start)] = windows[kind]
-        locked = _lock_counters(keys)[0]
+        customer_ids = {i["customer"].pk for i in fresh}
+        feature_ids = {i["feature"].pk for i in fresh}
         stamps = [i["timestamp"] for i in fresh]
-        grants = _lock_grants(
-            {i["customer"].pk for i in fresh},
-            {i["feature"].pk for i in fresh},
-            min(stamps),
-            max(stamps),
-        )
-        _record_reported(fresh, states, locked, grants)
+        since, until = min(stamps), max(stamps)
+        granted = _granted(customer_ids, feature_ids, since, until) if pg and adding else None
+        keys: dict[tuple, Window] = {}
+        adds: dict[tuple, Decimal] = {}
+        wanted: set[tuple] = set()  # the counters the arithmetic reads
+        for i in fresh:
+            customer_id, feature_id = i["customer"].pk, i["feature"].pk
+            state = states[customer_id]
+            i["windows"] = windows = state.windows(i["timestamp"])
+            adding_to = (
+                granted is not None
+                and i["feature"].aggregation == "sum"
+                and (customer_id, feature_id) not in granted
+            )
+            for kind in WINDOW_KINDS:
+                key = (customer_id, feature_id, kind, windows[kind].start)
+                keys[key] = windows[kind]
+                if adding_to:
+                    adds[key] = adds.get(key, ZERO) + i["quantity"]
+                else:
+                    wanted.add(key)
+            if adding_to:
+                i["terms"] = terms = state.terms_at(feature_id, i["timestamp"])
+                kind = _effective_kind(terms or GRANT_ONLY_TERMS)
+                wanted.add((customer_id, feature_id, kind, windows[kind].start))
+        locked = _lock_and_add(keys, adds, wanted) if adds else _lock_counters(keys)[0]
+        grants = _lock_grants(customer_ids, feature_ids, since, until)
+        if adds and any((g.customer_id, g.feature_id) not in granted for g in grants):
+            raise _GrantAppeared
+        _record_reported(fresh, states, locked, grants, adds)
         return len(fresh)
+
+
+def _record_batch_once(parsed: list[dict]) -> int:
+    try:
+        return _record_batch(parsed)
+    except _GrantAppeared:
+        return _record_batch(parsed, adding=False)
+
+
+class _GrantAppeared(Exception):
+    """A grant committed between a batch's look at grants and its locks."""
+
+
+def _granted(customer_ids, feature_ids, since, until) -> set[tuple[int, int]]:
+    """(customer, feature) pairs with a grant that may be in force between `since` and
+    `until`, read without locking (the lock that follows the counters' checks it again)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT DISTINCT customer_id, feature_id FROM customers_grant "
+            "WHERE customer_id = ANY(%s::bigint[]) AND feature_id = ANY(%s::bigint[]) "
+            "AND effective_at <= %s AND (expires_at IS NULL OR expires_at > %s) "
+            "AND (voided_at IS NULL OR voided_at > %s)",
+            [pg_array(customer_ids), pg_array(feature_ids), until, since, since],
+        )
+        return set(cursor.fetchall())
+
+
+# PostgreSQL: locks counters in key order and adds to some of them in the same statement (the
+# keys, what to add and whether to answer the counter as seven arrays; add NULL: nothing). The
+# keys come sorted, and each is looked up and locked in turn (a lateral index lookup): the
+# order of the locks whatever the plan, and no scan of the table however large it grows.
+# Answers the wanted counters as they were before, and a last row with how many it locked and,
+# should some be missing, which.
+_LOCK_AND_ADD = """
+    WITH k AS (
+        SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::varchar[], %s::timestamptz[],
+                             %s::numeric[], %s::boolean[])
+               WITH ORDINALITY AS k(customer_id, feature_id, win, start, add, want, n)
+    ), l AS MATERIALIZED (
+        SELECT c.id, k.n, k.add, k.want, c.used, c.drawn, c.level, c.level_at
+          FROM k CROSS JOIN LATERAL (
+                SELECT * FROM customers_usagecounter c WHERE c.customer_id = k.customer_id
+                   AND c.feature_id = k.feature_id AND c."window" = k.win AND c.start = k.start
+                   FOR UPDATE
+               ) c
+    ), a AS (
+        UPDATE customers_usagecounter c SET used = c.used + l.add
+          FROM l WHERE c.id = l.id AND l.add IS NOT NULL
+    )
+    SELECT id, n, used, drawn, level, level_at, NULL::bigint[] FROM l WHERE want
+    UNION ALL
+    SELECT NULL, count(*), NULL, NULL, NULL, NULL,
+           CASE WHEN count(*) < %s THEN array_agg(n) END FROM l"""
+
+
+def _lock_and_add(keys: dict[tuple, Window], adds: dict[tuple, Decimal], wanted: set) -> dict:
+    """PostgreSQL: `_lock_counters` that also adds `adds` to their counters and answers only
+    the `wanted` ones, creating the missing counters (then locked and added to in a second
+    statement)."""
+    ordered = sorted(keys)
+    locked, missing = _lock_and_add_pg(ordered, adds, wanted)
+    if missing:
+        UsageCounter.objects.bulk_create(
+            [
+                UsageCounter(
+                    customer_id=c, feature_id=f, window=k, start=s, end=keys[(c, f, k, s)].end
+                )
+                for c, f, k, s in missing
+            ],
+            ignore_conflicts=True,
+        )
+        locked.update(_lock_and_add_pg(missing, adds, wanted)[0])
+    return locked
+
+
+def _lock_and_add_pg(ordered: list[tuple], adds: dict, wanted: set) -> tuple[dict, list]:
+    """One `_LOCK_AND_ADD`: the wanted counters by key, and the keys it found no counter for."""
+    columns = [pg_array(column) for column in zip(*ordered, strict=True)]
+    columns.append("{" + ",".join([str(adds.get(key, "NULL")) for key in ordered]) + "}")
+    columns.append("{" + ",".join(["t" if key in wanted else "f" for key in ordered]) + "}")
+    locked = {}
+    with connection.cursor() as cursor:
+        # Nested loops only: the update finds each locked counter by its id, rather than by a
+        # scan of the table, which the planner may prefer while the table is small.
+        cursor.execute(
+            "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; "
+            f"{_LOCK_AND_ADD}; RESET enable_hashjoin; RESET enable_mergejoin",
+            [*columns, len(ordered)],
+        )
+        cursor.nextset()  # past the SETs
+        cursor.nextset()
+        *rows, (_, count, _, _, _, _, found) = cursor.fetchall()
+    for pk, n, used, drawn, level, level_at, _ in rows:
+        customer_id, feature_id, kind, start = key = ordered[n - 1]
+        counter = CounterRow(pk, customer_id, feature_id, kind, start, None, used, drawn, level,
+                             level_at)  # fmt: skip
+        counter.loaded = (used, drawn, level, level_at)
+        locked[key] = counter
+    if count == len(ordered):
+        return locked, []
+    found = set(found or ())
+    return locked, [key for n, key in enumerate(ordered, 1) if n not in found]
 
 
 def _retrying_deadlocks(attempt):
@@ -1550,10 +1677,12 @@ def _record_reported(
     states: dict[int, CustomerState],
     locked: dict[tuple, UsageCounter],
     all_grants: list[Grant],
+    added: dict[tuple, Decimal] | None = None,
 ) -> None:
     """Applies newly recorded events to the locked counters and grants, in ledger order
     (timestamp, then id) per customer and feature, each under the terms in force at its
-    timestamp."""
+    timestamp. `added`: what the locking statement already added to counters (as locked, they
+    read without it), not written again when the arithmetic comes to the same."""
     groups: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for i in ours:
         groups[(i["customer"].pk, i["feature"].pk)].append(i)
@@ -1568,6 +1697,9 @@ def _record_reported(
         # Without grants, a sum's usage draws nothing: it only adds to every counter.
         adds_only = feature.aggregation == "sum" and not keyed
         for i in group:
+            if adds_only and "terms" in i:  # the locking statement added it to its counters
+                _count_added(state, feature, i, locked)
+                continue
             at = i["timestamp"]
             terms = state.terms_at(feature_id, at)
             counters = {
@@ -1592,4 +1724,23 @@ def _record_reported(
             _apply_draw(draw, terms, counters, at)
             after = _compute(feature, terms, counters, grants, i["windows"])
             _after_usage(state, feature, before, after)
+    for key, quantity in (added or {}).items():
+        counter = locked.get(key)  # only the effective counters were read back
+        if counter is not None and counter.used == counter.loaded[0] + quantity:
+            counter.loaded = _counter_values(counter)  # already written
     _save_counters_and_grants(locked.values(), all_grants)
+
+
+def _count_added(state: CustomerState, feature: Feature, i: dict, locked: dict) -> None:
+    """An event of a sum without grants that the locking statement already added to every
+    counter of its windows: its effective counter, the one read back, follows in memory (for
+    the next events' thresholds), and a threshold it crosses is recorded."""
+    terms = i["terms"]
+    kind = _effective_kind(terms or GRANT_ONLY_TERMS)
+    counters = {kind: locked[(i["customer"].pk, feature.pk, kind, i["windows"][kind].start)]}
+    if terms is None or not _may_cross(terms, counters, i["quantity"]):
+        counters[kind].used += i["quantity"]  # no terms: no access, so no thresholds
+        return
+    before = _compute(feature, terms, counters, [], i["windows"])
+    counters[kind].used += i["quantity"]
+    _after_usage(state, feature, before, _compute(feature, terms, counters, [], i["windows"]))

@@ -241,7 +241,10 @@ class Grant(models.Model):
 class UsageEvent(models.Model):
     """The ledger. `event_id` is the client's idempotency key, unique per customer."""
 
-    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="usage_events")
+    # No index of its own: (customer, event_id) and (customer, feature, timestamp) lead with it.
+    customer = models.ForeignKey(
+        Customer, on_delete=models.CASCADE, related_name="usage_events", db_index=False
+    )
     feature = models.ForeignKey(Feature, on_delete=models.PROTECT, related_name="usage_events")
     event_id = models.CharField(max_length=255)
     quantity = models.DecimalField(max_digits=20, decimal_places=4)
@@ -282,7 +285,10 @@ class UsageCounter(models.Model):
     `latest` features); `drawn` what the window's usage took from grants (kept on the window of
     the entitlement in force when the usage was recorded)."""
 
-    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="+")
+    # No index of its own: the unique key and the open-window index lead with it.
+    customer = models.ForeignKey(
+        Customer, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
     feature = models.ForeignKey(Feature, on_delete=models.CASCADE, related_name="+")
     window = models.CharField(max_length=16, choices=Reset.choices)
     start = models.DateTimeField()

@@ -1,0 +1,130 @@
+"""The batch's adding path on PostgreSQL: sums without grants are added to their counters by the
+statement that locks them, the rest by the engine's arithmetic. Both must come to what the
+ledger says, with the same thresholds recorded and the same burn-down of grants."""
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+
+from customers import engine
+from customers.models import Grant, Notification, UsageCounter, UsageEvent
+from customers.tests.factories import (
+    CustomerFactory,
+    FeatureFactory,
+    GrantFactory,
+    PlanEntitlementFactory,
+    PlanFactory,
+    SubscriptionFactory,
+)
+
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.skipif(connection.vendor != "postgresql", reason="the adding path is PostgreSQL's"),
+]
+
+START = datetime(2025, 1, 31, 10, tzinfo=UTC)
+AT = datetime(2025, 2, 10, tzinfo=UTC)
+
+
+@pytest.fixture
+def transfer():
+    plan = PlanFactory()
+    feature = FeatureFactory(metered=True, key="transfer")
+    PlanEntitlementFactory(plan=plan, feature=feature, limit=Decimal("100"))
+    return plan, feature
+
+
+def subscribed(plan):
+    customer = CustomerFactory()
+    SubscriptionFactory(customer=customer, plan=plan, started_at=START)
+    return customer
+
+
+def event(customer, quantity, event_id, minutes=0):
+    return {
+        "event_id": event_id,
+        "customer": customer.external_id,
+        "feature": "transfer",
+        "quantity": str(quantity),
+        "timestamp": (AT + timedelta(minutes=minutes)).isoformat(),
+    }
+
+
+def used(customer, feature) -> dict[str, Decimal]:
+    return {
+        c.window: c.used
+        for c in UsageCounter.objects.filter(customer=customer, feature=feature, start__lte=AT)
+    }
+
+
+def test_events_added_by_the_locking_statement_count_in_every_window(transfer):
+    plan, feature = transfer
+    customers = [subscribed(plan) for _ in range(3)]
+
+    first = engine.usage_record_batch([event(c, 7, f"a-{c.pk}") for c in customers])
+    again = engine.usage_record_batch(
+        [event(c, 5, f"b-{c.pk}", minutes=1) for c in customers] + [event(customers[0], 7, "x")]
+    )
+
+    assert (first.accepted, again.accepted) == (3, 4)
+    assert used(customers[0], feature) == dict.fromkeys(engine.WINDOW_KINDS, Decimal("19"))
+    assert used(customers[2], feature) == dict.fromkeys(engine.WINDOW_KINDS, Decimal("12"))
+    assert engine.entitlement_check(customers[0], "transfer", AT).balance == Decimal("81")
+
+
+def test_each_threshold_crossed_within_one_batch_is_recorded(transfer):
+    plan, _ = transfer
+    customer = subscribed(plan)
+
+    # 50, then 85 (80% crossed), then 100 (100% crossed), then 120: in one batch
+    result = engine.usage_record_batch(
+        [event(customer, q, f"t-{n}", minutes=n) for n, q in enumerate([50, 35, 15, 20])]
+    )
+
+    assert result.accepted == 4
+    assert sorted(Notification.objects.values_list("threshold", flat=True)) == [80, 100]
+    assert engine.entitlement_check(customer, "transfer", AT + timedelta(hours=1)).overage == 20
+
+
+def test_a_batch_adds_for_some_customers_and_burns_grants_down_for_others(transfer):
+    plan, feature = transfer
+    plain, topped_up = subscribed(plan), subscribed(plan)
+    grant = GrantFactory(
+        customer=topped_up, feature=feature, quantity=Decimal("30"), effective_at=START
+    )
+
+    engine.usage_record_batch([event(plain, 90, "p1"), event(topped_up, 90, "g1")])
+    engine.usage_record_batch([event(plain, 20, "p2", 1), event(topped_up, 20, "g2", 1)])
+
+    grant.refresh_from_db()
+    assert grant.consumed == Decimal("10")  # 110 used: 100 of allowance, then 10 of the grant
+    counter = UsageCounter.objects.get(customer=topped_up, window="billing_period")
+    assert (counter.used, counter.drawn) == (Decimal("110"), Decimal("10"))
+    assert used(plain, feature)["billing_period"] == Decimal("110")
+    assert UsageCounter.objects.get(customer=plain, window="billing_period").drawn == 0
+
+
+def test_a_grant_that_appears_after_the_look_makes_the_batch_run_again(transfer, monkeypatch):
+    plan, feature = transfer
+    customer = subscribed(plan)
+    engine.usage_record_batch([event(customer, 95, "before")])
+    grant = GrantFactory(
+        customer=customer, feature=feature, quantity=Decimal("20"), effective_at=START
+    )
+    looks = []
+
+    def blind(*args):  # as if the grant had committed just after the batch looked
+        looks.append(args)
+        return set()
+
+    monkeypatch.setattr(engine, "_granted", blind)
+    result = engine.usage_record_batch([event(customer, 15, "after", 1)])
+
+    assert result.accepted == 1 and len(looks) == 1  # the second run does not add
+    grant.refresh_from_db()
+    assert grant.consumed == Decimal("10")
+    assert UsageEvent.objects.filter(customer=customer).count() == 2
+    assert used(customer, feature) == dict.fromkeys(engine.WINDOW_KINDS, Decimal("110"))
+    assert Grant.objects.get(pk=grant.pk).consumed == Decimal("10")
