@@ -1374,8 +1374,9 @@ def _record_batch(parsed: list[dict], *, adding: bool = True) -> int:
     thresholds, and writes back the other counters. Should a grant have come into being
     meanwhile for one of them, the transaction is run again without adding."""
     pg = connection.vendor == "postgresql"
+    outermost = not connection.in_atomic_block  # else the caller's checks stay as they are
     with transaction.atomic():
-        if pg:
+        if pg and outermost:
             with connection.cursor() as cursor:
                 cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         inserted = _insert_events_returning(parsed)
