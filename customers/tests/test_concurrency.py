@@ -195,15 +195,15 @@ def test_a_batch_and_a_consume_deadlocked_on_one_event_id_both_complete(monkeypa
     while the consume waits on the batch's insert: PostgreSQL aborts one, which runs again and
     finds the other's event recorded."""
     customer, transfer = customer_with("1000")
-    inserted, lock_counters = threading.Event(), engine._lock_counters
+    inserted, take_turns = threading.Event(), engine._take_turns
 
-    def lock_after_the_consume(keys, **kwargs):
+    def lock_after_the_consume(customer_ids):  # what the batch does before locking counters
         if threading.current_thread().name == "batch":
             inserted.set()
             threading.Event().wait(0.5)  # the consume locks its counters, then waits on us
-        return lock_counters(keys, **kwargs)
+        return take_turns(customer_ids)
 
-    monkeypatch.setattr(engine, "_lock_counters", lock_after_the_consume)
+    monkeypatch.setattr(engine, "_take_turns", lock_after_the_consume)
     outcomes, errors = {}, []
 
     def batch():
@@ -221,7 +221,7 @@ def test_a_batch_and_a_consume_deadlocked_on_one_event_id_both_complete(monkeypa
 
     def consume():
         try:
-            inserted.wait(10)
+            assert inserted.wait(10), "the batch never reached its counters"
             outcomes["consume"] = engine.entitlement_consume(
                 customer, transfer.key, Decimal("3"), "both", timestamp=AT
             )
@@ -242,4 +242,34 @@ def test_a_batch_and_a_consume_deadlocked_on_one_event_id_both_complete(monkeypa
     assert (batch_result.accepted, batch_result.duplicates) in ((1, 0), (0, 1))
     assert outcomes["consume"].replayed == (batch_result.accepted == 1)
     assert UsageEvent.objects.filter(customer=customer).count() == 1
+    assert period_counter(customer, transfer).used == 3
+
+
+def test_a_batch_waits_its_turn_before_locking_counters():
+    """Batches take turns per bucket of customers (an advisory lock) before their locking
+    statement, so that it starts after the other batch's commit."""
+    customer, transfer = customer_with("1000")
+    bucket = customer.pk % engine.BATCH_TURNS
+    done = threading.Event()
+
+    def batch():
+        try:
+            engine.usage_record_batch(
+                [{"event_id": "turn", "customer": customer.external_id,
+                  "feature": transfer.key, "quantity": "3", "timestamp": AT.isoformat()}]
+            )  # fmt: skip
+            done.set()
+        finally:
+            connection.close()
+
+    with connection.cursor() as cursor:
+        cursor.execute("BEGIN")
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [engine._TURNS_CLASS, bucket])
+        thread = threading.Thread(target=batch)
+        thread.start()
+        assert not done.wait(0.5)  # its events are in, its counters wait for the turn
+        cursor.execute("COMMIT")
+    thread.join(timeout=30)
+
+    assert done.is_set()
     assert period_counter(customer, transfer).used == 3
