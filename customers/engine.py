@@ -721,9 +721,9 @@ def _parse_quantity(value, *, allow_zero: bool) -> Decimal:
     return quantity
 
 
-def _parse_timestamp(value) -> dt.datetime:
+def _parse_timestamp(value, now: dt.datetime | None = None) -> dt.datetime:
     if value is None or value == "":
-        return timezone.now()
+        return now or timezone.now()
     if isinstance(value, dt.datetime):
         stamp = value
     else:
@@ -843,6 +843,14 @@ def pg_array(values) -> str:
     if any(v is None for v in values):
         return "{" + ",".join(["NULL" if v is None else str(v) for v in values]) + "}"
     return "{" + ",".join(map(str, values)) + "}"
+
+
+def pg_text_array(values) -> str:
+    """A PostgreSQL array literal of any text (clients' event ids and external ids): every
+    element double-quoted, its backslashes and double quotes escaped, so that commas, braces,
+    spaces and the word NULL stay text. Sent as a parameter like the others."""
+    quoted = ['"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]
+    return "{" + ",".join(quoted) + "}"
 
 
 def _db_param_time(value: dt.datetime):
@@ -1334,9 +1342,10 @@ def usage_record_batch(events: list[dict]) -> BatchResult:
     catalog_version = next((c.catalog_version for c in customers.values()), None)
     features = _features(catalog_version)[0]
     seen: set[tuple[int, str]] = set()
+    now = timezone.now()  # the time of events sent without one
     for index, raw in enumerate(events):
         try:
-            item = _parse_batch_event(raw, customers, features)
+            item = _parse_batch_event(raw, customers, features, now)
         except (InvalidInput, NotFound) as error:
             result.rejected.append(
                 {
@@ -1579,7 +1588,7 @@ def _batch_customers(external_ids: set[str]) -> dict[str, CustomerKey]:
                 "SELECT c.id, c.external_id, c.state_version, "
                 f"(SELECT version FROM {CatalogVersion._meta.db_table} WHERE id = 1) "
                 f"FROM {Customer._meta.db_table} c WHERE c.external_id = ANY(%s::text[])",
-                [list(external_ids)],
+                [pg_text_array(external_ids)],
             )
             rows = cursor.fetchall()
     else:
@@ -1613,7 +1622,7 @@ def _states_current(customers: Iterable[CustomerKey]) -> dict[int, CustomerState
     return states
 
 
-def _parse_batch_event(raw, customers, features) -> dict:
+def _parse_batch_event(raw, customers, features, now: dt.datetime) -> dict:
     if not isinstance(raw, dict):
         raise InvalidInput("Each event is an object.", code="invalid_event")
     customer = customers.get(str(raw.get("customer")))
@@ -1632,7 +1641,7 @@ def _parse_batch_event(raw, customers, features) -> dict:
         "feature": feature,
         "event_id": _clean_event_id(raw.get("event_id")),
         "quantity": _parse_quantity(raw.get("quantity"), allow_zero=True),
-        "timestamp": _parse_timestamp(raw.get("timestamp")),
+        "timestamp": _parse_timestamp(raw.get("timestamp"), now),
         "properties": properties,
     }
 
@@ -1661,10 +1670,10 @@ def _insert_events_returning(items: list[dict]) -> dict[tuple[int, str], int]:
                 [
                     pg_array(i["customer"].pk for i in items),
                     pg_array(i["feature"].pk for i in items),
-                    [i["event_id"] for i in items],  # the client's text: psycopg quotes it
+                    pg_text_array(i["event_id"] for i in items),
                     pg_array(i["quantity"] for i in items),
                     pg_array(i["timestamp"] for i in items),
-                    [orjson.dumps(i["properties"]).decode() for i in items],
+                    pg_text_array(orjson.dumps(i["properties"]).decode() for i in items),
                     pg_array([now] * len(items)),
                 ],
             )

@@ -128,3 +128,16 @@ def test_a_grant_that_appears_after_the_look_makes_the_batch_run_again(transfer,
     assert UsageEvent.objects.filter(customer=customer).count() == 2
     assert used(customer, feature) == dict.fromkeys(engine.WINDOW_KINDS, Decimal("110"))
     assert Grant.objects.get(pk=grant.pk).consumed == Decimal("10")
+
+
+def test_any_text_in_event_ids_is_recorded_exactly_and_replays_as_a_duplicate(transfer):
+    plan, _ = transfer
+    customer = subscribed(plan)
+    ids = ['a"b', "c\\d", "e,f", "{g}", " h ", "NULL", "ünï", 'x\\"y', "\\"]
+
+    first = engine.usage_record_batch([event(customer, 1, i, n) for n, i in enumerate(ids)])
+    again = engine.usage_record_batch([event(customer, 1, i, n) for n, i in enumerate(ids)])
+
+    assert (first.accepted, again.accepted, again.duplicates) == (len(ids), 0, len(ids))
+    recorded = set(UsageEvent.objects.filter(customer=customer).values_list("event_id", flat=True))
+    assert recorded == set(ids)
