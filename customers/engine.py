@@ -1425,7 +1425,7 @@ def _record_batch(parsed: list[dict], *, adding: bool = True) -> int:
                 i["terms"] = terms = state.terms_at(feature_id, i["timestamp"])
                 kind = _effective_kind(terms or GRANT_ONLY_TERMS)
                 wanted.add((customer_id, feature_id, kind, windows[kind].start))
-        if pg:
+        if pg and _turns():
             _take_turns(customer_ids)
         locked = _lock_and_add(keys, adds, wanted) if adds else _lock_counters(keys)[0]
         grants = _lock_grants(customer_ids, feature_ids, since, until)
@@ -1435,8 +1435,12 @@ def _record_batch(parsed: list[dict], *, adding: bool = True) -> int:
         return len(fresh)
 
 
-BATCH_TURNS = 64  # customer buckets that batches take turns on
 _TURNS_CLASS = 0x75736167  # the advisory locks' first key: "usag"
+
+
+def _turns() -> int:
+    """The buckets of customers that batches take turns on (`USAGE_BATCH_TURNS`, 0: none)."""
+    return getattr(settings, "USAGE_BATCH_TURNS", 64)
 
 
 def _take_turns(customer_ids: set[int]) -> None:
@@ -1446,8 +1450,9 @@ def _take_turns(customer_ids: set[int]) -> None:
     re-read each of its thousands of counters as changed after its snapshot (PostgreSQL's
     re-check of updated rows), doubling PostgreSQL's work; waiting before the locking
     statement instead makes it start after the other's commit. Consumes, one counter row at a
-    time, do not take turns."""
-    buckets = sorted({pk % BATCH_TURNS for pk in customer_ids})
+    time, do not take turns. The price: two large batches whose customers differ but share
+    buckets (a thousand customers cover all 64) also take turns."""
+    buckets = sorted({pk % _turns() for pk in customer_ids})
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_advisory_xact_lock(%s, b) FROM unnest(%s::int[]) AS b",

@@ -106,6 +106,8 @@ HOT_REDIS_URL = env.str(
 # synchronous_commit off for that transaction): faster, and a database crash may forget the
 # last moment's consumes (never half of one). See docs/performance.md.
 USAGE_SYNCHRONOUS_COMMIT = env.bool("USAGE_SYNCHRONOUS_COMMIT", default=True)
+# Usage batches take turns per bucket of customers before locking counters (0: they do not).
+USAGE_BATCH_TURNS = env.int("USAGE_BATCH_TURNS", default=64)
 # Checks answered from usage snapshots mirrored in that Redis (customers/snapshots.py).
 USAGE_SNAPSHOTS = env.bool("USAGE_SNAPSHOTS", default=True)
 

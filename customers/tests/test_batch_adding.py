@@ -141,3 +141,13 @@ def test_any_text_in_event_ids_is_recorded_exactly_and_replays_as_a_duplicate(tr
     assert (first.accepted, again.accepted, again.duplicates) == (len(ids), 0, len(ids))
     recorded = set(UsageEvent.objects.filter(customer=customer).values_list("event_id", flat=True))
     assert recorded == set(ids)
+
+
+def test_batches_take_no_turns_when_turned_off(transfer, settings, monkeypatch):
+    plan, feature = transfer
+    customer = subscribed(plan)
+    settings.USAGE_BATCH_TURNS = 0
+    monkeypatch.setattr(engine, "_take_turns", lambda ids: pytest.fail("took a turn"))
+
+    assert engine.usage_record_batch([event(customer, 4, "off")]).accepted == 1
+    assert used(customer, feature)["billing_period"] == Decimal("4")

@@ -249,7 +249,7 @@ def test_a_batch_waits_its_turn_before_locking_counters():
     """Batches take turns per bucket of customers (an advisory lock) before their locking
     statement, so that it starts after the other batch's commit."""
     customer, transfer = customer_with("1000")
-    bucket = customer.pk % engine.BATCH_TURNS
+    bucket = customer.pk % engine._turns()
     done = threading.Event()
 
     def batch():
