@@ -751,15 +751,7 @@ def _lock_counters(
     locked, version = _select_counters_for_update(ordered, version_of)
     missing = [key for key in ordered if key not in locked]
     if missing:
-        UsageCounter.objects.bulk_create(
-            [
-                UsageCounter(
-                    customer_id=c, feature_id=f, window=k, start=s, end=keys[(c, f, k, s)].end
-                )
-                for c, f, k, s in missing
-            ],
-            ignore_conflicts=True,
-        )
+        _create_counters(missing, keys)
         locked, version = _select_counters_for_update(ordered, version_of)
     return locked, version
 
@@ -1513,6 +1505,17 @@ _LOCK_AND_ADD = """
            CASE WHEN count(*) < %s THEN array_agg(n) END FROM l"""
 
 
+def _create_counters(missing: list[tuple], keys: dict[tuple, Window]) -> None:
+    """Creates the counters of `missing` keys at zero, skipping any created meanwhile."""
+    UsageCounter.objects.bulk_create(
+        [
+            UsageCounter(customer_id=c, feature_id=f, window=k, start=s, end=keys[(c, f, k, s)].end)
+            for c, f, k, s in missing
+        ],
+        ignore_conflicts=True,
+    )
+
+
 def _lock_and_add(keys: dict[tuple, Window], adds: dict[tuple, Decimal], wanted: set) -> dict:
     """PostgreSQL: `_lock_counters` that also adds `adds` to their counters and answers only
     the `wanted` ones, creating the missing counters (then locked and added to in a second
@@ -1520,15 +1523,7 @@ def _lock_and_add(keys: dict[tuple, Window], adds: dict[tuple, Decimal], wanted:
     ordered = sorted(keys)
     locked, missing = _lock_and_add_pg(ordered, adds, wanted)
     if missing:
-        UsageCounter.objects.bulk_create(
-            [
-                UsageCounter(
-                    customer_id=c, feature_id=f, window=k, start=s, end=keys[(c, f, k, s)].end
-                )
-                for c, f, k, s in missing
-            ],
-            ignore_conflicts=True,
-        )
+        _create_counters(missing, keys)
         locked.update(_lock_and_add_pg(missing, adds, wanted)[0])
     return locked
 
