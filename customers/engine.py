@@ -1716,7 +1716,7 @@ def _record_reported(
     """Applies newly recorded events to the locked counters and grants, in ledger order
     (timestamp, then id) per customer and feature, each under the terms in force at its
     timestamp. `added`: what the locking statement already added to counters (as locked, they
-    read without it), not written again when the arithmetic comes to the same."""
+    read without it): those are not written again."""
     groups: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for i in ours:
         groups[(i["customer"].pk, i["feature"].pk)].append(i)
@@ -1759,22 +1759,28 @@ def _record_reported(
             after = _compute(feature, terms, counters, grants, i["windows"])
             _after_usage(state, feature, before, after)
     for key, quantity in (added or {}).items():
-        counter = locked.get(key)  # only the effective counters were read back
-        if counter is not None and counter.used == counter.loaded[0] + quantity:
-            counter.loaded = _counter_values(counter)  # already written
+        counter = locked.get(key)  # only the counters some event's arithmetic needs
+        if counter is not None:  # the statement wrote it: nothing to write back
+            counter.used = counter.loaded[0] + quantity
+            counter.loaded = _counter_values(counter)
     _save_counters_and_grants(locked.values(), all_grants)
 
 
 def _count_added(state: CustomerState, feature: Feature, i: dict, locked: dict) -> None:
     """An event of a sum without grants that the locking statement already added to every
-    counter of its windows: its effective counter, the one read back, follows in memory (for
-    the next events' thresholds), and a threshold it crosses is recorded."""
-    terms = i["terms"]
-    kind = _effective_kind(terms or GRANT_ONLY_TERMS)
-    counters = {kind: locked[(i["customer"].pk, feature.pk, kind, i["windows"][kind].start)]}
-    if terms is None or not _may_cross(terms, counters, i["quantity"]):
-        counters[kind].used += i["quantity"]  # no terms: no access, so no thresholds
-        return
-    before = _compute(feature, terms, counters, [], i["windows"])
-    counters[kind].used += i["quantity"]
-    _after_usage(state, feature, before, _compute(feature, terms, counters, [], i["windows"]))
+    counter of its windows: the counters read back follow in memory, for the next events'
+    thresholds (an event's effective kind may differ from its neighbours', when an override
+    starts or ends between them), and a threshold it crosses is recorded."""
+    terms, windows, quantity = i["terms"], i["windows"], i["quantity"]
+    counters = {}
+    for kind in WINDOW_KINDS:
+        counter = locked.get((i["customer"].pk, feature.pk, kind, windows[kind].start))
+        if counter is not None:  # read back: the event's effective counter at least
+            counters[kind] = counter
+    # No terms: no access, so no thresholds.
+    crossing = terms is not None and _may_cross(terms, counters, quantity)
+    before = _compute(feature, terms, counters, [], windows) if crossing else None
+    for counter in counters.values():
+        counter.used += quantity
+    if crossing:
+        _after_usage(state, feature, before, _compute(feature, terms, counters, [], windows))

@@ -12,4 +12,5 @@ application = get_wsgi_application()
 # collections that a batch's allocations set off would otherwise walk all of them each time
 # (40 ms pauses every few batches).
 get_resolver().url_patterns  # noqa: B018
+gc.collect()  # what the imports left behind is freed first, not kept for good
 gc.freeze()

@@ -12,6 +12,7 @@ from customers import engine
 from customers.models import Grant, Notification, UsageCounter, UsageEvent
 from customers.tests.factories import (
     CustomerFactory,
+    EntitlementOverrideFactory,
     FeatureFactory,
     GrantFactory,
     PlanEntitlementFactory,
@@ -151,3 +152,26 @@ def test_batches_take_no_turns_when_turned_off(transfer, settings, monkeypatch):
 
     assert engine.usage_record_batch([event(customer, 4, "off")]).accepted == 1
     assert used(customer, feature)["billing_period"] == Decimal("4")
+
+
+def test_events_whose_window_kind_changes_within_a_batch_count_in_every_window(transfer):
+    """An override resetting daily starts between two events of one batch: the first counts
+    per billing period, the second per day, and every counter still gets both."""
+    plan, feature = transfer
+    customer = subscribed(plan)
+    EntitlementOverrideFactory(
+        customer=customer,
+        feature=feature,
+        reset="day",
+        limit=Decimal("15"),
+        starts_at=AT + timedelta(minutes=30),
+    )
+
+    result = engine.usage_record_batch([event(customer, 7, "e1", 0), event(customer, 5, "e2", 60)])
+
+    assert result.accepted == 2
+    assert used(customer, feature) == dict.fromkeys(engine.WINDOW_KINDS, Decimal("12"))
+    # 12 of the override's 15 a day: the second event crossed 80% of the day's allowance
+    assert list(Notification.objects.values_list("threshold", flat=True)) == [80]
+    check = engine.entitlement_check(customer, "transfer", AT + timedelta(minutes=90))
+    assert (check.usage, check.balance) == (Decimal("12"), Decimal("3"))
