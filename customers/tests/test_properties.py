@@ -1,6 +1,7 @@
 """The engine's invariants over generated sequences of operations (hypothesis): consume q,
-report a batch, grant units, replay an earlier event; time moves forward between them, across
-billing periods and grant expiries.
+report a batch (its events a little apart), grant units, start an override with any reset kind,
+replay an earlier event; time moves forward between them, across billing periods, grant expiries
+and overrides that start between the events of a batch.
 
 After every operation, under a hard limit:
 - a consume is allowed exactly when the balance covers it, and an allowed consume adds no
@@ -10,7 +11,8 @@ After every operation, under a hard limit:
   what the periods drew;
 - burn-down order: a grant is drawn only once every grant in force expiring before it is used
   up;
-- a replayed event_id changes nothing.
+- a replayed event_id changes nothing;
+- at the end, every counter is what its window's events add up to (the rebuild finds no drift).
 """
 
 import itertools
@@ -27,17 +29,20 @@ from customers import engine
 from customers.models import Grant, UsageCounter, UsageEvent
 from customers.tests.factories import (
     CustomerFactory,
+    EntitlementOverrideFactory,
     FeatureFactory,
     GrantFactory,
     PlanEntitlementFactory,
     PlanFactory,
     SubscriptionFactory,
 )
+from customers.usage import usage_counters_rebuild
 
 START = datetime(2025, 1, 31, 10, tzinfo=UTC)
 D = Decimal
 
-hours = st.integers(min_value=0, max_value=96)
+# Often no time between operations: a batch then meets the override just created.
+hours = st.just(0) | st.integers(min_value=0, max_value=96)
 operations = st.lists(
     st.one_of(
         st.tuples(st.just("consume"), hours, st.integers(min_value=1, max_value=8)),
@@ -55,6 +60,15 @@ operations = st.lists(
             ),
         ),
         st.tuples(st.just("replay"), hours, st.integers(min_value=0, max_value=100)),
+        st.tuples(
+            st.just("override"),
+            hours,
+            st.tuples(
+                st.sampled_from(list(Reset)),
+                st.integers(min_value=0, max_value=15),
+                st.integers(min_value=0, max_value=60),  # minutes from now until it starts
+            ),
+        ),
     ),
     min_size=1,
     max_size=12,
@@ -85,7 +99,7 @@ def expires_sooner(a: Grant, b: Grant) -> bool:
 
 @pytest.mark.django_db
 @settings(
-    max_examples=30,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -131,9 +145,9 @@ def test_engine_invariants_hold_for_any_sequence_of_operations(limit, steps):
                     "customer": customer.external_id,
                     "feature": feature.key,
                     "quantity": str(q),
-                    "timestamp": at.isoformat(),
+                    "timestamp": (at + timedelta(minutes=25 * n)).isoformat(),
                 }
-                for q in argument
+                for n, q in enumerate(argument)
             ]
             result = engine.usage_record_batch(batch)
             assert (result.accepted, result.duplicates, result.rejected) == (len(batch), 0, [])
@@ -147,6 +161,16 @@ def test_engine_invariants_hold_for_any_sequence_of_operations(limit, steps):
                 quantity=D(quantity),
                 effective_at=at,
                 expires_at=None if days is None else at + timedelta(days=days),
+            )
+
+        elif kind == "override":
+            reset, override_limit, minutes = argument
+            EntitlementOverrideFactory(
+                customer=customer,
+                feature=feature,
+                reset=reset,
+                limit=D(override_limit),
+                starts_at=at + timedelta(minutes=minutes),
             )
 
         elif kind == "replay" and recorded:
@@ -175,9 +199,10 @@ def test_engine_invariants_hold_for_any_sequence_of_operations(limit, steps):
         # The balance is never negative.
         assert now.balance >= 0
         # Usage is the sum of the accepted events of the period, and all of them ever.
-        in_period = UsageEvent.objects.filter(
-            customer=customer, timestamp__gte=now.period_start, timestamp__lt=now.period_end
-        ).aggregate(total=Sum("quantity"))["total"] or D(0)
+        events = UsageEvent.objects.filter(customer=customer, timestamp__gte=now.period_start)
+        if now.period_end is not None:  # `never` has no end
+            events = events.filter(timestamp__lt=now.period_end)
+        in_period = events.aggregate(total=Sum("quantity"))["total"] or D(0)
         assert now.usage == in_period
         assert UsageEvent.objects.filter(customer=customer).count() == len(recorded)
         assert sum(q for _, _, q in recorded) == sum(
@@ -186,11 +211,12 @@ def test_engine_invariants_hold_for_any_sequence_of_operations(limit, steps):
             ).values_list("used", flat=True),
             D(0),
         )
-        # What grants gave up is what the periods drew from them.
+        # What grants gave up is what the periods drew from them (each draw is kept on the
+        # counter of the kind in force: an override may reset by day, week, month or never).
         grants = list(Grant.objects.filter(customer=customer))
-        drawn = UsageCounter.objects.filter(
-            customer=customer, feature=feature, window=Reset.BILLING_PERIOD
-        ).aggregate(total=Sum("drawn"))["total"] or D(0)
+        drawn = UsageCounter.objects.filter(customer=customer, feature=feature).aggregate(
+            total=Sum("drawn")
+        )["total"] or D(0)
         assert sum((g.consumed for g in grants), D(0)) == drawn
         # Burn-down order: a grant drawn now had no sooner-expiring grant in force with units left.
         for grant in grants:
@@ -202,3 +228,7 @@ def test_engine_invariants_hold_for_any_sequence_of_operations(limit, steps):
                         and expires_sooner(other, grant)
                     ):
                         assert other.remaining == 0, (other, grant)
+
+    # Every counter is what its window's events add up to.
+    report = usage_counters_rebuild(dry_run=True, customers=[customer])
+    assert report.drifts == [], [str(drift) for drift in report.drifts]
