@@ -988,6 +988,19 @@ GRANT_ROW = ("pk", "customer_id", "feature_id", "effective_at", "expires_at", "q
              "consumed", "voided_at")  # fmt: skip
 
 
+# PostgreSQL: the grants of these customers and features that may be in force between two
+# moments (`_grants_query`'s filter), for the batch's look at grants and its lock alike.
+_GRANTS_BETWEEN = (
+    "WHERE customer_id = ANY(%s::bigint[]) AND feature_id = ANY(%s::bigint[]) "
+    "AND effective_at <= %s AND (expires_at IS NULL OR expires_at > %s) "
+    "AND (voided_at IS NULL OR voided_at > %s)"
+)
+
+
+def _grants_between(customer_ids, feature_ids, since: dt.datetime, until: dt.datetime) -> list:
+    return [pg_array(customer_ids), pg_array(feature_ids), until, since, since]
+
+
 def _lock_grants(customer_ids, feature_ids, since: dt.datetime, until: dt.datetime) -> list:
     """Locks, in id order, the grants of these customers and features that may be in force
     between `since` and `until`, read as light rows that remember what they were locked at."""
@@ -996,11 +1009,9 @@ def _lock_grants(customer_ids, feature_ids, since: dt.datetime, until: dt.dateti
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT id, customer_id, feature_id, effective_at, expires_at, quantity, "
-                "consumed, voided_at FROM customers_grant "
-                "WHERE customer_id = ANY(%s::bigint[]) AND feature_id = ANY(%s::bigint[]) "
-                "AND effective_at <= %s AND (expires_at IS NULL OR expires_at > %s) "
-                "AND (voided_at IS NULL OR voided_at > %s) ORDER BY id FOR UPDATE",
-                [pg_array(customer_ids), pg_array(feature_ids), until, since, since],
+                f"consumed, voided_at FROM customers_grant {_GRANTS_BETWEEN} "
+                "ORDER BY id FOR UPDATE",
+                _grants_between(customer_ids, feature_ids, since, until),
             )
             rows = cursor.fetchall()
     else:
@@ -1468,11 +1479,8 @@ def _granted(customer_ids, feature_ids, since, until) -> set[tuple[int, int]]:
     `until`, read without locking (the lock that follows the counters' checks it again)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT DISTINCT customer_id, feature_id FROM customers_grant "
-            "WHERE customer_id = ANY(%s::bigint[]) AND feature_id = ANY(%s::bigint[]) "
-            "AND effective_at <= %s AND (expires_at IS NULL OR expires_at > %s) "
-            "AND (voided_at IS NULL OR voided_at > %s)",
-            [pg_array(customer_ids), pg_array(feature_ids), until, since, since],
+            f"SELECT DISTINCT customer_id, feature_id FROM customers_grant {_GRANTS_BETWEEN}",
+            _grants_between(customer_ids, feature_ids, since, until),
         )
         return set(cursor.fetchall())
 
