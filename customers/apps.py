@@ -27,6 +27,19 @@ class CustomersConfig(AppConfig):
             post_save.connect(customer_state_changed, sender=model, dispatch_uid=uid + ".saved")
             post_delete.connect(customer_state_changed, sender=model, dispatch_uid=uid + ".del")
 
+        # Usage counters are kept for the window kinds in use: a kind comes into use before
+        # whatever uses it is saved, in the same transaction (usage.counted_windows_ensure).
+        from django.db.models.signals import pre_save
+
+        from catalog.models import Feature
+
+        for model in (PlanEntitlement, EntitlementOverride):
+            uid = f"customers.counted.{model._meta.label}"
+            pre_save.connect(entitlement_counting, sender=model, dispatch_uid=uid)
+        uid = "customers.counted.feature"
+        pre_save.connect(feature_counting, sender=Feature, dispatch_uid=uid + ".before")
+        post_save.connect(feature_created_counting, sender=Feature, dispatch_uid=uid + ".after")
+
         # The usage snapshots mirrored in Redis hold grants and the catalog's version.
         from catalog.models import Feature, Plan
 
@@ -64,6 +77,41 @@ def customer_state_changed(sender, instance, raw=False, **kwargs) -> None:
     customer_version_bump(
         instance.pk if sender._meta.model_name == "customer" else instance.customer_id
     )
+
+
+def entitlement_counting(sender, instance, **kwargs) -> None:
+    """A plan entitlement or override about to be saved: its reset kind is counted first."""
+    from catalog.models import Feature
+
+    from .usage import counted_windows_ensure
+
+    feature = Feature.objects.filter(pk=instance.feature_id).first()
+    if feature is not None:
+        counted_windows_ensure(feature=feature, kinds=[instance.reset])
+
+
+def feature_created_counting(sender, instance, created=False, **kwargs) -> None:
+    if created:
+        feature_counting(sender, instance, created=True)
+
+
+def feature_counting(sender, instance, created=False, **kwargs) -> None:
+    """A feature about to be saved (or just created): a `latest` one counts its lifetime
+    window (its level's fallback), and one becoming metered every kind its entitlements use."""
+    if instance.pk is None:  # before its creation: nothing can use it yet
+        return
+    from catalog.models import Aggregation, PlanEntitlement, Reset
+
+    from .models import EntitlementOverride
+    from .usage import counted_windows_ensure
+
+    kinds = set()
+    if instance.aggregation == Aggregation.LATEST:
+        kinds.add(Reset.NEVER)
+    if not created:
+        for model in (PlanEntitlement, EntitlementOverride):
+            kinds |= set(model.objects.filter(feature=instance).values_list("reset", flat=True))
+    counted_windows_ensure(feature=instance, kinds=kinds)
 
 
 def grant_changed(sender, instance, raw=False, **kwargs) -> None:

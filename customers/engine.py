@@ -44,6 +44,7 @@ from entitlements_site.errors import Conflict, InvalidInput, NotFound
 
 from . import snapshots
 from .models import (
+    CountedWindow,
     Customer,
     EntitlementOverride,
     Grant,
@@ -58,6 +59,7 @@ from .snapshots import CounterRow, GrantRow, Snapshot
 ZERO = Decimal("0")
 DEADLOCK_DETECTED = "40P01"  # PostgreSQL's SQLSTATE
 WINDOW_KINDS = (Reset.BILLING_PERIOD, Reset.DAY, Reset.MONTH, Reset.NEVER, Reset.WEEK)
+COUNTED_ALWAYS = (Reset.BILLING_PERIOD,)  # for every metered feature (see CountedWindow)
 MAX_QUANTITY = Decimal("1e15")
 LOCK_CHUNK = 1000  # counter keys per locking query (4 parameters each)
 
@@ -292,7 +294,8 @@ class _VersionedCache:
 
 _states = _VersionedCache(20_000)  # customer pk -> CustomerState
 _customer_ids = _VersionedCache(100_000)  # external_id -> pk (an external id never changes)
-_catalog = _VersionedCache(1)  # "features" -> (version, {key: Feature}, {pk: Feature})
+# "features" -> (version, {key: Feature}, {pk: Feature}, {pk: counted window kinds})
+_catalog = _VersionedCache(1)
 
 
 def caches_clear() -> None:
@@ -303,8 +306,13 @@ def caches_clear() -> None:
 
 
 def _features(version: int | None = None) -> tuple[dict[str, Feature], dict[int, Feature]]:
-    """Every feature by key and by id; reloaded (one query) when `version` is newer than the
+    """Every feature by key and by id; reloaded (two queries) when `version` is newer than the
     cached copy, or when nothing is cached."""
+    cached = _catalog_at(version)
+    return cached[1], cached[2]
+
+
+def _catalog_at(version: int | None) -> tuple:
     cached = _catalog.get("features")
     if cached is None or (version is not None and cached[0] != version):
         loaded_at = version
@@ -312,9 +320,31 @@ def _features(version: int | None = None) -> tuple[dict[str, Feature], dict[int,
             loaded_at = CatalogVersion.objects.filter(pk=1).values_list("version", flat=True)
             loaded_at = loaded_at.first() or 0
         features = list(Feature.objects.all())
-        cached = (loaded_at, {f.key: f for f in features}, {f.pk: f for f in features})
+        cached = (
+            loaded_at,
+            {f.key: f for f in features},
+            {f.pk: f for f in features},
+            counted_windows(),
+        )
         _catalog.put("features", cached)
-    return cached[1], cached[2]
+    return cached
+
+
+def counted_windows(feature_ids: Iterable[int] | None = None) -> dict[int, tuple[str, ...]]:
+    """The window kinds whose counters are kept, per feature that counts more than the billing
+    period (read now; `_counted` answers the cached copy)."""
+    rows = CountedWindow.objects.order_by("feature_id", "window")
+    if feature_ids is not None:
+        rows = rows.filter(feature_id__in=list(feature_ids))
+    counted: dict[int, tuple[str, ...]] = defaultdict(lambda: COUNTED_ALWAYS)
+    for feature_id, kind in rows.values_list("feature_id", "window"):
+        counted[feature_id] += (kind,)
+    return dict(counted)
+
+
+def _counted(feature_id: int, version: int | None) -> tuple[str, ...]:
+    """The window kinds whose counters are kept for a feature, as of catalog `version`."""
+    return _catalog_at(version)[3].get(feature_id, COUNTED_ALWAYS)
 
 
 def _state_for(customer: Customer | int, version: tuple[int, int]) -> CustomerState:
@@ -1195,16 +1225,18 @@ def _consume_two_trips(pk, feature, quantity, event_id, at, properties) -> Consu
             cursor.nextset()  # past SET's
             rows = cursor.fetchall()
             version, counters, grants = None, {}, []
+            counted = _counted(feature.pk, state.version[1])
             for kind, rid, window, t1, t2, n1, n2, n3, t3, v1, v2 in rows:
                 if kind == 0:
                     version = None if v1 is None else (int(v1), int(v2 or 0))
-                elif kind == 1 and windows[window].start == t1:
-                    counters[window] = CounterRow(
-                        rid, pk, feature.pk, window, t1, t2, n1, n2, n3, t3
-                    )  # fmt: skip
+                elif kind == 1:
+                    if window in counted and windows[window].start == t1:
+                        counters[window] = CounterRow(
+                            rid, pk, feature.pk, window, t1, t2, n1, n2, n3, t3
+                        )  # fmt: skip
                 else:
                     grants.append(GrantRow(rid, pk, feature.pk, t1, t2, n1, n2, t3))
-            if version != state.version or len(counters) != len(WINDOW_KINDS):
+            if version != state.version or len(counters) != len(counted):
                 cursor.execute("ROLLBACK")
                 return None
             terms = state.terms_at(feature.pk, at)
@@ -1264,8 +1296,11 @@ def _customer(pk: int) -> Customer:
 
 
 def _consume_keys(state: CustomerState, pk: int, feature: Feature, at) -> dict[tuple, Window]:
+    """The counters a consume keeps: the feature's counted windows (as of the state's catalog
+    version: once locked, the version read with them says whether that is still so)."""
     windows = state.windows(at)
-    return {(pk, feature.pk, k, windows[k].start): windows[k] for k in WINDOW_KINDS}
+    counted = _counted(feature.pk, state.version[1] if state.version else None)
+    return {(pk, feature.pk, k, windows[k].start): windows[k] for k in counted}
 
 
 def _consume_result(draw: _Draw, entitlement: Entitlement) -> ConsumeResult:
@@ -1371,7 +1406,9 @@ def usage_record_batch(events: list[dict]) -> BatchResult:
     return result
 
 
-def _record_batch(parsed: list[dict], *, adding: bool = True) -> int:
+def _record_batch(
+    parsed: list[dict], *, adding: bool = True, counted: dict[int, tuple] | None = None
+) -> int:
     """One transaction: the ledger insert first, then the counters and grants of the events it
     recorded, locked like a consume's (counters, then grants). Answers how many it recorded.
 
@@ -1384,7 +1421,11 @@ def _record_batch(parsed: list[dict], *, adding: bool = True) -> int:
     On PostgreSQL (`adding`), the sums without grants are added to their counters by the very
     statement that locks the counters: the arithmetic that follows then only checks them for
     thresholds, and writes back the other counters. Should a grant have come into being
-    meanwhile for one of them, the transaction is run again without adding."""
+    meanwhile for one of them, the transaction is run again without adding.
+
+    `counted`: the window kinds kept per feature (default: the catalog's as the customers were
+    read). Checked once the counters are locked, since a kind that came into use meanwhile
+    must be counted too: the transaction is then run again with the kinds now counted."""
     pg = connection.vendor == "postgresql"
     outermost = not connection.in_atomic_block  # else the caller's checks stay as they are
     with transaction.atomic():
@@ -1405,6 +1446,9 @@ def _record_batch(parsed: list[dict], *, adding: bool = True) -> int:
         stamps = [i["timestamp"] for i in fresh]
         since, until = min(stamps), max(stamps)
         granted = _granted(customer_ids, feature_ids, since, until) if pg and adding else None
+        if counted is None:
+            version = fresh[0]["customer"].catalog_version
+            counted = {f: _counted(f, version) for f in feature_ids}
         keys: dict[tuple, Window] = {}
         adds: dict[tuple, Decimal] = {}
         wanted: set[tuple] = set()  # the counters the arithmetic reads
@@ -1412,12 +1456,13 @@ def _record_batch(parsed: list[dict], *, adding: bool = True) -> int:
             customer_id, feature_id = i["customer"].pk, i["feature"].pk
             state = states[customer_id]
             i["windows"] = windows = state.windows(i["timestamp"])
+            i["kinds"] = kinds = counted[feature_id]
             adding_to = (
                 granted is not None
                 and i["feature"].aggregation == "sum"
                 and (customer_id, feature_id) not in granted
             )
-            for kind in WINDOW_KINDS:
+            for kind in kinds:
                 key = (customer_id, feature_id, kind, windows[kind].start)
                 keys[key] = windows[kind]
                 if adding_to:
@@ -1431,6 +1476,11 @@ def _record_batch(parsed: list[dict], *, adding: bool = True) -> int:
         if pg and _turns():
             _take_turns(customer_ids)
         locked = _lock_and_add(keys, adds, wanted) if adds else _lock_counters(keys)[0]
+        # With the counters locked, a kind coming into use waits for this transaction (its
+        # table lock) or has committed: read now, the counted kinds are final.
+        now_counted = counted_windows(feature_ids)
+        if any(now_counted.get(f, COUNTED_ALWAYS) != counted[f] for f in feature_ids):
+            raise _CountedChanged({f: now_counted.get(f, COUNTED_ALWAYS) for f in feature_ids})
         grants = _lock_grants(customer_ids, feature_ids, since, until)
         if adds and any((g.customer_id, g.feature_id) not in granted for g in grants):
             raise _GrantAppeared
@@ -1464,14 +1514,26 @@ def _take_turns(customer_ids: set[int]) -> None:
 
 
 def _record_batch_once(parsed: list[dict]) -> int:
-    try:
-        return _record_batch(parsed)
-    except _GrantAppeared:
-        return _record_batch(parsed, adding=False)
+    adding, counted = True, None
+    while True:  # each rerun follows a change that happens once (grants: not adding again)
+        try:
+            return _record_batch(parsed, adding=adding, counted=counted)
+        except _GrantAppeared:
+            adding = False
+        except _CountedChanged as changed:
+            counted = changed.counted
 
 
 class _GrantAppeared(Exception):
     """A grant committed between a batch's look at grants and its locks."""
+
+
+class _CountedChanged(Exception):
+    """A window kind came into use for a feature of the batch before it locked counters."""
+
+    def __init__(self, counted: dict[int, tuple]):
+        super().__init__(counted)
+        self.counted = counted
 
 
 def _granted(customer_ids, feature_ids, since, until) -> set[tuple[int, int]]:
@@ -1746,7 +1808,7 @@ def _record_reported(
             terms = state.terms_at(feature_id, at)
             counters = {
                 kind: locked[(customer_id, feature_id, kind, i["windows"][kind].start)]
-                for kind in WINDOW_KINDS
+                for kind in i["kinds"]
             }
             if adds_only and not _may_cross(terms, counters, i["quantity"]):
                 for counter in counters.values():
@@ -1781,7 +1843,7 @@ def _count_added(state: CustomerState, feature: Feature, i: dict, locked: dict) 
     starts or ends between them), and a threshold it crosses is recorded."""
     terms, windows, quantity = i["terms"], i["windows"], i["quantity"]
     counters = {}
-    for kind in WINDOW_KINDS:
+    for kind in i["kinds"]:
         counter = locked.get((i["customer"].pk, feature.pk, kind, windows[kind].start))
         if counter is not None:  # read back: the event's effective counter at least
             counters[kind] = counter

@@ -278,8 +278,8 @@ class UsageEvent(models.Model):
 
 class UsageCounter(models.Model):
     """Usage of one customer and feature in one reset window, kept in step with the ledger in
-    the same transaction as each event. Every window kind is kept for every event, so that a
-    plan changing its reset never finds a stale counter.
+    the same transaction as each event. Only the window kinds counted for the feature are kept
+    (`CountedWindow`): the billing period always, the others once a plan or override uses them.
 
     `used` is the sum of quantities; `level`/`level_at` the latest reported value (for
     `latest` features); `drawn` what the window's usage took from grants (kept on the window of
@@ -310,6 +310,27 @@ class UsageCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.customer_id}/{self.feature_id} {self.window} {self.start:%Y-%m-%d}"
+
+
+class CountedWindow(models.Model):
+    """A reset kind whose usage counters are kept for a feature, besides the billing period
+    (kept for every metered feature). A kind is added, never removed, in the same transaction
+    as the first plan entitlement or override that uses it (or the switch of a feature to
+    `latest`, whose level falls back on its lifetime counter), and that kind's counters are
+    then recomputed from the ledger (`usage.counted_windows_ensure`). Loaded with the catalog,
+    under its version."""
+
+    feature = models.ForeignKey(Feature, on_delete=models.CASCADE, related_name="+")
+    window = models.CharField(max_length=16, choices=Reset.choices)
+    since = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["feature", "window"], name="counted_window_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.feature_id} {self.window}"
 
 
 # --- notifications and webhooks (DESIGN.md "Notifications") ----------------------------------

@@ -19,6 +19,10 @@ Which window an event belongs to, for each kind (as the engine keys them):
 its last event (by timestamp, then id) for `latest` features, empty for `sum` features.
 `drawn` (what the window's usage took from grants) cannot be recomputed from the events alone:
 it is kept as it is.
+
+Only the counted windows are kept and checked (`CountedWindow`: the billing period of every
+metered feature, and each other kind once something uses it). `counted_windows_ensure` makes a
+kind counted: it recomputes that feature's counters of the kind here, under a table lock.
 """
 
 from __future__ import annotations
@@ -30,14 +34,23 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.db import connection, transaction
-from django.db.models import Count, Max, Min, Sum
+from django.db.models import Max, Min, Sum
 from django.db.models.functions import TruncDay, TruncMonth, TruncWeek
 from django.utils.dateparse import parse_datetime
 
-from catalog.models import Aggregation, Feature, Reset
+from catalog.models import Aggregation, Feature, FeatureKind, Reset
+from catalog.services import catalog_version_bump
 
 from . import snapshots
-from .models import Customer, Subscription, SubscriptionStatus, UsageCounter, UsageEvent
+from .engine import COUNTED_ALWAYS, counted_windows
+from .models import (
+    CountedWindow,
+    Customer,
+    Subscription,
+    SubscriptionStatus,
+    UsageCounter,
+    UsageEvent,
+)
 from .periods import EPOCH, FOREVER, Window, billing_period_at, month_window, reset_window
 
 CUSTOMER_CHUNK = 100  # customers per transaction
@@ -103,9 +116,12 @@ def usage_counters_rebuild(
     dry_run: bool = False,
     customers: Iterable[Customer] | None = None,
     since: dt.datetime | None = None,
+    feature: int | None = None,
+    kinds: Iterable[str] | None = None,
 ) -> RebuildReport:
-    """Recomputes every usage counter (of `customers`, default all) from the event ledger,
-    reports each one that drifted and, unless `dry_run`, fixes it.
+    """Recomputes every counted usage counter (of `customers`, default all) from the event
+    ledger, reports each one that drifted and, unless `dry_run`, fixes it. With `feature` and
+    `kinds`: only that feature's counters of those window kinds.
 
     `since`: only the windows that start at or after it, whose events are all at or after it.
     After `usage_events_archive` moved older events out of the ledger, pass its cutoff: the
@@ -115,12 +131,27 @@ def usage_counters_rebuild(
     order, so usage recorded meanwhile waits for the chunk instead of being lost. Idempotent:
     a second run finds no drift."""
     report = RebuildReport(dry_run=dry_run)
+    if feature is not None:
+        scope = {feature: frozenset(kinds or ())}
+    else:
+        counted = counted_windows()
+        scope = {
+            pk: frozenset(counted.get(pk, COUNTED_ALWAYS))
+            for pk in Feature.objects.filter(kind=FeatureKind.METERED).values_list("pk", flat=True)
+        }
+    if not any(scope.values()):
+        return report
     if customers is not None:
         customer_ids = sorted({c.pk for c in customers})
     else:
+        events = UsageEvent.objects.order_by()
+        counters = UsageCounter.objects.order_by()
+        if feature is not None:
+            events = events.filter(feature_id=feature)
+            counters = counters.filter(feature_id=feature)
         customer_ids = sorted(
-            set(UsageEvent.objects.order_by().values_list("customer_id", flat=True).distinct())
-            | set(UsageCounter.objects.order_by().values_list("customer_id", flat=True).distinct())
+            set(events.values_list("customer_id", flat=True).distinct())
+            | set(counters.values_list("customer_id", flat=True).distinct())
         )
     latest = set(
         Feature.objects.filter(aggregation=Aggregation.LATEST).values_list("pk", flat=True)
@@ -128,31 +159,48 @@ def usage_counters_rebuild(
     for offset in range(0, len(customer_ids), CUSTOMER_CHUNK):
         chunk = customer_ids[offset : offset + CUSTOMER_CHUNK]
         with transaction.atomic():
-            _rebuild_chunk(chunk, latest, report, since)
+            _rebuild_chunk(chunk, latest, report, since, scope)
             if not dry_run:
                 snapshots.changed(chunk)
     return report
 
 
 def _rebuild_chunk(
-    customer_ids: list[int], latest: set[int], report: RebuildReport, since: dt.datetime | None
+    customer_ids: list[int],
+    latest: set[int],
+    report: RebuildReport,
+    since: dt.datetime | None,
+    scope: dict[int, frozenset[str]],
 ) -> None:
-    counters = UsageCounter.objects.filter(customer_id__in=customer_ids).order_by(
-        "customer_id", "feature_id", "window", "start"
-    )
-    events = UsageEvent.objects.filter(customer_id__in=customer_ids)
+    """`scope`: the window kinds to rebuild per feature (the others are not kept)."""
+    counters = UsageCounter.objects.filter(
+        customer_id__in=customer_ids, feature_id__in=list(scope)
+    ).order_by("customer_id", "feature_id", "window", "start")
+    events = UsageEvent.objects.filter(customer_id__in=customer_ids, feature_id__in=list(scope))
     if since is not None:
         counters = counters.filter(start__gte=since)
         events = events.filter(timestamp__gte=since)
     if not report.dry_run:
         counters = counters.select_for_update()
-    stored = {(c.customer_id, c.feature_id, c.window, c.start): c for c in counters}
+    stored = {
+        (c.customer_id, c.feature_id, c.window, c.start): c
+        for c in counters
+        if c.window in scope[c.feature_id]
+    }
 
+    kinds = frozenset().union(*scope.values())
     expected: dict[Key, _Expected] = {}
-    report.events += _calendar_windows(events, expected)
-    _subscription_windows(events, expected)
-    if since is not None:  # windows begun earlier are partly out of sight: left alone
-        expected = {key: e for key, e in expected.items() if key[3] >= since}
+    report.events += events.count()
+    _calendar_windows(events, expected, kinds)
+    if kinds & {Reset.NEVER, Reset.BILLING_PERIOD}:
+        _subscription_windows(events, expected, list(scope))
+    expected = {
+        key: e
+        for key, e in expected.items()
+        if key[2] in scope.get(key[1], ())
+        # windows begun before `since` are partly out of sight: left alone
+        and (since is None or key[3] >= since)
+    }
     _levels(expected, latest)
 
     names = dict(Customer.objects.filter(pk__in=customer_ids).values_list("pk", "external_id"))
@@ -208,14 +256,15 @@ class _Expected:
             self.last_at = last_at
 
 
-def _calendar_windows(events, expected: dict[Key, _Expected]) -> int:
-    """Day, week and month windows: one GROUP BY per kind. Returns the number of events."""
-    count = 0
+def _calendar_windows(events, expected: dict[Key, _Expected], kinds: frozenset[str]) -> None:
+    """Day, week and month windows (those of `kinds`): one GROUP BY per kind."""
     for kind, trunc in CALENDAR_KINDS.items():
+        if kind not in kinds:
+            continue
         rows = (
             events.annotate(window_start=trunc("timestamp", tzinfo=dt.UTC))
             .values("customer_id", "feature_id", "window_start")
-            .annotate(used=Sum("quantity"), last_at=Max("timestamp"), n=Count("pk"))
+            .annotate(used=Sum("quantity"), last_at=Max("timestamp"))
             .order_by()
         )
         for row in rows:
@@ -223,9 +272,6 @@ def _calendar_windows(events, expected: dict[Key, _Expected]) -> int:
             key = (row["customer_id"], row["feature_id"], kind, start)
             window = reset_window(kind, start, anchor=None)
             expected.setdefault(key, _Expected(end=window.end)).add(row["used"], row["last_at"])
-            if kind == Reset.DAY:
-                count += row["n"]
-    return count
 
 
 @dataclass(frozen=True)
@@ -240,7 +286,7 @@ class _Range:
     end: dt.datetime
 
 
-def _subscription_windows(events, expected: dict[Key, _Expected]) -> None:
+def _subscription_windows(events, expected: dict[Key, _Expected], feature_ids: list[int]) -> None:
     """`never` and `billing_period` windows: the ranges of each customer's timeline (from its
     subscriptions), joined to the events in chunks of RANGE_CHUNK ranges."""
     spans = {
@@ -265,7 +311,7 @@ def _subscription_windows(events, expected: dict[Key, _Expected]) -> None:
     ]
     for offset in range(0, len(ranges), RANGE_CHUNK):
         chunk = ranges[offset : offset + RANGE_CHUNK]
-        for index, feature_id, used, last_at in _sum_by_range(chunk):
+        for index, feature_id, used, last_at in _sum_by_range(chunk, feature_ids):
             r = chunk[index]
             key = (r.customer_id, feature_id, r.kind, r.start)
             expected.setdefault(key, _Expected(end=r.end)).add(used, last_at)
@@ -315,21 +361,26 @@ def _billing_window(sub: Subscription | None, at: dt.datetime) -> tuple[Window, 
     return window, stops or window.end
 
 
-def _sum_by_range(ranges: list[_Range]) -> Iterator[tuple[int, int, object, object]]:
-    """(range index, feature id, SUM(quantity), MAX(timestamp)) of the events in each range."""
+def _sum_by_range(
+    ranges: list[_Range], feature_ids: list[int]
+) -> Iterator[tuple[int, int, object, object]]:
+    """(range index, feature id, SUM(quantity), MAX(timestamp)) of the events of `feature_ids`
+    in each range."""
     table = connection.ops.quote_name(UsageEvent._meta.db_table)
     adapt = connection.ops.adapt_datetimefield_value
     rows = ", ".join(["(%s, %s, %s, %s)"] * len(ranges))
     params = []
     for index, r in enumerate(ranges):
         params += [index, r.customer_id, adapt(r.lo), adapt(r.hi)]
+    params += feature_ids
+    features = ", ".join(["%s"] * len(feature_ids))
     with connection.cursor() as cursor:
         cursor.execute(
             f"WITH ranges (idx, customer_id, lo, hi) AS (VALUES {rows}) "
             "SELECT ranges.idx, e.feature_id, SUM(e.quantity), MAX(e.timestamp) "
             f"FROM ranges JOIN {table} e ON e.customer_id = ranges.customer_id "
             "AND e.timestamp >= ranges.lo AND e.timestamp < ranges.hi "
-            "GROUP BY ranges.idx, e.feature_id",
+            f"AND e.feature_id IN ({features}) GROUP BY ranges.idx, e.feature_id",
             params,
         )
         yield from cursor.fetchall()
@@ -380,3 +431,34 @@ def _datetime(value) -> dt.datetime:
 
 def _fmt(value: Decimal | None) -> str:
     return "-" if value is None else f"{value.normalize():f}"
+
+
+def counted_windows_ensure(*, feature: Feature, kinds: Iterable[str]) -> None:
+    """Makes the counters of `kinds` kept for `feature` (a metered one), from now on and from
+    the ledger's start: in the caller's transaction, before whatever uses the kinds is saved.
+
+    Kinds are added, never removed. Adding one locks the counters table against writers
+    (checks keep reading) until the caller commits: a writer that had locked counters first
+    commits before, one that locks after sees the new kind counted (its locking statement
+    reads the catalog's version or the counted kinds) and starts again with it. The kind is
+    recorded, the catalog's version bumped and that feature's counters of the kind recomputed
+    from the ledger, all under the lock: usage writes pause meanwhile (docs/performance.md)."""
+    if feature.kind != FeatureKind.METERED:
+        return
+    wanted = set(kinds)
+    if not wanted - set(counted_windows([feature.pk]).get(feature.pk, COUNTED_ALWAYS)):
+        return
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                table = connection.ops.quote_name(UsageCounter._meta.db_table)
+                cursor.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+        new = wanted - set(counted_windows([feature.pk]).get(feature.pk, COUNTED_ALWAYS))
+        if not new:  # another transaction added them while this one waited for the lock
+            return
+        CountedWindow.objects.bulk_create(
+            [CountedWindow(feature=feature, window=kind) for kind in sorted(new)]
+        )
+        catalog_version_bump()
+        usage_counters_rebuild(feature=feature.pk, kinds=new)
+        snapshots.changed(None)

@@ -19,6 +19,7 @@ from customers.tests.factories import (
     PlanFactory,
     SubscriptionFactory,
 )
+from customers.usage import counted_windows_ensure
 
 pytestmark = [
     pytest.mark.django_db,
@@ -31,9 +32,11 @@ AT = datetime(2025, 2, 10, tzinfo=UTC)
 
 @pytest.fixture
 def transfer():
+    """Counted in every window kind, as if plans and overrides used them all."""
     plan = PlanFactory()
     feature = FeatureFactory(metered=True, key="transfer")
     PlanEntitlementFactory(plan=plan, feature=feature, limit=Decimal("100"))
+    counted_windows_ensure(feature=feature, kinds=engine.WINDOW_KINDS)
     return plan, feature
 
 

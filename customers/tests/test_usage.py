@@ -20,7 +20,7 @@ from customers.tests.factories import (
     SubscriptionFactory,
     UsageEventFactory,
 )
-from customers.usage import usage_counters_rebuild
+from customers.usage import counted_windows_ensure, usage_counters_rebuild
 
 pytestmark = pytest.mark.django_db
 
@@ -61,8 +61,10 @@ def plan():
 
 @pytest.fixture
 def transfer(plan):
+    """Counted in every window kind, as if plans and overrides used them all."""
     feature = FeatureFactory(metered=True, name="Data transfer")
     PlanEntitlementFactory(plan=plan, feature=feature, limit=D("50"))
+    counted_windows_ensure(feature=feature, kinds=engine.WINDOW_KINDS)
     return feature
 
 

@@ -13,13 +13,14 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from catalog.models import Feature, FeatureKind, Reset
 from customers import retention
 from customers import services as customer_services
 from customers.engine import usage_record_batch
-from customers.models import UsageCounter, UsageEvent
+from customers.models import CountedWindow, UsageCounter, UsageEvent
 from customers.periods import add_months
 from customers.selectors import usage_buckets
-from customers.usage import usage_counters_rebuild
+from customers.usage import counted_windows_ensure, usage_counters_rebuild
 
 pytestmark = pytest.mark.django_db
 
@@ -54,6 +55,12 @@ def ledger(plan, features):
     for event in UsageEvent.objects.all():
         UsageEvent.objects.filter(pk=event.pk).update(recorded_at=event.timestamp)
     return customer
+
+
+def lifetime_counted():
+    """What an archive does first: the lifetime windows counted (test below)."""
+    for feature in Feature.objects.filter(kind=FeatureKind.METERED):
+        counted_windows_ensure(feature=feature, kinds=[Reset.NEVER])
 
 
 def counters():
@@ -91,6 +98,7 @@ def test_dry_run_counts_the_months_before_the_cutoff_and_changes_nothing(ledger,
 def test_archive_moves_old_months_to_files_and_keeps_counters_and_recent_usage(
     ledger, features, tmp_path
 ):
+    lifetime_counted()
     counters_before = counters()
     recent = dict(
         start=month(-3), end=month(1), customer=ledger, window="day"
@@ -126,6 +134,22 @@ def test_archive_moves_old_months_to_files_and_keeps_counters_and_recent_usage(
     assert storage_before[0].usage == Decimal(40 + 10 + 4)
 
 
+def test_an_archive_first_counts_every_lifetime_window_from_the_whole_ledger(
+    ledger, features, tmp_path
+):
+    """A lifetime window never ends: were it to come into use after an archive, recomputing
+    it from the ledger would miss the archived events."""
+    transfer = features["transfer"]
+    assert not CountedWindow.objects.filter(feature=transfer).exists()
+
+    retention.usage_events_archive(before=month(-3), output_dir=tmp_path)
+
+    assert CountedWindow.objects.filter(feature=transfer, window=Reset.NEVER).exists()
+    lifetime = UsageCounter.objects.get(feature=transfer, window=Reset.NEVER)
+    assert lifetime.used == Decimal("1.5") * 10  # the archived events' too
+    assert UsageEvent.objects.filter(feature=transfer).count() == 4  # months -3 and 0
+
+
 def test_the_command_reports_each_file_with_its_checksum(ledger, tmp_path, capsys):
     call_command("usage_events_archive", "--before", f"{month(-4):%Y-%m}", "--output", tmp_path)
 
@@ -158,6 +182,7 @@ def test_events_recorded_after_the_cutoff_stay_whatever_their_timestamp(ledger, 
 
 
 def test_restore_puts_the_events_back_once(ledger, tmp_path, capsys):
+    lifetime_counted()
     rows, counters_before = ledger_rows(), counters()
     retention.usage_events_archive(before=month(-3), output_dir=tmp_path)
     files = [str(f) for f in sorted(tmp_path.iterdir())]
