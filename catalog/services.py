@@ -1,11 +1,13 @@
 """Everything that writes to the catalog. Each service validates (full_clean) inside a transaction
 and raises django.core.exceptions.ValidationError with a message per field on bad input."""
 
+import time
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
 
 from .models import CatalogVersion, Feature, Plan, PlanEntitlement, TopUpPack
 
@@ -134,5 +136,17 @@ def plan_set_entitlements(*, plan: Plan, entitlements: list[dict[str, Any]]) -> 
 def catalog_version_bump() -> None:
     """Marks every cached copy of the catalog out of date (in the caller's transaction, so
     the new version and the change become visible together)."""
-    if not CatalogVersion.objects.filter(pk=1).update(version=F("version") + 1):
-        CatalogVersion.objects.get_or_create(pk=1, defaults={"version": 1})
+    if not CatalogVersion.objects.filter(pk=1).update(version=version_next("version")):
+        CatalogVersion.objects.get_or_create(pk=1, defaults={"version": _microseconds()})
+
+
+def version_next(field: str) -> Greatest:
+    """A version number for a cache key that is never given out twice: the next number, or
+    the current microsecond if that is larger. A transaction that bumped a version and then
+    rolled back may have let a process cache what it read under the new number (a read inside
+    that transaction); the next change that commits must not carry that number again."""
+    return Greatest(F(field) + 1, Value(_microseconds()))
+
+
+def _microseconds() -> int:
+    return time.time_ns() // 1000

@@ -81,12 +81,12 @@ def customer_state_changed(sender, instance, raw=False, **kwargs) -> None:
 
 def entitlement_counting(sender, instance, **kwargs) -> None:
     """A plan entitlement or override about to be saved: its reset kind is counted first."""
-    from catalog.models import Feature
+    from catalog.models import Feature, FeatureKind
 
     from .usage import counted_windows_ensure
 
     feature = Feature.objects.filter(pk=instance.feature_id).first()
-    if feature is not None:
+    if feature is not None and feature.kind == FeatureKind.METERED:
         counted_windows_ensure(feature=feature, kinds=[instance.reset])
 
 
@@ -98,9 +98,12 @@ def feature_created_counting(sender, instance, created=False, **kwargs) -> None:
 def feature_counting(sender, instance, created=False, **kwargs) -> None:
     """A feature about to be saved (or just created): a `latest` one counts its lifetime
     window (its level's fallback), and one becoming metered every kind its entitlements use."""
-    if instance.pk is None:  # before its creation: nothing can use it yet
+    from catalog.models import Aggregation, Feature, FeatureKind, PlanEntitlement, Reset
+
+    if instance.kind != FeatureKind.METERED:
         return
-    from catalog.models import Aggregation, PlanEntitlement, Reset
+    if not created and not Feature.objects.filter(pk=instance.pk).exists():
+        return  # about to be created (with its id given): done once it exists
 
     from .models import EntitlementOverride
     from .usage import counted_windows_ensure

@@ -1214,6 +1214,7 @@ def _consume_two_trips(pk, feature, quantity, event_id, at, properties) -> Consu
     if state is None or state.version is None:
         return None
     windows = state.windows(at)
+    counted = _counted(feature.pk, state.version[1])  # before any lock is held
     # The counters of every window containing `at` (the index on open windows): those of the
     # windows in force among them, or the ordinary path creates the missing ones.
     commit = "on" if getattr(settings, "USAGE_SYNCHRONOUS_COMMIT", True) else "off"
@@ -1225,7 +1226,6 @@ def _consume_two_trips(pk, feature, quantity, event_id, at, properties) -> Consu
             cursor.nextset()  # past SET's
             rows = cursor.fetchall()
             version, counters, grants = None, {}, []
-            counted = _counted(feature.pk, state.version[1])
             for kind, rid, window, t1, t2, n1, n2, n3, t3, v1, v2 in rows:
                 if kind == 0:
                     version = None if v1 is None else (int(v1), int(v2 or 0))

@@ -15,7 +15,7 @@ archives what is left into a new file (names carry the run's time and are never 
 `usage_events_restore` (`--restore`) puts archived rows back, skipping rows already present.
 
 Counters are not touched: they were updated with each event, so old windows keep their usage.
-Before the first archive, every metered feature's lifetime (`never`) window is made counted:
+Before the first archive, every feature's lifetime (`never`) window is made counted:
 a kind that comes into use later is recomputed from the ledger, which would then miss the
 archived events, and a lifetime window is never in the past. (Day, week and month windows that
 come into use later are recomputed from the retained events: those before the cutoff, at least
@@ -43,7 +43,7 @@ from django.db.models.functions import TruncMonth
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from catalog.models import Aggregation, Feature, FeatureKind, Reset
+from catalog.models import Aggregation, Feature, Reset
 
 from .models import Customer, UsageEvent
 from .periods import add_months
@@ -152,7 +152,7 @@ def usage_events_archive(
         return report
     if output_dir is None:
         raise RetentionError("an output directory is required unless it is a dry run.")
-    for feature in Feature.objects.filter(kind=FeatureKind.METERED):
+    for feature in Feature.objects.all():  # of any kind now: it may have been metered
         counted_windows_ensure(feature=feature, kinds=[Reset.NEVER])
     output_dir.mkdir(parents=True, exist_ok=True)
     stamp = timezone.now().strftime("%Y%m%dT%H%M%S%fZ")  # one name per run

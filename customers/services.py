@@ -7,10 +7,10 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from catalog.models import Feature, Plan, PlanStatus, TopUpExpiry, TopUpPack
+from catalog.services import version_next
 from entitlements_site.errors import Conflict, InvalidInput
 
 from . import snapshots
@@ -29,7 +29,7 @@ from .periods import add_months, interval_months
 def customer_version_bump(customer_id: int) -> None:
     """Marks the engine's cached state of this customer out of date (in the caller's
     transaction: the new version and the change become visible together)."""
-    Customer.objects.filter(pk=customer_id).update(state_version=F("state_version") + 1)
+    Customer.objects.filter(pk=customer_id).update(state_version=version_next("state_version"))
     snapshots.changed([customer_id])
 
 

@@ -434,8 +434,8 @@ def _fmt(value: Decimal | None) -> str:
 
 
 def counted_windows_ensure(*, feature: Feature, kinds: Iterable[str]) -> None:
-    """Makes the counters of `kinds` kept for `feature` (a metered one), from now on and from
-    the ledger's start: in the caller's transaction, before whatever uses the kinds is saved.
+    """Makes the counters of `kinds` kept for `feature`, from now on and from the ledger's
+    start: in the caller's transaction, before whatever uses the kinds is saved.
 
     Kinds are added, never removed. Adding one locks the counters table against writers
     (checks keep reading) until the caller commits: a writer that had locked counters first
@@ -443,8 +443,6 @@ def counted_windows_ensure(*, feature: Feature, kinds: Iterable[str]) -> None:
     reads the catalog's version or the counted kinds) and starts again with it. The kind is
     recorded, the catalog's version bumped and that feature's counters of the kind recomputed
     from the ledger, all under the lock: usage writes pause meanwhile (docs/performance.md)."""
-    if feature.kind != FeatureKind.METERED:
-        return
     wanted = set(kinds)
     if not wanted - set(counted_windows([feature.pk]).get(feature.pk, COUNTED_ALWAYS)):
         return

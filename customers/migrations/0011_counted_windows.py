@@ -3,6 +3,7 @@
 import django.db.models.deletion
 import django.utils.timezone
 from django.db import migrations, models
+from django.db.models import Exists, OuterRef
 
 BILLING_PERIOD, NEVER = "billing_period", "never"
 
@@ -18,12 +19,28 @@ def count_windows_in_use(apps, schema_editor):
     pairs = set(PlanEntitlement.objects.values_list("feature_id", "reset"))
     pairs |= set(EntitlementOverride.objects.values_list("feature_id", "reset"))
     pairs |= {(pk, NEVER) for pk in Feature.objects.filter(aggregation="latest").values_list("pk", flat=True)}
+    if _archived(apps):
+        # Lifetime counters hold archived usage the ledger cannot give back: kept for good.
+        pairs |= {(pk, NEVER) for pk in Feature.objects.values_list("pk", flat=True)}
     pairs = {(f, k) for f, k in pairs if k != BILLING_PERIOD}
     CountedWindow.objects.bulk_create([CountedWindow(feature_id=f, window=k) for f, k in sorted(pairs)])
     stale = UsageCounter.objects.exclude(window=BILLING_PERIOD)
     for feature_id, kind in pairs:
         stale = stale.exclude(feature_id=feature_id, window=kind)
     stale.delete()
+
+
+def _archived(apps) -> bool:
+    """Whether `usage_events_archive` ran: a month with usage counted but no event left."""
+    UsageCounter = apps.get_model("customers", "UsageCounter")
+    UsageEvent = apps.get_model("customers", "UsageEvent")
+    events = UsageEvent.objects.filter(
+        customer_id=OuterRef("customer_id"),
+        feature_id=OuterRef("feature_id"),
+        timestamp__gte=OuterRef("start"),
+        timestamp__lt=OuterRef("end"),
+    )
+    return UsageCounter.objects.filter(window="month", used__gt=0).filter(~Exists(events)).exists()
 
 
 class Migration(migrations.Migration):

@@ -11,8 +11,8 @@ import pytest
 from django.apps import apps
 from django.db import connection, transaction
 
-from catalog.models import Aggregation, Reset
-from catalog.services import feature_update, plan_entitlement_update
+from catalog.models import Aggregation, Feature, Reset
+from catalog.services import feature_update, plan_entitlement_update, plan_update
 from customers import engine
 from customers.models import CountedWindow, UsageCounter
 from customers.services import override_create
@@ -177,6 +177,32 @@ def test_the_migration_keeps_the_kinds_in_use_and_drops_the_other_counters(subsc
     }
 
 
+def test_after_an_archive_the_migration_keeps_every_lifetime_window(subscribed):
+    """A month whose events were archived: lifetime counters then hold usage the ledger no
+    longer has, and must stay counted for every feature."""
+    customer, transfer, _ = subscribed
+    other = FeatureFactory(metered=True)
+    CountedWindow.objects.all().delete()
+    UsageCounter.objects.create(
+        customer=customer, feature=transfer, window=Reset.MONTH, start=START, end=DAY1,
+        used=D("7"),
+    )  # fmt: skip
+    lifetime = UsageCounter.objects.create(
+        customer=customer, feature=transfer, window=Reset.NEVER, start=START, end=DAY2,
+        used=D("7"),
+    )  # fmt: skip
+    migration = importlib.import_module("customers.migrations.0011_counted_windows")
+
+    migration.count_windows_in_use(apps, None)
+
+    assert set(CountedWindow.objects.values_list("feature_id", "window")) == {
+        (transfer.pk, Reset.NEVER),
+        (other.pk, Reset.NEVER),
+    }
+    lifetime.refresh_from_db()
+    assert lifetime.used == 7
+
+
 # --- under real concurrency (PostgreSQL) --------------------------------------------------
 
 on_postgresql = pytest.mark.skipif(
@@ -271,3 +297,48 @@ def test_a_batch_that_read_the_old_kinds_runs_again_with_the_new(subscribed, mon
         (Reset.DAY, datetime(2025, 2, 10, tzinfo=UTC)): D("4"),
     }
     assert usage_counters_rebuild(dry_run=True).drifts == []
+
+
+class _RolledBack(Exception):
+    pass
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("unlimited", [False, True], ids=["limited", "unlimited"])
+def test_a_version_read_in_a_rolled_back_change_is_never_given_out_again(settings, unlimited):
+    """A read inside a catalog change that then rolls back caches the catalog under that
+    change's version; the next change to commit must carry another number, or consumes would
+    trust the cached kinds and skip the new kind's counter (found in review)."""
+    settings.USAGE_SNAPSHOTS = False
+    plan, transfer = PlanFactory(), FeatureFactory(metered=True)
+    PlanEntitlementFactory(plan=plan, feature=transfer, limit=D("1000"))
+    customer = CustomerFactory()
+    SubscriptionFactory(customer=customer, plan=plan, started_at=START)
+    engine.entitlement_consume(customer, transfer, D("2"), "c-1", timestamp=DAY1)
+    with pytest.raises(_RolledBack), transaction.atomic():
+        plan_update(plan=plan, name="Renamed")  # a new catalog version, not committed
+        engine.entitlement_check(customer, transfer, at=DAY1)  # caches the catalog under it
+        raise _RolledBack
+    limit = {"unlimited": True} if unlimited else {"limit": D("500")}
+    override_create(customer=customer, feature=transfer, reason="r", reset=Reset.DAY, **limit)
+
+    engine.entitlement_consume(customer, transfer, D("3"), "c-2", timestamp=DAY1)
+
+    checked = engine.entitlement_check(customer, transfer, at=DAY1)
+    assert (checked.reset, checked.usage) == (Reset.DAY, 5)
+    assert usage_counters_rebuild(dry_run=True).drifts == []
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_a_latest_feature_created_with_its_id_outside_a_transaction():
+    """Its lifetime window is counted once the feature exists, not before (the row it refers
+    to would not exist yet)."""
+    storage = Feature.objects.create(
+        pk=424242, key="storage-x", name="Storage", kind="metered", aggregation="latest"
+    )
+
+    assert set(CountedWindow.objects.values_list("feature_id", "window")) == {
+        (storage.pk, Reset.NEVER)
+    }
