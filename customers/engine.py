@@ -343,8 +343,14 @@ def counted_windows(feature_ids: Iterable[int] | None = None) -> dict[int, tuple
 
 
 def _counted(feature_id: int, version: int | None) -> tuple[str, ...]:
-    """The window kinds whose counters are kept for a feature, as of catalog `version`."""
-    return _catalog_at(version)[3].get(feature_id, COUNTED_ALWAYS)
+    """The window kinds whose counters are kept for a feature, as of catalog `version` or any
+    later one cached (kinds are only added: a writer whose lock then reads `version` keeps a
+    kind too many at worst, never one too few). So a state cached before a catalog change
+    does not reload the catalog that a newer state loaded."""
+    cached = _catalog.get("features")
+    if cached is None or (version is not None and cached[0] < version):
+        cached = _catalog_at(version)
+    return cached[3].get(feature_id, COUNTED_ALWAYS)
 
 
 def _state_for(customer: Customer | int, version: tuple[int, int]) -> CustomerState:
