@@ -7,11 +7,11 @@ class CustomersConfig(AppConfig):
 
     def ready(self) -> None:
         # catalog never imports customers, so customers listens to the catalog's entitlements.
-        from django.db.models.signals import post_delete, post_save
+        from django.db.models.signals import post_delete, post_save, pre_save
 
-        from catalog.models import PlanEntitlement
+        from catalog.models import Feature, Plan, PlanEntitlement
 
-        from .models import EntitlementOverride, Grant
+        from .models import Customer, EntitlementOverride, Grant, Subscription
 
         for model in (PlanEntitlement, EntitlementOverride, Grant):
             uid = f"customers.webhooks.{model._meta.label}"
@@ -20,8 +20,6 @@ class CustomersConfig(AppConfig):
 
         # The engine caches a customer's subscription and overrides per process, keyed on the
         # customer's state version: any change to them bumps it.
-        from .models import Customer, Subscription
-
         for model in (Customer, Subscription, EntitlementOverride):
             uid = f"customers.state.{model._meta.label}"
             post_save.connect(customer_state_changed, sender=model, dispatch_uid=uid + ".saved")
@@ -29,10 +27,6 @@ class CustomersConfig(AppConfig):
 
         # Usage counters are kept for the window kinds in use: a kind comes into use before
         # whatever uses it is saved, in the same transaction (usage.counted_windows_ensure).
-        from django.db.models.signals import pre_save
-
-        from catalog.models import Feature
-
         for model in (PlanEntitlement, EntitlementOverride):
             uid = f"customers.counted.{model._meta.label}"
             pre_save.connect(entitlement_counting, sender=model, dispatch_uid=uid)
@@ -41,8 +35,6 @@ class CustomersConfig(AppConfig):
         post_save.connect(feature_created_counting, sender=Feature, dispatch_uid=uid + ".after")
 
         # The usage snapshots mirrored in Redis hold grants and the catalog's version.
-        from catalog.models import Feature, Plan
-
         uid = "customers.snapshots.grant"
         post_save.connect(grant_changed, sender=Grant, dispatch_uid=uid + ".saved")
         post_delete.connect(grant_changed, sender=Grant, dispatch_uid=uid + ".del")
