@@ -6,6 +6,7 @@ from djmoney.money import Money
 from simple_history.admin import SimpleHistoryAdmin
 
 from entitlements_site.errors import DomainError
+from entitlements_site.forms import admin_decimal_overrides
 
 from . import services
 from .models import Invoice, InvoiceLine, InvoiceStatus, Payment, TopUpPurchase
@@ -13,6 +14,8 @@ from .models import Invoice, InvoiceLine, InvoiceStatus, Payment, TopUpPurchase
 
 class InvoiceLineInline(admin.TabularInline):
     """Lines are edited only on a draft; an issued invoice shows them read-only."""
+
+    formfield_overrides = admin_decimal_overrides()
 
     model = InvoiceLine
     extra = 0

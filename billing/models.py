@@ -10,6 +10,7 @@ from simple_history.models import HistoricalRecords
 
 from catalog.models import Feature, Plan, TopUpPack
 from customers.models import Customer, Grant, Subscription
+from entitlements_site.bounds import validate_url_safe
 
 CURRENCY_CHOICES = [(code, code) for code in settings.CURRENCIES]
 
@@ -199,7 +200,7 @@ class TopUpPurchase(models.Model):
     """A paid top-up: the invoice and the grant it bought, idempotent on the customer's key."""
 
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="topups")
-    idempotency_key = models.CharField(max_length=255)
+    idempotency_key = models.CharField(max_length=255, validators=[validate_url_safe])
     pack = models.ForeignKey(TopUpPack, on_delete=models.PROTECT, related_name="purchases")
     invoice = models.OneToOneField(Invoice, on_delete=models.PROTECT, related_name="topup_purchase")
     grant = models.OneToOneField(Grant, on_delete=models.PROTECT, related_name="topup_purchase")

@@ -26,6 +26,7 @@ from customers import services as customer_services
 from customers.engine import Entitlement, entitlement_check, entitlements_resolve
 from customers.models import Customer, GrantSource, Subscription, SubscriptionStatus
 from customers.periods import billing_period_at, reset_window
+from entitlements_site import bounds
 from entitlements_site.errors import Conflict, DomainError, InvalidInput, PaymentFailed
 
 from .models import (
@@ -877,6 +878,14 @@ def _idempotency_key_clean(key) -> str:
         raise InvalidInput(
             "The idempotency key is at most 255 characters.", code="invalid_idempotency_key"
         )
+    try:
+        bounds.url_safe_check(key)  # it names the receipt's page
+    except bounds.Refused as refused:
+        raise InvalidInput(
+            f"The idempotency key {refused}.",
+            code="invalid_idempotency_key",
+            details={"idempotency_key": [f"The idempotency key {refused}."]},
+        ) from None
     return key
 
 

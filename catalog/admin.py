@@ -2,6 +2,8 @@ from django.contrib import admin
 from django.db.models import Count
 from simple_history.admin import SimpleHistoryAdmin
 
+from entitlements_site.forms import admin_decimal_overrides
+
 from .models import Feature, Plan, PlanEntitlement, TopUpPack
 
 
@@ -28,6 +30,7 @@ class FeatureAdmin(SimpleHistoryAdmin):
 
 
 class PlanEntitlementInline(admin.TabularInline):
+    formfield_overrides = admin_decimal_overrides()
     model = PlanEntitlement
     extra = 0
     autocomplete_fields = ["feature"]
@@ -69,6 +72,7 @@ class PlanAdmin(SimpleHistoryAdmin):
 
 @admin.register(PlanEntitlement)
 class PlanEntitlementAdmin(SimpleHistoryAdmin):
+    formfield_overrides = admin_decimal_overrides()
     list_display = ["plan", "feature", "summary", "reset", "enforcement", "show_on_invoice"]
     list_filter = ["plan", "feature__kind", "enforcement", "reset", "show_on_invoice"]
     search_fields = ["plan__name", "plan__key", "feature__name", "feature__key"]
@@ -89,6 +93,7 @@ class PlanEntitlementAdmin(SimpleHistoryAdmin):
 
 @admin.register(TopUpPack)
 class TopUpPackAdmin(SimpleHistoryAdmin):
+    formfield_overrides = admin_decimal_overrides()
     list_display = ["name", "key", "feature", "quantity", "price", "expiry", "active"]
     list_filter = ["active", "expiry", "feature"]
     search_fields = ["key", "name", "feature__name"]

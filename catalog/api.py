@@ -51,8 +51,8 @@ ENTITLEMENT_VALUE_FIELDS = [
 
 class EntitlementValuesSerializer(serializers.ModelSerializer):
     feature = serializers.SlugRelatedField(slug_field="key", queryset=Feature.objects.all())
-    limit = DecimalStringField(required=False, allow_null=True, min_value=0)
-    overage_price = MoneyJSONField(required=False, allow_null=True)
+    limit = DecimalStringField(required=False, allow_null=True)
+    overage_price = MoneyJSONField(required=False, allow_null=True, max_digits=12, decimal_places=4)
     notify_at = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=100), required=False
     )
@@ -131,7 +131,7 @@ class PlanSerializer(serializers.ModelSerializer):
 class TopUpPackSerializer(serializers.ModelSerializer):
     key = serializers.SlugField(max_length=64)
     feature = serializers.SlugRelatedField(slug_field="key", queryset=Feature.objects.all())
-    quantity = DecimalStringField(min_value=0)
+    quantity = DecimalStringField(positive=True)
     price = MoneyJSONField()
     expiry = serializers.ChoiceField(TopUpExpiry.choices, default=TopUpExpiry.PERIOD_END)
     plans = serializers.SlugRelatedField(

@@ -12,6 +12,8 @@ from django import forms
 from django.core.exceptions import ValidationError
 from djmoney.money import Money
 
+from entitlements_site.forms import ExactDecimalField
+
 from .models import DEFAULT_NOTIFY_AT, Enforcement, Feature, FeatureKind, Reset
 
 METERED_FIELDS = ("limit", "unlimited", "reset", "enforcement", "overage_price", "notify_at")
@@ -73,9 +75,8 @@ class EntitlementValuesForm(forms.Form):
     enabled = forms.BooleanField(
         required=False, initial=True, label="Enabled", help_text="The gate is open."
     )
-    limit = forms.DecimalField(
+    limit = ExactDecimalField(
         required=False,
-        min_value=Decimal("0"),
         max_digits=20,
         decimal_places=4,
         label="Limit",
@@ -86,9 +87,8 @@ class EntitlementValuesForm(forms.Form):
     enforcement = forms.ChoiceField(
         choices=ENFORCEMENT_CHOICES, initial=Enforcement.HARD, label="Enforcement"
     )
-    overage_price = forms.DecimalField(
+    overage_price = ExactDecimalField(
         required=False,
-        min_value=Decimal("0"),
         max_digits=12,
         decimal_places=4,
         label="Overage price per unit",

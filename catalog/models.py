@@ -10,6 +10,8 @@ from djmoney.models.fields import MoneyField
 from djmoney.models.validators import MinMoneyValidator
 from simple_history.models import HistoricalRecords
 
+from entitlements_site.bounds import decimal_bound_q, validate_decimal
+
 DEFAULT_NOTIFY_AT = [80, 100]
 
 
@@ -92,7 +94,7 @@ class Plan(models.Model):
         max_digits=12,
         decimal_places=2,
         default_currency="USD",
-        validators=[MinMoneyValidator(0)],
+        validators=[MinMoneyValidator(0), validate_decimal],
     )
     interval = models.CharField(
         max_length=8, choices=PlanInterval.choices, default=PlanInterval.MONTH
@@ -113,6 +115,10 @@ class Plan(models.Model):
         ordering = ["rank", "name"]
         constraints = [
             models.CheckConstraint(condition=Q(price__gte=0), name="plan_price_not_negative"),
+            models.CheckConstraint(
+                condition=decimal_bound_q("price", max_digits=12, decimal_places=2),
+                name="plan_price_in_bounds",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -144,7 +150,7 @@ class EntitlementValues(models.Model):
         decimal_places=4,
         null=True,
         blank=True,
-        validators=[MinValueValidator(Decimal("0"))],
+        validators=[MinValueValidator(Decimal("0")), validate_decimal],
     )
     unlimited = models.BooleanField(default=False)
     reset = models.CharField(max_length=16, choices=Reset.choices, default=Reset.BILLING_PERIOD)
@@ -157,7 +163,7 @@ class EntitlementValues(models.Model):
         null=True,
         blank=True,
         default_currency="USD",
-        validators=[MinMoneyValidator(0)],
+        validators=[MinMoneyValidator(0), validate_decimal],
         help_text="Price per unit past the allowance; soft limits only.",
     )
     notify_at = models.JSONField(
@@ -171,6 +177,18 @@ class EntitlementValues(models.Model):
 
     class Meta:
         abstract = True
+
+
+def entitlement_values_bounds(prefix: str) -> list[models.CheckConstraint]:
+    """The database's side of bounds.DECIMAL_RULE for the values of an entitlement (a plan's or
+    an override's): what both databases store and read back."""
+    return [
+        models.CheckConstraint(
+            condition=decimal_bound_q("limit", max_digits=20, decimal_places=4)
+            & decimal_bound_q("overage_price", max_digits=12, decimal_places=4),
+            name=f"{prefix}_decimals_in_bounds",
+        )
+    ]
 
 
 class PlanEntitlement(EntitlementValues):
@@ -201,6 +219,7 @@ class PlanEntitlement(EntitlementValues):
                 condition=~(Q(unlimited=True) & Q(limit__isnull=False)),
                 name="plan_entitlement_limit_or_unlimited",
             ),
+            *entitlement_values_bounds("plan_entitlement"),
         ]
 
     def __str__(self) -> str:
@@ -266,10 +285,15 @@ class TopUpPack(models.Model):
         limit_choices_to={"kind": FeatureKind.METERED},
     )
     quantity = models.DecimalField(
-        max_digits=20, decimal_places=4, validators=[MinValueValidator(Decimal("0.0001"))]
+        max_digits=20,
+        decimal_places=4,
+        validators=[MinValueValidator(Decimal("0.0001")), validate_decimal],
     )
     price = MoneyField(
-        max_digits=12, decimal_places=2, default_currency="USD", validators=[MinMoneyValidator(0)]
+        max_digits=12,
+        decimal_places=2,
+        default_currency="USD",
+        validators=[MinMoneyValidator(0), validate_decimal],
     )
     expiry = models.CharField(
         max_length=16, choices=TopUpExpiry.choices, default=TopUpExpiry.PERIOD_END
@@ -292,6 +316,11 @@ class TopUpPack(models.Model):
         verbose_name = "top-up pack"
         constraints = [
             models.CheckConstraint(condition=Q(quantity__gt=0), name="topup_quantity_positive"),
+            models.CheckConstraint(
+                condition=decimal_bound_q("quantity", max_digits=20, decimal_places=4)
+                & decimal_bound_q("price", max_digits=12, decimal_places=2),
+                name="topup_pack_decimals_in_bounds",
+            ),
             models.CheckConstraint(
                 # isnull=False: with a NULL expiry_days, "expiry_days > 0" is unknown and a
                 # CHECK lets unknown through.

@@ -7,11 +7,14 @@ with full_clean. Subscribing and changing plan invoice, so they belong to billin
 support pages: here a subscription's plan and period are read-only.
 """
 
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import OuterRef, Subquery
 from simple_history.admin import SimpleHistoryAdmin
 
 from entitlements_site.errors import DomainError
+from entitlements_site.forms import admin_decimal_overrides, future_validate
 
 from . import services
 from .models import (
@@ -38,6 +41,39 @@ OVERRIDE_VALUES = [
     "show_on_invoice",
 ]
 GRANT_FIELDS = ["quantity", "source", "reason", "effective_at", "expires_at", "topup_pack"]
+
+
+class _FutureDatesForm(forms.ModelForm):
+    """A date given here for the first time (or changed) must still be to come; rows that
+    ended in the past stay editable (bounds.future_check)."""
+
+    future_fields: tuple[str, ...] = ()
+
+    def clean(self):
+        cleaned = super().clean()
+        for name in self.future_fields:
+            if name in self.changed_data and cleaned.get(name) is not None:
+                try:
+                    future_validate(name, cleaned[name])
+                except ValidationError as error:
+                    self.add_error(name, error)
+        return cleaned
+
+
+class OverrideAdminForm(_FutureDatesForm):
+    future_fields = ("ends_at",)
+
+    class Meta:
+        model = EntitlementOverride
+        fields = "__all__"  # noqa: DJ007 (the admin class picks which fields it shows)
+
+
+class GrantAdminForm(_FutureDatesForm):
+    future_fields = ("expires_at",)
+
+    class Meta:
+        model = Grant
+        fields = "__all__"  # noqa: DJ007 (the admin class picks which fields it shows)
 
 
 def _save_through(request, obj, create, **fields):
@@ -109,6 +145,8 @@ class SubscriptionInline(admin.TabularInline):
 
 
 class EntitlementOverrideInline(admin.StackedInline):
+    formfield_overrides = admin_decimal_overrides()
+    form = OverrideAdminForm
     model = EntitlementOverride
     extra = 0
     autocomplete_fields = ["feature"]
@@ -125,6 +163,8 @@ class EntitlementOverrideInline(admin.StackedInline):
 
 
 class GrantInline(admin.TabularInline):
+    formfield_overrides = admin_decimal_overrides()
+    form = GrantAdminForm
     model = Grant
     extra = 0
     can_delete = False  # void a grant instead: what it covered stays covered
@@ -259,6 +299,8 @@ class SubscriptionAdmin(SimpleHistoryAdmin):
 
 @admin.register(EntitlementOverride)
 class EntitlementOverrideAdmin(SimpleHistoryAdmin):
+    formfield_overrides = admin_decimal_overrides()
+    form = OverrideAdminForm
     list_display = ["customer", "feature", "terms", "starts_at", "ends_at", "reason", "created_by"]
     list_filter = ["feature", "enforcement", "reset"]
     search_fields = ["customer__name", "customer__external_id", "feature__key", "reason"]
@@ -294,6 +336,8 @@ class EntitlementOverrideAdmin(SimpleHistoryAdmin):
 
 @admin.register(Grant)
 class GrantAdmin(SimpleHistoryAdmin):
+    formfield_overrides = admin_decimal_overrides()
+    form = GrantAdminForm
     list_display = [
         "customer",
         "feature",

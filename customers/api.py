@@ -22,6 +22,8 @@ from catalog.api import ENTITLEMENT_VALUE_FIELDS, EntitlementValuesSerializer
 from catalog.models import Enforcement, Feature
 from entitlements_site.api import (
     DecimalStringField,
+    InstantField,
+    UrlSafeIdField,
     decimal_str,
     time_str,
 )
@@ -167,10 +169,10 @@ def consume_answer(external_id: str, feature_key: str, data) -> dict:
     if not isinstance(dry_run, bool):
         raise InvalidInput("dry_run is true or false.", code="invalid_dry_run")
     properties = data.get("properties")
-    if properties is not None and not isinstance(properties, dict):
-        raise InvalidInput("properties must be an object.", code="invalid_properties")
     if "quantity" not in data:
-        raise InvalidInput("quantity is required.", code="invalid_quantity")
+        raise InvalidInput(
+            "quantity: This field is required.", details={"quantity": ["This field is required."]}
+        )
     result = engine.entitlement_consume(
         external_id,
         feature_key,
@@ -382,6 +384,7 @@ def _query_time(request, name: str) -> dt.datetime | None:
 
 
 class CustomerSerializer(serializers.ModelSerializer):
+    external_id = UrlSafeIdField()
     plan = serializers.SerializerMethodField()
 
     class Meta:
@@ -453,6 +456,8 @@ class CustomerDetailView(generics.RetrieveUpdateAPIView):
 
 class OverrideSerializer(EntitlementValuesSerializer):
     id = serializers.IntegerField(read_only=True)
+    starts_at = InstantField(required=False, allow_null=True)
+    ends_at = InstantField(required=False, allow_null=True, future=True)
 
     class Meta:
         model = EntitlementOverride
@@ -464,9 +469,11 @@ class OverrideSerializer(EntitlementValuesSerializer):
 class GrantSerializer(serializers.ModelSerializer):
     id = serializers.IntegerField(read_only=True)
     feature = serializers.SlugRelatedField(slug_field="key", queryset=Feature.objects.all())
-    quantity = DecimalStringField(min_value=0)
+    quantity = DecimalStringField(positive=True)
     consumed = DecimalStringField(read_only=True)
     source = serializers.ChoiceField(GrantSource.choices, default=GrantSource.MANUAL)
+    effective_at = InstantField(required=False)
+    expires_at = InstantField(required=False, allow_null=True, future=True)
 
     class Meta:
         model = Grant

@@ -22,7 +22,7 @@ import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 import orjson
 from django.conf import settings
@@ -40,6 +40,7 @@ from catalog.models import (
     PlanEntitlement,
     Reset,
 )
+from entitlements_site import bounds
 from entitlements_site.errors import Conflict, InvalidInput, NotFound
 
 from . import snapshots
@@ -60,7 +61,6 @@ ZERO = Decimal("0")
 DEADLOCK_DETECTED = "40P01"  # PostgreSQL's SQLSTATE
 WINDOW_KINDS = (Reset.BILLING_PERIOD, Reset.DAY, Reset.MONTH, Reset.NEVER, Reset.WEEK)
 COUNTED_ALWAYS = (Reset.BILLING_PERIOD,)  # for every metered feature (see CountedWindow)
-MAX_QUANTITY = Decimal("1e15")
 LOCK_CHUNK = 1000  # counter keys per locking query (4 parameters each)
 
 
@@ -740,40 +740,48 @@ def entitlements_resolve(
 # --- writes -------------------------------------------------------------------------------
 
 
+def _refused(field: str, message: str) -> InvalidInput:
+    """A 400 `invalid` naming the field, as a serializer's error would (DESIGN.md)."""
+    return InvalidInput(f"{field}: {message}", details={field: [message]})
+
+
 def _parse_quantity(value, *, allow_zero: bool) -> Decimal:
+    """An exact quantity within bounds.DECIMAL_RULE: positive, or >= 0 with `allow_zero`."""
     try:
-        quantity = value if isinstance(value, Decimal) else Decimal(str(value))
-    except (InvalidOperation, TypeError, ValueError):
-        raise InvalidInput("quantity must be a decimal number.", code="invalid_quantity") from None
-    if not quantity.is_finite() or quantity < 0 or (quantity == 0 and not allow_zero):
-        raise InvalidInput(
-            "quantity must be a positive decimal." if not allow_zero else "quantity must be >= 0.",
-            code="invalid_quantity",
-        )
-    if quantity >= MAX_QUANTITY or quantity != quantity.quantize(Decimal("0.0001")):
-        raise InvalidInput(
-            "quantity is too large or has more than 4 decimal places.", code="invalid_quantity"
-        )
-    return quantity
+        return bounds.decimal_parse(value, positive=not allow_zero)
+    except bounds.Refused as refused:
+        raise _refused("quantity", f"This value {refused}.") from None
 
 
 def _parse_timestamp(value, now: dt.datetime | None = None) -> dt.datetime:
+    """An ISO 8601 instant (UTC when naive) that the periods can represent; `now` when absent."""
     if value is None or value == "":
         return now or timezone.now()
     if isinstance(value, dt.datetime):
         stamp = value
     else:
         try:
-            stamp = parse_datetime(str(value))
+            stamp = parse_datetime(value) if isinstance(value, str) else None
         except ValueError:
             stamp = None
         if stamp is None:
-            raise InvalidInput(
-                "timestamp must be an ISO 8601 date and time.", code="invalid_timestamp"
-            )
+            raise _refused("timestamp", "Use an ISO 8601 date and time, e.g. 2026-11-20T10:00:00Z.")
     if timezone.is_naive(stamp):
         stamp = stamp.replace(tzinfo=dt.UTC)
-    return stamp.astimezone(dt.UTC)
+    try:
+        return bounds.instant_check(stamp.astimezone(dt.UTC))
+    except (bounds.Refused, OverflowError):
+        raise _refused("timestamp", f"The date and time must be {bounds.INSTANT_RULE}.") from None
+
+
+def _clean_properties(properties) -> dict:
+    if properties is None:
+        return {}
+    if not isinstance(properties, dict):
+        raise _refused("properties", "properties must be an object.")
+    if bounds.text_unstorable(properties):
+        raise _refused("properties", "Text in properties cannot contain NUL characters.")
+    return properties
 
 
 def _lock_counters(
@@ -1092,6 +1100,7 @@ def entitlement_consume(
     quantity = _parse_quantity(quantity, allow_zero=False)
     event_id = _clean_event_id(event_id)
     at = _parse_timestamp(timestamp)
+    properties = _clean_properties(properties)
     if dry_run:
         snapshot, state = _snapshot_and_state(customer, feature.pk, at)
         terms = state.terms_at(feature.pk, at)
@@ -1317,9 +1326,11 @@ def _consume_result(draw: _Draw, entitlement: Entitlement) -> ConsumeResult:
 
 def _clean_event_id(event_id) -> str:
     if not isinstance(event_id, str) or not event_id.strip():
-        raise InvalidInput("event_id is required.", code="invalid_event_id")
+        raise _refused("event_id", "event_id is required: a non-empty string.")
     if len(event_id) > 255:
-        raise InvalidInput("event_id is at most 255 characters.", code="invalid_event_id")
+        raise _refused("event_id", "event_id is at most 255 characters.")
+    if bounds.text_unstorable(event_id):
+        raise _refused("event_id", "event_id cannot contain NUL characters.")
     return event_id
 
 
@@ -1394,7 +1405,11 @@ def usage_record_batch(events: list[dict]) -> BatchResult:
             result.rejected.append(
                 {
                     "index": index,
-                    "error": {"code": error.code, "message": error.message, "details": {}},
+                    "error": {
+                        "code": error.code,
+                        "message": error.message,
+                        "details": error.details,
+                    },
                 }
             )
             continue
@@ -1709,9 +1724,7 @@ def _parse_batch_event(raw, customers, features, now: dt.datetime) -> dict:
         raise NotFound(f"No feature {raw.get('feature')!r}.", code="feature_not_found")
     if feature.kind != FeatureKind.METERED:
         raise InvalidInput(f"{feature.key!r} is not a metered feature.", code="not_metered")
-    properties = raw.get("properties") or {}
-    if not isinstance(properties, dict):
-        raise InvalidInput("properties must be an object.", code="invalid_properties")
+    properties = _clean_properties(raw.get("properties"))
     return {
         "customer": customer,
         "feature": feature,

@@ -18,7 +18,14 @@ from catalog.models import (
     Plan,
     Reset,
     TopUpPack,
+    entitlement_values_bounds,
     entitlement_values_clean,
+)
+from entitlements_site.bounds import (
+    decimal_bound_q,
+    validate_decimal,
+    validate_instant,
+    validate_url_safe,
 )
 
 CURRENCY_CHOICES = [(code, code) for code in settings.CURRENCIES]
@@ -26,7 +33,11 @@ CURRENCY_CHOICES = [(code, code) for code in settings.CURRENCIES]
 
 class Customer(models.Model):
     external_id = models.CharField(
-        max_length=255, unique=True, help_text="Your own id for this customer; used in the API."
+        max_length=255,
+        unique=True,
+        validators=[validate_url_safe],
+        help_text="Your own id for this customer; used in the API and in page addresses"
+        " (letters, digits and - _ . ~ : @).",
     )
     name = models.CharField(max_length=255)
     email = models.EmailField(blank=True)
@@ -126,8 +137,8 @@ class EntitlementOverride(EntitlementValues):
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="overrides")
     feature = models.ForeignKey(Feature, on_delete=models.PROTECT, related_name="overrides")
     reason = models.CharField(max_length=500, help_text="The deal or reason, e.g. the contract.")
-    starts_at = models.DateTimeField(null=True, blank=True)
-    ends_at = models.DateTimeField(null=True, blank=True)
+    starts_at = models.DateTimeField(null=True, blank=True, validators=[validate_instant])
+    ends_at = models.DateTimeField(null=True, blank=True, validators=[validate_instant])
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
@@ -154,6 +165,7 @@ class EntitlementOverride(EntitlementValues):
                 | Q(ends_at__gt=models.F("starts_at")),
                 name="override_window_ordered",
             ),
+            *entitlement_values_bounds("override"),
         ]
 
     def __str__(self) -> str:
@@ -190,13 +202,15 @@ class Grant(models.Model):
         limit_choices_to={"kind": FeatureKind.METERED},
     )
     quantity = models.DecimalField(
-        max_digits=20, decimal_places=4, validators=[MinValueValidator(Decimal("0.0001"))]
+        max_digits=20,
+        decimal_places=4,
+        validators=[MinValueValidator(Decimal("0.0001")), validate_decimal],
     )
     consumed = models.DecimalField(max_digits=20, decimal_places=4, default=Decimal("0"))
     source = models.CharField(max_length=16, choices=GrantSource.choices)
     reason = models.CharField(max_length=500, blank=True)
-    effective_at = models.DateTimeField(default=timezone.now)
-    expires_at = models.DateTimeField(null=True, blank=True)
+    effective_at = models.DateTimeField(default=timezone.now, validators=[validate_instant])
+    expires_at = models.DateTimeField(null=True, blank=True, validators=[validate_instant])
     voided_at = models.DateTimeField(null=True, blank=True)
     topup_pack = models.ForeignKey(
         TopUpPack, on_delete=models.PROTECT, null=True, blank=True, related_name="grants"
@@ -213,6 +227,10 @@ class Grant(models.Model):
         indexes = [models.Index(fields=["customer", "feature", "expires_at"])]
         constraints = [
             models.CheckConstraint(condition=Q(quantity__gt=0), name="grant_quantity_positive"),
+            models.CheckConstraint(
+                condition=decimal_bound_q("quantity", max_digits=20, decimal_places=4),
+                name="grant_quantity_in_bounds",
+            ),
             models.CheckConstraint(
                 condition=Q(consumed__gte=0) & Q(consumed__lte=models.F("quantity")),
                 name="grant_consumed_within_quantity",
@@ -247,8 +265,8 @@ class UsageEvent(models.Model):
     )
     feature = models.ForeignKey(Feature, on_delete=models.PROTECT, related_name="usage_events")
     event_id = models.CharField(max_length=255)
-    quantity = models.DecimalField(max_digits=20, decimal_places=4)
-    timestamp = models.DateTimeField(default=timezone.now)
+    quantity = models.DecimalField(max_digits=20, decimal_places=4, validators=[validate_decimal])
+    timestamp = models.DateTimeField(default=timezone.now, validators=[validate_instant])
     properties = models.JSONField(default=dict, blank=True)
     recorded_at = models.DateTimeField(default=timezone.now)
 
@@ -268,6 +286,11 @@ class UsageEvent(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["customer", "event_id"], name="usage_event_unique_per_customer"
+            ),
+            models.CheckConstraint(
+                condition=Q(quantity__gte=0)
+                & decimal_bound_q("quantity", max_digits=20, decimal_places=4),
+                name="usage_event_quantity_in_bounds",
             ),
         ]
         indexes = [models.Index(fields=["customer", "feature", "timestamp"])]

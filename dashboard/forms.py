@@ -1,11 +1,15 @@
 from django import forms
 
+from entitlements_site.bounds import validate_url_safe
+
 
 class TopUpConfirmForm(forms.Form):
     """The confirm step of a top-up. The key is made when the form is shown, so submitting
     it twice (a double click, a resubmit) names the same purchase and buys once."""
 
-    idempotency_key = forms.CharField(max_length=255, widget=forms.HiddenInput)
+    idempotency_key = forms.CharField(
+        max_length=255, widget=forms.HiddenInput, validators=[validate_url_safe]
+    )
 
 
 class PlanChangeConfirmForm(forms.Form):

@@ -48,6 +48,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "entitlements_site.middleware.UnstorableInputMiddleware",  # NUL bytes: 400, never a 500
     "entitlements_site.hot.HotPathMiddleware",  # the hot API paths skip the page middleware
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

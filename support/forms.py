@@ -2,13 +2,14 @@
 and write, and their errors come back onto these forms."""
 
 import uuid
-from decimal import Decimal
 
 from django import forms
 
 from catalog.forms import EntitlementValuesForm, FeatureChoiceField
 from catalog.models import Feature, FeatureKind, TopUpPack
 from catalog.selectors import quantity_text
+from entitlements_site.bounds import validate_url_safe
+from entitlements_site.forms import ExactDecimalField, InstantField
 
 from .selectors import PlanOption
 
@@ -59,9 +60,8 @@ class GrantForm(forms.Form):
         to_field_name="key",
         empty_label="Choose a feature…",
     )
-    quantity = forms.DecimalField(
-        min_value=Decimal("0.0001"),
-        error_messages={"min_value": "Give a quantity above zero."},
+    quantity = ExactDecimalField(
+        positive=True,
         max_digits=20,
         decimal_places=4,
         widget=forms.NumberInput(attrs={"step": "any", "inputmode": "decimal"}),
@@ -69,7 +69,8 @@ class GrantForm(forms.Form):
     reason = forms.CharField(
         max_length=500, help_text="Why, for the history: the ticket or the goodwill."
     )
-    expires_at = forms.DateTimeField(
+    expires_at = InstantField(
+        future="expires_at",
         required=False,
         label="Expires (UTC)",
         help_text="Empty: never.",
@@ -96,7 +97,9 @@ class TopUpForm(forms.Form):
     pack = PackChoiceField(
         queryset=TopUpPack.objects.none(), to_field_name="key", empty_label="Choose a pack…"
     )
-    idempotency_key = forms.CharField(widget=forms.HiddenInput, max_length=255)
+    idempotency_key = forms.CharField(
+        widget=forms.HiddenInput, max_length=255, validators=[validate_url_safe]
+    )
 
     def __init__(self, *args, packs=None, **kwargs):
         kwargs.setdefault("initial", {}).setdefault("idempotency_key", new_idempotency_key())
@@ -119,11 +122,15 @@ class OverrideForm(forms.Form):
         empty_label="Choose a feature…",
     )
     reason = forms.CharField(max_length=500, help_text="The deal or the reason, e.g. the contract.")
-    starts_at = forms.DateTimeField(
+    starts_at = InstantField(
         required=False, label="Starts (UTC)", help_text="Empty: now.", widget=DATETIME_WIDGET
     )
-    ends_at = forms.DateTimeField(
-        required=False, label="Ends (UTC)", help_text="Empty: until ended.", widget=DATETIME_WIDGET
+    ends_at = InstantField(
+        future="ends_at",
+        required=False,
+        label="Ends (UTC)",
+        help_text="Empty: until ended.",
+        widget=DATETIME_WIDGET,
     )
 
     def clean_reason(self) -> str:

@@ -320,7 +320,7 @@ def test_toggling_a_gate_and_changing_a_config_value(pm_client, storage_catalog)
 @pytest.mark.parametrize(
     "data, field, message",
     [
-        ({"limit": "-5"}, "limit", "greater than or equal to 0"),
+        ({"limit": "-5"}, "limit", "must not be negative"),
         ({"limit": "10", "overage_price": "0.5"}, "overage_price", "only to a soft limit"),
         ({"limit": ""}, "limit", "needs a limit, or tick unlimited"),
         ({"limit": "10", "notify_at": "80, 120"}, "notify_at", "from 1 to 100"),

@@ -205,7 +205,14 @@ def test_granting_without_javascript_redirects_to_the_entitlements(support_clien
 @pytest.mark.parametrize(
     "data, message",
     [
-        ({"grant-feature": "storage", "grant-quantity": "-5", "grant-reason": "x"}, "above zero"),
+        (
+            {"grant-feature": "storage", "grant-quantity": "-5", "grant-reason": "x"},
+            "not be negative",
+        ),
+        (
+            {"grant-feature": "storage", "grant-quantity": "0", "grant-reason": "x"},
+            "greater than zero",
+        ),
         ({"grant-feature": "storage", "grant-quantity": "20", "grant-reason": " "}, "required"),
         ({"grant-feature": "support-tier", "grant-quantity": "1", "grant-reason": "x"}, "valid"),
         (
@@ -215,7 +222,7 @@ def test_granting_without_javascript_redirects_to_the_entitlements(support_clien
                 "grant-reason": "x",
                 "grant-expires_at": "2001-01-01T00:00",
             },
-            "The expiry must come after the start.",
+            "The expiry must be in the future",
         ),
     ],
 )
