@@ -8,11 +8,11 @@ from .services import api_key_create
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "prefix", "created_at", "last_used_at", "status"]
-    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    list_display = ["name", "prefix", "scope", "created_at", "last_used_at", "status"]
+    list_filter = ["scope", ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix"]
     readonly_fields = ["prefix", "created_by", "created_at", "last_used_at", "revoked_at"]
-    fields = ["name", "prefix", "created_by", "created_at", "last_used_at", "revoked_at"]
+    fields = ["name", "scope", "prefix", "created_by", "created_at", "last_used_at", "revoked_at"]
     actions = ["revoke"]
 
     @admin.display(description="Status")
@@ -21,9 +21,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            obj.save(update_fields=["name"])
+            obj.save(update_fields=["name", "scope"])
+            api_keys_forget()  # a narrower scope applies at once in this process
             return
-        created, key = api_key_create(name=obj.name, created_by=request.user)
+        created, key = api_key_create(name=obj.name, scope=obj.scope, created_by=request.user)
         obj.pk = created.pk
         obj.prefix, obj.key_hash, obj.created_at = (
             created.prefix,

@@ -24,8 +24,8 @@ from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
 from . import bounds, shared_redis
-from .errors import DomainError, RateLimited
-from .models import ApiKey, api_key_hash
+from .errors import DomainError, Forbidden, RateLimited
+from .models import ApiKey, ApiScope, api_key_hash
 
 LAST_USED_EVERY = dt.timedelta(minutes=1)
 logger = logging.getLogger(__name__)
@@ -103,9 +103,42 @@ def _last_used_touch(api_key: ApiKey) -> None:
     api_key.last_used_at = stamp
 
 
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def api_key_scope_check(api_key: ApiKey, *, method: str, runtime: bool) -> None:
+    """Raises Forbidden (`insufficient_scope`) when `api_key` may not make this call: a runtime
+    key only the runtime endpoints (`runtime`), a read key only GETs (DESIGN.md "HTTP API")."""
+    scope = api_key.scope
+    if (
+        scope == ApiScope.MANAGEMENT
+        or (scope == ApiScope.RUNTIME and runtime)
+        or (scope == ApiScope.READ and method in READ_METHODS)
+    ):
+        return
+    needed = "a runtime or management" if runtime else "a management"
+    if not runtime and method in READ_METHODS:
+        needed = "a read or management"
+    raise Forbidden(
+        f"This {scope} key may not make this call; it needs {needed} key.",
+        code="insufficient_scope",
+        details={"scope": scope},
+    )
+
+
 class HasApiKey(BasePermission):
+    """A valid key whose scope allows the call. Views of the runtime endpoints set
+    `runtime_endpoint = True`."""
+
     def has_permission(self, request, view):
-        return isinstance(request.auth, ApiKey)
+        if not isinstance(request.auth, ApiKey):
+            return False
+        api_key_scope_check(
+            request.auth,
+            method=request.method,
+            runtime=getattr(view, "runtime_endpoint", False),
+        )
+        return True
 
 
 class ApiKeyRateThrottle(SimpleRateThrottle):

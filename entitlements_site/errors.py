@@ -21,6 +21,11 @@ class InvalidInput(DomainError):
     code = "invalid"
 
 
+class Forbidden(DomainError):
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(DomainError):
     status = 404
     code = "not_found"

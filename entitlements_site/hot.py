@@ -22,7 +22,14 @@ from rest_framework import exceptions
 from customers import api as customers_api
 
 from . import shared_redis
-from .api import _json_default, api_error, api_key_authenticate, api_key_rate, error_body
+from .api import (
+    _json_default,
+    api_error,
+    api_key_authenticate,
+    api_key_rate,
+    api_key_scope_check,
+    error_body,
+)
 
 logger = logging.getLogger(__name__)
 _SEGMENT = r"(?P<%s>[^/]+)"
@@ -96,6 +103,7 @@ def _answer(request, handler, path_values: list, with_body: bool) -> HttpRespons
     try:
         request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware would check it
         api_key = _authenticate(request)
+        api_key_scope_check(api_key, method=request.method, runtime=True)  # all are runtime
         # Counted with the engine's first Redis call (a check spends one round trip in all),
         # before anything is written; settled at the end whatever happened.
         shared_redis.rate_defer(api_key_rate(api_key))

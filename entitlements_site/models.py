@@ -20,8 +20,22 @@ def api_key_generate() -> tuple[str, str, str]:
     return key, key[: len(KEY_PREFIX) + 8], api_key_hash(key)
 
 
+class ApiScope(models.TextChoices):
+    """What a key may call (DESIGN.md "HTTP API"): an application server needs `runtime` only."""
+
+    RUNTIME = "runtime", "Runtime: check, consume, report usage"
+    READ = "read", "Read: every GET"
+    MANAGEMENT = "management", "Management: everything"
+
+
 class ApiKey(models.Model):
     name = models.CharField(max_length=200)
+    scope = models.CharField(
+        max_length=16,
+        choices=ApiScope.choices,
+        default=ApiScope.MANAGEMENT,
+        help_text="Give an application server a runtime key: it cannot change the catalog.",
+    )
     prefix = models.CharField(max_length=32, editable=False, db_index=True)
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
     created_by = models.ForeignKey(

@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand
 
+from entitlements_site.models import ApiScope
 from entitlements_site.services import api_key_create
 
 
@@ -8,8 +9,17 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("name", help="What uses the key, e.g. 'billing-service'.")
+        parser.add_argument(
+            "--scope",
+            choices=ApiScope.values,
+            default=ApiScope.MANAGEMENT,
+            help="runtime: check, consume and report usage (for application servers); read:"
+            " every GET; management: everything (the default).",
+        )
 
-    def handle(self, *args, name, **options):
-        api_key, key = api_key_create(name=name)
-        self.stderr.write(f"Created API key {api_key.name!r} ({api_key.prefix}…). Store it now:")
+    def handle(self, *args, name, scope, **options):
+        api_key, key = api_key_create(name=name, scope=scope)
+        self.stderr.write(
+            f"Created {api_key.scope} API key {api_key.name!r} ({api_key.prefix}…). Store it now:"
+        )
         self.stdout.write(key)
