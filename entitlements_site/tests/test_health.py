@@ -48,8 +48,8 @@ def test_readyz_is_unavailable_when_the_broker_is_unreachable(anonymous):
     body = response.json()
     assert body["status"] == "unavailable"
     assert body["checks"] == {"database": "ok", "broker": "error", "cache": "ok"}
-    assert set(body["errors"]) == {"broker"}
-    assert body["errors"]["broker"]
+    assert body["unavailable"] == ["broker"]
+    assert "6390" not in response.content.decode() and "Error" not in response.content.decode()
     assert time.monotonic() - started < 5, "a probe must answer within the balancer's timeout"
 
 
@@ -72,8 +72,8 @@ def test_readyz_is_unavailable_when_the_database_does_not_answer(anonymous):
 
     assert response.status_code == 503
     body = response.json()
-    assert body["checks"]["database"] == "error"
-    assert "Connection refused" in body["errors"]["database"]
+    assert body["checks"]["database"] == "error" and body["unavailable"] == ["database"]
+    assert "refused" not in response.content.decode()  # the details go to the log only
     assert body["checks"]["cache"] == "ok"
 
 
@@ -93,4 +93,5 @@ def test_readyz_is_unavailable_when_the_cache_is_unreachable(anonymous):
     assert response.status_code == 503
     body = response.json()
     assert body["checks"] == {"database": "ok", "broker": "not configured", "cache": "error"}
-    assert set(body["errors"]) == {"cache"}
+    assert body["unavailable"] == ["cache"]
+    assert "6390" not in response.content.decode()
