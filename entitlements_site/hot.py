@@ -68,6 +68,7 @@ def _json_response(status: int, body, headers: dict | None = None) -> HttpRespon
     # The headers the skipped page middleware would have added: the same policy everywhere.
     response["X-Frame-Options"] = "DENY"
     response["Content-Security-Policy"] = _policy()
+    response["Cache-Control"] = "no-store"  # customers' usage, as NoStoreMiddleware says
     for name, value in (headers or {}).items():
         response[name] = value
     return response

@@ -10,6 +10,7 @@ from urllib.parse import unquote_to_bytes
 
 from django.core.exceptions import SuspiciousOperation
 from django.http import JsonResponse
+from django.utils.cache import add_never_cache_headers
 
 from .api import error_body
 
@@ -47,3 +48,21 @@ class UnstorableInputMiddleware:
                 for key, values in request.POST.lists()
             )
         return False
+
+
+class NoStoreMiddleware:
+    """Pages of a signed-in person (a customer's usage, invoices, prices, the staff pages) and
+    API answers are never kept by a browser's or a proxy's cache: `Cache-Control: no-store`,
+    unless the view said otherwise. The lean hot-path answers set it themselves (hot.py)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if response.has_header("Cache-Control"):
+            return response
+        user = getattr(request, "user", None)
+        if request.path_info.startswith("/api/v1/") or (user and user.is_authenticated):
+            add_never_cache_headers(response)
+        return response

@@ -118,6 +118,29 @@ def test_every_kind_of_page_carries_the_security_headers(client, site, who, path
     assert csp["style-src"] == ["'self'", "'unsafe-inline'"]
 
 
+@pytest.mark.parametrize(("who", "path"), [(w, p) for w, p in PAGES if w is not None])
+def test_pages_with_a_customers_data_or_money_are_never_cached(client, site, who, path):
+    response = _get(client, site, who, path)
+
+    assert response.status_code == 200, (who, path)
+    assert "no-store" in response["Cache-Control"]
+    assert "private" in response["Cache-Control"] or who == "api"
+
+
+def test_the_lean_check_and_consume_answers_are_never_cached(client, site):
+    key = api_key_create(name="headers")[1]
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+    check = client.get("/api/v1/customers/acme/entitlements/storage", **auth)
+    consume = client.post(
+        "/api/v1/customers/acme/entitlements/storage/consume",
+        {"quantity": "1", "event_id": "h-2"},
+        content_type="application/json",
+        **auth,
+    )
+    assert check.status_code == consume.status_code == 200
+    assert check["Cache-Control"] == consume["Cache-Control"] == "no-store"
+
+
 def test_hsts_is_sent_over_https_only(client, db, settings):
     settings.SECURE_HSTS_SECONDS = 31536000
     settings.SECURE_HSTS_INCLUDE_SUBDOMAINS = True
