@@ -211,6 +211,7 @@ def usage_batch_answer(data) -> dict:
 
 class EntitlementsView(APIView):
     runtime_endpoint = True
+
     @extend_schema(
         summary="Check all entitlements of a customer",
         operation_id="entitlements_list",
@@ -230,6 +231,7 @@ class EntitlementsView(APIView):
 
 class EntitlementView(APIView):
     runtime_endpoint = True
+
     @extend_schema(
         summary="Check one entitlement: may this customer use this feature now?",
         operation_id="entitlement_check",
@@ -243,6 +245,7 @@ class EntitlementView(APIView):
 
 class ConsumeView(APIView):
     runtime_endpoint = True
+
     @extend_schema(
         summary="Consume units of a metered feature (atomic check-and-record)",
         operation_id="entitlement_consume",
@@ -289,6 +292,7 @@ class UsageBatchOut(serializers.Serializer):
 
 class UsageBatchView(APIView):
     runtime_endpoint = True
+
     @extend_schema(
         summary="Report usage: up to 1000 events, each idempotent on its event_id",
         description="Reported usage is recorded even past a hard limit (it already happened); "
@@ -341,6 +345,7 @@ class UsageBucketsOut(serializers.Serializer):
 
 class UsageBucketsView(APIView):
     runtime_endpoint = True
+
     @extend_schema(
         summary="Usage of one feature over time (what the dashboard chart shows)",
         tags=["usage"],
