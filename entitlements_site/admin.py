@@ -1,9 +1,7 @@
 from django.contrib import admin, messages
-from django.utils import timezone
 
-from .api import api_keys_forget
 from .models import ApiKey
-from .services import api_key_create
+from .services import api_key_create, api_key_revoke, api_key_update
 
 
 @admin.register(ApiKey)
@@ -21,8 +19,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            obj.save(update_fields=["name", "scope"])
-            api_keys_forget()  # a narrower scope applies at once in this process
+            api_key_update(api_key=obj, name=obj.name, scope=obj.scope)
             return
         created, key = api_key_create(name=obj.name, scope=obj.scope, created_by=request.user)
         obj.pk = created.pk
@@ -38,9 +35,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected keys")
     def revoke(self, request, queryset):
-        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
-        api_keys_forget()  # this process at once; the others within api.KEY_CACHE_SECONDS
-        self.message_user(request, f"Revoked {count} key(s).")
+        active = list(queryset.filter(revoked_at__isnull=True))
+        for api_key in active:
+            api_key_revoke(api_key=api_key)  # refused on its next request, in every process
+        self.message_user(request, f"Revoked {len(active)} key(s).")
 
     def has_delete_permission(self, request, obj=None):
         return False  # revoke instead, so last use stays on record

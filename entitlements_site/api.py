@@ -23,7 +23,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
-from . import bounds, shared_redis
+from . import bounds, key_changes, shared_redis
 from .errors import DomainError, Forbidden, RateLimited
 from .models import ApiKey, ApiScope, api_key_hash
 
@@ -66,27 +66,47 @@ def api_key_authenticate(header: str) -> ApiKey:
     return api_key
 
 
-KEY_CACHE_SECONDS = 5.0
-_keys: dict[str, tuple[float, ApiKey | None]] = {}
+# A bound only: every change to a key is heard at once (key_changes), and then the cache is
+# dropped; without a listener (SQLite, a lost connection) keys are read on every request.
+KEY_CACHE_SECONDS = 60.0
+_keys: dict[str, tuple[float, ApiKey | None, int]] = {}
+_keys_generation = 0  # grows with every change heard: a lookup begun before it is not cached
 _last_used_written: dict[int, float] = {}
+
+
+def _keys_changed() -> None:
+    global _keys_generation
+    _keys_generation += 1
+    _keys.clear()
+
+
+key_changes.on_change(_keys_changed)
 
 
 def api_key_lookup(key: str) -> ApiKey | None:
     digest = api_key_hash(key)
     now = time.monotonic()
-    cached = _keys.get(digest)
-    if cached is not None and now - cached[0] < KEY_CACHE_SECONDS:
-        return cached[1]
+    cacheable = key_changes.cache_usable()
+    if cacheable:
+        cached = _keys.get(digest)
+        if (
+            cached is not None
+            and now - cached[0] < KEY_CACHE_SECONDS
+            and cached[2] == _keys_generation
+        ):
+            return cached[1]
+    generation = _keys_generation
     api_key = ApiKey.objects.filter(key_hash=digest).first()
-    if len(_keys) > 10_000:
-        _keys.clear()
-    _keys[digest] = (now, api_key)
+    if cacheable and generation == _keys_generation:
+        if len(_keys) > 10_000:
+            _keys.clear()
+        _keys[digest] = (now, api_key, generation)
     return api_key
 
 
 def api_keys_forget() -> None:
-    """Drops this process's cached keys (after a revocation; in tests)."""
-    _keys.clear()
+    """Drops this process's cached keys and Redis state (tests)."""
+    _keys_changed()
     _last_used_written.clear()
     shared_redis.forget()
 

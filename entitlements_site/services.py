@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from .key_changes import key_changed_announce
 from .models import ApiKey, ApiScope, api_key_generate
 
 
@@ -26,10 +27,21 @@ def api_key_create(
 
 @transaction.atomic
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    """Revokes the key: refused on its next request in every process (key_changes)."""
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])
-    from .api import api_keys_forget
+    key_changed_announce()
+    return api_key
 
-    api_keys_forget()  # this process at once; the others within api.KEY_CACHE_SECONDS
+
+@transaction.atomic
+def api_key_update(*, api_key: ApiKey, name: str, scope: str) -> ApiKey:
+    """Renames the key or changes its scope; a narrower scope applies on its next request."""
+    if scope not in ApiScope.values:
+        raise ValidationError({"scope": f"The scope is one of {', '.join(ApiScope.values)}."})
+    api_key.name, api_key.scope = name.strip(), scope
+    api_key.full_clean()
+    api_key.save(update_fields=["name", "scope"])
+    key_changed_announce()
     return api_key
