@@ -6,6 +6,7 @@ app_name = "dashboard"
 
 urlpatterns = [
     path("", views.overview, name="overview"),
+    path("portal/<str:token>/", views.portal_enter, name="portal_enter"),
     path("buy/<slug:feature_key>/", views.topup_packs, name="topup_packs"),
     path("buy/pack/<slug:pack_key>/", views.topup_confirm, name="topup_confirm"),
     path("buy/receipt/<str:key>/", views.topup_receipt, name="topup_receipt"),

@@ -17,6 +17,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect
@@ -28,6 +29,7 @@ from entitlements_site.errors import DomainError, NotFound, PaymentFailed
 
 from . import selectors
 from .forms import PlanChangeConfirmForm, TopUpConfirmForm
+from .portal import portal_session_open
 
 
 def customer_required(view):
@@ -51,6 +53,16 @@ def customer_required(view):
         return view(request, *args, **kwargs)
 
     return wrapper
+
+
+@never_cache
+@require_http_methods(["GET"])
+def portal_enter(request: HttpRequest, token: str) -> HttpResponse:
+    """A portal link from the business's own app: signs the visitor in to that one customer's
+    dashboard, once; a used, expired or unknown link is a 403 page that says so."""
+    if portal_session_open(request, token) is None:
+        return render(request, "dashboard/portal_expired.html", status=403)
+    return redirect("dashboard:overview")
 
 
 def _page(request: HttpRequest, template: str, context: dict, *, status: int = 200):

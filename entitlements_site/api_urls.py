@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from billing import api as billing_api
 from catalog import api as catalog_api
 from customers import api as customers_api
+from dashboard import api as dashboard_api
 
 from .api import api_not_found
 
@@ -30,6 +31,11 @@ v1 = [
     path(f"{C}/subscription", billing_api.SubscriptionView.as_view(), name="subscription"),
     path(f"{C}/topups", billing_api.TopUpView.as_view(), name="topups"),
     path(f"{C}/invoices", billing_api.InvoiceListView.as_view(), name="invoices"),
+    path(
+        f"{C}/portal-sessions",
+        dashboard_api.PortalSessionView.as_view(),
+        name="portal-sessions",
+    ),
     path(f"{C}/invoices/<str:number>", billing_api.InvoiceDetailView.as_view(), name="invoice"),
     path("features", catalog_api.FeatureListView.as_view(), name="features"),
     path("features/<str:feature_key>", catalog_api.FeatureDetailView.as_view(), name="feature"),

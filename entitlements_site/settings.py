@@ -149,6 +149,8 @@ else:
     EMAIL_FILE_PATH = env.str("EMAIL_FILE_PATH", default=str(VAR_DIR / "outbox"))
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Entitlements <noreply@localhost>")
 SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000")
+# Seconds a portal link (POST /api/v1/customers/{id}/portal-sessions) may be opened, once.
+PORTAL_SESSION_TTL = env.int("PORTAL_SESSION_TTL", default=300)
 
 # Money
 CURRENCIES = ("USD", "EUR", "GBP")

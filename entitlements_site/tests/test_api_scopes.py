@@ -12,7 +12,14 @@ from customers.models import UsageEvent
 from entitlements_site.models import ApiKey
 from entitlements_site.services import api_key_create
 
-RUNTIME_VIEWS = {"entitlements", "entitlement", "consume", "usage-buckets", "usage"}
+RUNTIME_VIEWS = {
+    "entitlements",
+    "entitlement",
+    "consume",
+    "usage-buckets",
+    "usage",
+    "portal-sessions",
+}
 ARGS = {
     "external_id": "acme",
     "feature_key": "data-transfer",

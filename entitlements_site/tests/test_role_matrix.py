@@ -136,6 +136,8 @@ PAGES = {
     "dashboard:invoices": {"GET": EVERY_CUSTOMER},
     "dashboard:notifications": {"GET": EVERY_CUSTOMER},
     "dashboard:notification_detail": {"GET": A_ONLY},
+    # a portal link: an unknown (or used, or expired) token is the expired page for anyone
+    "dashboard:portal_enter": {"GET": (403,) * 6},
     # printable invoices: staff see any, a customer their own
     "billing:invoice_list": {"GET": (LOGIN, 200, 200, 200, 200, LOGIN)},
     "billing:invoice_detail": {"GET": (LOGIN, 200, 404, 200, 200, LOGIN)},
@@ -168,6 +170,7 @@ API = {
     "api:topups": {"GET": (*API_401, 405), "POST": (*API_401, Done(201))},
     "api:invoices": {"GET": (*API_401, 200)},
     "api:invoice": {"GET": (*API_401, 200)},
+    "api:portal-sessions": {"GET": (*API_401, 405), "POST": (*API_401, Done(201))},
     "api:features": {"GET": (*API_401, 200), "POST": (*API_401, Done(201))},
     "api:feature": {
         "GET": (*API_401, 200),
@@ -576,6 +579,7 @@ def _path_kwargs(key: str, w: World, own: Owned) -> dict:
         "dashboard:plan_change": {"plan_key": w.premium.key},
         "dashboard:plan_changed": {"number": own.proration_invoice.number},
         "dashboard:notification_detail": {"pk": own.notification.pk},
+        "dashboard:portal_enter": {"token": "not-a-token"},
         "billing:invoice_detail": {"number": own.proration_invoice.number},
         "api:customer": {"external_id": c.external_id},
         "api:entitlements": {"external_id": c.external_id},
@@ -590,6 +594,7 @@ def _path_kwargs(key: str, w: World, own: Owned) -> dict:
         "api:topups": {"external_id": c.external_id},
         "api:invoices": {"external_id": c.external_id},
         "api:invoice": {"external_id": c.external_id, "number": own.proration_invoice.number},
+        "api:portal-sessions": {"external_id": c.external_id},
         "api:feature": {"feature_key": w.spare.key},
         "api:plan": {"plan_key": w.draft.key},
         "api:topup-pack": {"pack_key": w.spare_pack.key},
@@ -761,7 +766,7 @@ def _json(body) -> str:
 # history rows or the API key's last use).
 _FINGERPRINTED = [
     model
-    for label in ("catalog", "customers", "billing")
+    for label in ("catalog", "customers", "billing", "dashboard")
     for model in apps.get_app_config(label).get_models()
     if not model.__name__.startswith("Historical")
 ]
