@@ -27,7 +27,7 @@ migrate: install
 	$(BIN)/python manage.py migrate --noinput
 
 seed: migrate
-	$(BIN)/python manage.py seed_demo
+	PORT=$(PORT) $(BIN)/python manage.py seed_demo  # its emails link to this PORT
 
 $(SECRET_KEY_FILE): | $(STAMP)
 	mkdir -p $(@D)
