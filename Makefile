@@ -1,11 +1,17 @@
-# Two commands do all the set-up: `make run` and `make test`.
+# Two commands do all the set-up: `make run` and `make test` (`make dev` while coding).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install migrate seed lint format bench worker beat clean
+# The quick start's secret key: generated once, kept out of git (var/ is ignored).
+SECRET_KEY_FILE := var/secret_key
+# collectstatic runs again only when a static file or a package changed (it takes seconds).
+STATIC_MANIFEST := staticfiles/staticfiles.json
+STATIC_SOURCES := $(shell find static */static -type f 2>/dev/null)
+
+.PHONY: run dev test install migrate seed static lint format bench worker beat clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -21,10 +27,29 @@ migrate: install
 	$(BIN)/python manage.py migrate --noinput
 
 seed: migrate
-	$(BIN)/python manage.py seed_demo
+	PORT=$(PORT) $(BIN)/python manage.py seed_demo  # its emails link to this PORT
 
-run: seed
-	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
+$(SECRET_KEY_FILE): | $(STAMP)
+	mkdir -p $(@D)
+	umask 077 && $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(50))' > $@.tmp
+	mv $@.tmp $@
+
+# DEBUG off: the hashed, compressed files of whitenoise's manifest storage.
+$(STATIC_MANIFEST): $(STATIC_SOURCES) requirements.lock | $(STAMP) $(SECRET_KEY_FILE)
+	DJANGO_DEBUG=false $(BIN)/python manage.py collectstatic --noinput -v0
+	touch $@
+
+static: $(STATIC_MANIFEST)
+
+# The quick start: gunicorn with threads, DEBUG off, a connection per request
+# (entitlements_site/gunicorn_conf.py).
+run: $(SECRET_KEY_FILE) seed static
+	DJANGO_DEBUG=false PORT=$(PORT) $(BIN)/gunicorn -c entitlements_site/gunicorn_conf.py
+
+# Development: Django's autoreloading server with DEBUG on. It runs a thread per request, so
+# no connection is kept past its request.
+dev: seed
+	DJANGO_DEBUG=true DB_CONN_MAX_AGE=0 PORT=$(PORT) $(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
 lint: install
 	$(BIN)/ruff check .
@@ -48,4 +73,4 @@ beat: install
 	$(BIN)/celery -A entitlements_site beat --loglevel=info --scheduler django_celery_beat.schedulers:DatabaseScheduler
 
 clean:
-	rm -rf $(VENV) var db.sqlite3
+	rm -rf $(VENV) var db.sqlite3 staticfiles

@@ -1,14 +1,20 @@
 """One settings module, configured from the environment (DESIGN.md "Running").
 
-Defaults are the embedded ones of `make run`: SQLite in the project, tasks run in-process,
-mail written to var/outbox. Production sets DATABASE_URL, CELERY_BROKER_URL, CACHE_URL,
-DJANGO_SECRET_KEY, DJANGO_DEBUG=false and DJANGO_ALLOWED_HOSTS.
+Defaults are the embedded ones: SQLite in the project, tasks run in-process, mail written to
+var/outbox. Production sets DATABASE_URL, CELERY_BROKER_URL, CACHE_URL, DJANGO_SECRET_KEY,
+DJANGO_DEBUG=false and DJANGO_ALLOWED_HOSTS.
+
+DEBUG defaults to on, for `make dev`, management commands and the test suite: tests import
+these settings with DEBUG on (a development key, plain static files, so no `collectstatic`),
+and pytest-django then answers requests with DEBUG off, so they see the production error
+pages. `make run` (entitlements_site/gunicorn_conf.py) and production turn it off.
 """
 
 from pathlib import Path
 
 import environ
 from csp.constants import NONE, SELF, UNSAFE_INLINE
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -16,7 +22,29 @@ VAR_DIR = BASE_DIR / "var"
 env = environ.Env()
 
 DEBUG = env.bool("DJANGO_DEBUG", default=True)
-SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="dev-only-insecure-key-change-me-in-production")
+DEVELOPMENT_SECRET_KEY = "dev-only-insecure-key-change-me-in-production"
+
+
+def _secret_key() -> str:
+    """DJANGO_SECRET_KEY, else the key file that `make run` writes once (git-ignored), else,
+    with DEBUG on only, a development key. The development key is in the repository, so anyone
+    could sign a cookie with it: with DEBUG off the server refuses to start instead."""
+    key = env.str("DJANGO_SECRET_KEY", default="").strip()
+    path = Path(env.str("DJANGO_SECRET_KEY_FILE", default=str(VAR_DIR / "secret_key")))
+    if not key and path.is_file():
+        key = path.read_text().strip()
+    if key and key != DEVELOPMENT_SECRET_KEY:
+        return key
+    if DEBUG:
+        return DEVELOPMENT_SECRET_KEY
+    raise ImproperlyConfigured(
+        "DJANGO_DEBUG is off and no secret key is configured: set DJANGO_SECRET_KEY to 50+ "
+        "random characters (python3 -c 'import secrets; print(secrets.token_urlsafe(50))') "
+        f"or write one to {path} (`make run` does). The development key is refused."
+    )
+
+
+SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
@@ -93,6 +121,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         {"transaction_mode": "IMMEDIATE", "timeout": 30}
     )
 else:
+    # Persistent connections suit gunicorn's sync workers (one per worker, docs/deploy.md).
+    # A server with a thread per request must not keep them: `make run` and `make dev` set
+    # DB_CONN_MAX_AGE=0, a connection per request, closed when the request ends.
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"]["TEST"] = {"NAME": env.str("DATABASE_TEST_NAME", default=None)}
@@ -148,7 +179,8 @@ else:
     EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
     EMAIL_FILE_PATH = env.str("EMAIL_FILE_PATH", default=str(VAR_DIR / "outbox"))
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Entitlements <noreply@localhost>")
-SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000")
+# The links in emails. `make run` and `make dev` serve on 127.0.0.1:$PORT: links follow it.
+SITE_URL = env.str("SITE_URL", default=f"http://127.0.0.1:{env.str('PORT', default='8000')}")
 # Seconds a portal link (POST /api/v1/customers/{id}/portal-sessions) may be opened, once.
 PORTAL_SESSION_TTL = env.int("PORTAL_SESSION_TTL", default=300)
 
