@@ -82,22 +82,30 @@ for i = 1, #KEYS, 2 do
 end
 return 1
 """
-SETTLE_PER_CUSTOMER = 1000  # more customers owed than this: the epoch voids them all at once
-_DELETE_CHUNK = 1000
+SETTLE_CHUNK = 1000  # debts settled per round: a bump of their customers, then their delete
 _scripts: dict = {}
 _local = threading.local()  # the write guard of this thread's write in progress
-# Set while this process may not trust Redis before settling the debts: at its start (a
-# process that wrote and died left them to others) and after each Redis failure it meets.
-_unsettled = threading.Event()
-_unsettled.set()
-shared_redis.on_failure(_unsettled.set)
+# This process must settle the debts before it trusts Redis whenever `_failures` moved past
+# what it last settled: at its start (a process that wrote and died left them to others) and
+# after each Redis failure it meets. A lock makes its other threads wait for the settling.
+_failures = 1
+_settled = 0
+_settling = threading.Lock()
+
+
+def _failed() -> None:
+    global _failures
+    _failures += 1
+
+
+shared_redis.on_failure(_failed)
 
 
 def forget() -> None:
     """Drops this process's registered scripts; it settles again before using Redis (tests:
     as a new process would)."""
     _scripts.clear()
-    _unsettled.set()
+    _failed()
 
 
 def enabled() -> bool:
@@ -109,15 +117,9 @@ def _redis():
     if not enabled():
         return None
     client = shared_redis.client()
-    if client is not None and _unsettled.is_set() and _settle_with(client) is None:
+    if client is not None and _settled != _failures and _settle_with(client) is None:
         return None
     return client
-
-
-def _redis_error(error: BaseException) -> bool:
-    import redis
-
-    return isinstance(error, redis.RedisError | OSError)
 
 
 # --- debts: writes Redis did not hear of --------------------------------------------------
@@ -148,45 +150,58 @@ def heard() -> bool:
 
 
 def settle() -> int:
-    """Voids the snapshots that the debts recorded so far stand for and deletes those debts;
-    answers how many were settled (0 also when Redis cannot be reached: they stay owed)."""
+    """Voids the snapshots that the debts recorded so far stand for and deletes those debts
+    (safe to run twice, and concurrently); answers how many were settled (0 also when Redis
+    cannot be reached: they stay owed)."""
     client = shared_redis.client() if enabled() else None
-    return (_settle_with(client) or 0) if client is not None else 0
+    return (_settle_with(client, always=True) or 0) if client is not None else 0
 
 
-def _settle_with(client) -> int | None:
-    """`_settle`, None when Redis failed (the debts stay owed, this process unsettled)."""
-    _unsettled.clear()  # first: a failure from here on sets it again
-    try:
-        return _settle(client)
-    except Exception as error:
-        _unsettled.set()
-        if not _redis_error(error):
-            raise  # the database's: the caller would meet it anyway
-        shared_redis.failed(error)
-        return None
+def _settle_with(client, *, always: bool = False) -> int | None:
+    """`_settle` unless another thread just did (or `always`); None when Redis failed: the
+    debts stay owed and this process unsettled."""
+    global _settled
+    with _settling:
+        target = _failures  # a failure from here on asks for another round
+        if _settled == target and not always:
+            return 0
+        try:
+            settled = _settle(client)
+        except Exception as error:
+            import redis
+
+            if not isinstance(error, redis.RedisError | OSError):
+                raise  # the database's: the caller would meet it anyway
+            shared_redis.failed(error)
+            return None
+        _settled = target
+        return settled
 
 
 def _settle(client) -> int:
     from .models import SnapshotDebt
 
-    debts = list(SnapshotDebt.objects.values_list("pk", "customer_id"))
-    if not debts:
-        return 0
-    owed = {customer_id for _, customer_id in debts}
-    # The bump first: a debt deleted before it is paid could be lost with this process.
-    if None in owed or len(owed) > SETTLE_PER_CUSTOMER:
-        client.incr(EPOCH_KEY)
-    else:
-        pipe = client.pipeline(transaction=False)
-        for pk in sorted(owed):
-            pipe.incr(f"es:g:{pk}")
-        pipe.execute()
-    # Only the rows seen: one committing meanwhile was not paid by this bump.
-    seen = [pk for pk, _ in debts]
-    for start in range(0, len(seen), _DELETE_CHUNK):
-        SnapshotDebt.objects.filter(pk__in=seen[start : start + _DELETE_CHUNK]).delete()
-    return len(debts)
+    settled = 0
+    while True:
+        debts = list(
+            SnapshotDebt.objects.order_by("pk").values_list("pk", "customer_id")[:SETTLE_CHUNK]
+        )
+        if not debts:
+            return settled
+        owed = {customer_id for _, customer_id in debts}
+        # The bump before the delete: a debt deleted unpaid would be lost with this process.
+        if None in owed:
+            client.incr(EPOCH_KEY)
+        else:
+            pipe = client.pipeline(transaction=False)
+            for pk in sorted(owed):
+                pipe.incr(f"es:g:{pk}")
+            pipe.execute()
+        # Only the rows seen: one committing meanwhile was not paid by this bump.
+        SnapshotDebt.objects.filter(pk__in=[pk for pk, _ in debts]).delete()
+        settled += len(debts)
+        if len(debts) < SETTLE_CHUNK:
+            return settled
 
 
 def _script(client, name: str, source: str):
