@@ -20,14 +20,14 @@ plus the global `es:epoch`):
   stored copy is already void. A reader never stores while a write is in flight.
 - when Redis fails, readers and writers use PostgreSQL alone. A write that could not tell
   Redis (`write_begin` or `changed`'s first bump failed) inserts a `SnapshotDebt` row in its
-  own transaction: the debt is durable exactly when the write is, and outlives the process.
-  A process settles the debts (bumps the gen of each customer owed, or the epoch, then deletes
-  the rows it saw) before its first use of Redis, after any Redis failure it met, and when
-  `snapshots_settle` runs (beat, every few seconds): a worker that wrote during an outage and
-  was then reloaded or killed leaves nothing stale behind. A worker killed between its commit
-  and `write_end` leaves dirty set: readers use PostgreSQL for that customer until the dirty
-  key's TTL (a minute) ends; what a reader stored before `write_begin` was voided by its gen
-  bump, what it read after sees dirty and is not stored.
+  own transaction (snapshot_debts.py): the debt is durable exactly when the write is, and
+  outlives the process. A process settles the debts (bumps the gen of each customer owed,
+  or the epoch, then deletes the rows it saw) before its first use of Redis, after any Redis
+  failure it met, and when `snapshots_settle` runs (beat, every 10 s): a worker that wrote
+  during an outage and was then reloaded or killed leaves nothing stale behind. A worker
+  killed between its commit and `write_end` leaves dirty set: readers use PostgreSQL for
+  that customer until the dirty key's TTL (a minute) ends; what a reader stored before
+  `write_begin` was voided by its gen bump, what it read after sees dirty and is not stored.
 Requires a Redis that does not evict keys behind our back (`noeviction` or `volatile-*`).
 """
 
@@ -44,6 +44,8 @@ from django.conf import settings
 from django.db import transaction
 
 from entitlements_site import shared_redis
+
+from . import snapshot_debts
 
 PRESENT = dt.timedelta(seconds=5)  # reads of moments older than this never use snapshots
 SNAPSHOT_TTL = 3600  # seconds: a bound on any staleness the protocol above cannot see
@@ -82,30 +84,15 @@ for i = 1, #KEYS, 2 do
 end
 return 1
 """
-SETTLE_CHUNK = 1000  # debts settled per round: a bump of their customers, then their delete
 _scripts: dict = {}
 _local = threading.local()  # the write guard of this thread's write in progress
-# This process must settle the debts before it trusts Redis whenever `_failures` moved past
-# what it last settled: at its start (a process that wrote and died left them to others) and
-# after each Redis failure it meets. A lock makes its other threads wait for the settling.
-_failures = 1
-_settled = 0
-_settling = threading.Lock()
-
-
-def _failed() -> None:
-    global _failures
-    _failures += 1
-
-
-shared_redis.on_failure(_failed)
 
 
 def forget() -> None:
     """Drops this process's registered scripts; it settles again before using Redis (tests:
     as a new process would)."""
     _scripts.clear()
-    _failed()
+    snapshot_debts.forget()
 
 
 def enabled() -> bool:
@@ -117,21 +104,13 @@ def _redis():
     if not enabled():
         return None
     client = shared_redis.client()
-    if client is not None and _settled != _failures and _settle_with(client) is None:
+    if (
+        client is not None
+        and snapshot_debts.unsettled()
+        and snapshot_debts.settle_with(client, _void) is None
+    ):
         return None
     return client
-
-
-# --- debts: writes Redis did not hear of --------------------------------------------------
-
-
-def _owe(customer_ids: list[int] | None) -> None:
-    """Records in the caller's transaction (or at once, outside one) that these customers'
-    snapshots (None: every snapshot) must be voided."""
-    from .models import SnapshotDebt
-
-    ids = [None] if customer_ids is None else customer_ids
-    SnapshotDebt.objects.bulk_create([SnapshotDebt(customer_id=pk) for pk in ids])
 
 
 def record_unheard_write() -> None:
@@ -139,7 +118,7 @@ def record_unheard_write() -> None:
     of its begin, the debt commits (or rolls back) with the write."""
     guard = getattr(_local, "guard", None)
     if guard is not None and not guard.begun and enabled():
-        _owe(guard.customer_ids)
+        snapshot_debts.owe(guard.customer_ids)
 
 
 def heard() -> bool:
@@ -154,54 +133,9 @@ def settle() -> int:
     (safe to run twice, and concurrently); answers how many were settled (0 also when Redis
     cannot be reached: they stay owed)."""
     client = shared_redis.client() if enabled() else None
-    return (_settle_with(client, always=True) or 0) if client is not None else 0
-
-
-def _settle_with(client, *, always: bool = False) -> int | None:
-    """`_settle` unless another thread just did (or `always`); None when Redis failed: the
-    debts stay owed and this process unsettled."""
-    global _settled
-    with _settling:
-        target = _failures  # a failure from here on asks for another round
-        if _settled == target and not always:
-            return 0
-        try:
-            settled = _settle(client)
-        except Exception as error:
-            import redis
-
-            if not isinstance(error, redis.RedisError | OSError):
-                raise  # the database's: the caller would meet it anyway
-            shared_redis.failed(error)
-            return None
-        _settled = target
-        return settled
-
-
-def _settle(client) -> int:
-    from .models import SnapshotDebt
-
-    settled = 0
-    while True:
-        debts = list(
-            SnapshotDebt.objects.order_by("pk").values_list("pk", "customer_id")[:SETTLE_CHUNK]
-        )
-        if not debts:
-            return settled
-        owed = {customer_id for _, customer_id in debts}
-        # The bump before the delete: a debt deleted unpaid would be lost with this process.
-        if None in owed:
-            client.incr(EPOCH_KEY)
-        else:
-            pipe = client.pipeline(transaction=False)
-            for pk in sorted(owed):
-                pipe.incr(f"es:g:{pk}")
-            pipe.execute()
-        # Only the rows seen: one committing meanwhile was not paid by this bump.
-        SnapshotDebt.objects.filter(pk__in=[pk for pk, _ in debts]).delete()
-        settled += len(debts)
-        if len(debts) < SETTLE_CHUNK:
-            return settled
+    if client is None:
+        return 0
+    return snapshot_debts.settle_with(client, _void, always=True) or 0
 
 
 def _script(client, name: str, source: str):
@@ -451,9 +385,9 @@ def changed(customer_ids: Iterable[int] | None) -> None:
     ids = None if customer_ids is None else sorted(set(customer_ids))
     owed = not _bump(ids)
     if owed:
-        _owe(ids)  # in the caller's transaction: durable with the change
+        snapshot_debts.owe(ids)  # in the caller's transaction: durable with the change
     # After the commit: a reader may have stored what it read before it (the first bump's gen).
-    transaction.on_commit(lambda: _bump(ids) or owed or _owe(ids))
+    transaction.on_commit(lambda: _bump(ids) or owed or snapshot_debts.owe(ids))
 
 
 def _bump(ids: list[int] | None) -> bool:
@@ -462,14 +396,19 @@ def _bump(ids: list[int] | None) -> bool:
     if client is None:
         return False
     try:
-        if ids is None:
-            client.incr(EPOCH_KEY)
-        else:
-            pipe = client.pipeline(transaction=False)
-            for pk in ids:
-                pipe.incr(f"es:g:{pk}")
-            pipe.execute()
+        _void(client, ids)
     except Exception as error:  # noqa: BLE001
         shared_redis.failed(error)
         return False
     return True
+
+
+def _void(client, ids: list[int] | None) -> None:
+    """Bumps these customers' gens (None: the epoch, voiding every snapshot)."""
+    if ids is None:
+        client.incr(EPOCH_KEY)
+    else:
+        pipe = client.pipeline(transaction=False)
+        for pk in ids:
+            pipe.incr(f"es:g:{pk}")
+        pipe.execute()
