@@ -13,13 +13,12 @@ from customers import services as customer_services
 from customers import snapshots, tasks
 from customers.models import SnapshotDebt
 from entitlements_site import shared_redis
-from entitlements_site.tests.test_api_snapshots import (  # noqa: F401 (fixtures)
-    REDIS,
-    check,
-    consume,
-    mirror,
-    worker_id,
-)
+from entitlements_site.tests import test_api_snapshots
+from entitlements_site.tests.test_api_snapshots import REDIS, check, consume
+
+# The Redis of this test worker's own, emptied around each test.
+mirror = test_api_snapshots.mirror
+worker_id = test_api_snapshots.worker_id
 
 pytestmark = pytest.mark.skipif(REDIS is None, reason="needs a Redis server")
 
@@ -31,7 +30,7 @@ def redis_down(settings) -> None:
     shared_redis.forget()
 
 
-def process_ends_and_redis_returns(settings, mirror) -> None:  # noqa: F811
+def process_ends_and_redis_returns(settings, mirror) -> None:
     """The process that wrote ends (what it remembered goes with it); a new one starts while
     Redis, back, still holds the snapshot read before the write."""
     settings.HOT_REDIS_URL = mirror.test_url
@@ -72,13 +71,7 @@ def write_override(api, customer, features):
     ids=["consume", "batch", "grant", "override"],
 )
 def test_a_write_redis_did_not_hear_of_shows_after_its_process_ended(
-    write,
-    seen,
-    mirror,
-    customer,
-    features,
-    api,
-    settings,  # noqa: F811
+    write, seen, mirror, customer, features, api, settings
 ):
     # Given a check mirrored at 0 used of 20
     assert (check(api)["usage"], check(api)["balance"]) == ("0", "20")
@@ -96,12 +89,7 @@ def test_a_write_redis_did_not_hear_of_shows_after_its_process_ended(
     assert mirror.exists(f"es:s:{customer.pk}")
 
 
-def test_a_refused_consume_while_redis_is_down_owes_nothing(
-    mirror,
-    customer,
-    api,
-    settings,  # noqa: F811
-):
+def test_a_refused_consume_while_redis_is_down_owes_nothing(mirror, customer, api, settings):
     # Given Redis down
     check(api)
     redis_down(settings)
@@ -115,7 +103,7 @@ def test_a_refused_consume_while_redis_is_down_owes_nothing(
     assert (check(api)["usage"], check(api)["balance"]) == ("0", "20")
 
 
-def test_the_beat_task_settles_the_debts_left_once(mirror, customer, api, settings):  # noqa: F811
+def test_the_beat_task_settles_the_debts_left_once(mirror, customer, api, settings):
     # Given a consume while Redis was down, by a process that then ended
     check(api)
     redis_down(settings)
@@ -131,16 +119,19 @@ def test_the_beat_task_settles_the_debts_left_once(mirror, customer, api, settin
     assert check(api)["usage"] == "3"
 
 
-def test_while_redis_is_still_down_the_debt_stays_owed(mirror, customer, api, settings):  # noqa: F811
+def test_while_redis_is_still_down_the_debt_stays_owed(mirror, customer, api, settings):
+    # Given a consume while Redis is down, by a process that ended
     check(api)
     redis_down(settings)
     consume(api, "3", "down-1")
     snapshots.forget()  # a new process, with Redis still down
 
+    # When the backstop runs while Redis is still down, it settles nothing; checks go on
     assert tasks.snapshots_settle() == 0
     assert check(api)["usage"] == "3"  # from the database
     assert SnapshotDebt.objects.count() == 1
 
+    # Then once Redis is back the debt is settled by the first check, which is exact
     process_ends_and_redis_returns(settings, mirror)
     assert check(api)["usage"] == "3"
     assert not SnapshotDebt.objects.exists()
