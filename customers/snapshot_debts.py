@@ -8,20 +8,25 @@ deletes the rows it saw. A process settles before its first use of Redis (one th
 died left its debts to others), after each Redis failure it meets, and when the beat task runs.
 """
 
-import threading
+import logging
 from collections.abc import Callable
+
+from django.db import DatabaseError, transaction
 
 from entitlements_site import shared_redis
 
 from .models import SnapshotDebt
 
+logger = logging.getLogger(__name__)
+
 SETTLE_CHUNK = 1000  # debts settled per round: a bump of their customers, then their delete
+SETTLE_ROUNDS = 100
 
 # This process must settle before it trusts Redis whenever `_failures` has moved past what it
-# last settled; its other threads wait on the lock while one settles.
+# last settled. Its threads may settle at the same time (each sees it unsettled until one has
+# finished): no thread waits on another while holding locks in the database.
 _failures = 1  # a new process starts unsettled
 _settled = 0
-_settling = threading.Lock()
 
 
 def _failed() -> None:
@@ -48,33 +53,28 @@ def owe(customer_ids: list[int] | None) -> None:
     SnapshotDebt.objects.bulk_create([SnapshotDebt(customer_id=pk) for pk in ids])
 
 
-def settle_with(
-    client, void: Callable[[object, list[int] | None], None], *, always: bool = False
-) -> int | None:
-    """Settles with `client` unless another thread just did (or `always`); `void(client, ids)`
-    bumps their gens (None: the epoch). Answers how many debts were settled, None when Redis
-    failed (the debts stay owed and this process unsettled). A database error is raised."""
+def settle_with(client, void: Callable[[object, list[int] | None], None]) -> int | None:
+    """Settles with `client`; `void(client, ids)` bumps their gens (None: the epoch). Answers
+    how many debts were settled, None when Redis failed (the debts stay owed and this process
+    unsettled). A database error reading the debts is raised."""
     global _settled
-    with _settling:
-        target = _failures  # a failure from here on asks for another round
-        if _settled == target and not always:
-            return 0
-        try:
-            settled = _settle(client, void)
-        except Exception as error:
-            import redis
+    target = _failures  # a failure from here on asks for another round
+    try:
+        settled = _settle(client, void)
+    except Exception as error:
+        import redis
 
-            if not isinstance(error, redis.RedisError | OSError):
-                raise
-            shared_redis.failed(error)
-            return None
-        _settled = target
-        return settled
+        if not isinstance(error, redis.RedisError | OSError):
+            raise
+        shared_redis.failed(error)
+        return None
+    _settled = max(_settled, target)
+    return settled
 
 
 def _settle(client, void) -> int:
     settled = 0
-    while True:
+    for _ in range(SETTLE_ROUNDS):
         debts = list(
             SnapshotDebt.objects.order_by("pk").values_list("pk", "customer_id")[:SETTLE_CHUNK]
         )
@@ -84,7 +84,16 @@ def _settle(client, void) -> int:
         # The bump before the delete: a debt deleted unpaid would be lost with this process.
         void(client, None if None in owed else sorted(owed))
         # Only the rows seen: one committing meanwhile was not paid by this bump.
-        SnapshotDebt.objects.filter(pk__in=[pk for pk, _ in debts]).delete()
+        try:
+            with transaction.atomic():
+                SnapshotDebt.objects.filter(pk__in=[pk for pk, _ in debts]).delete()
+        except DatabaseError:
+            # Paid already (a deadlock with another settling, say): they are paid again later.
+            logger.warning("Snapshot debts paid but not deleted", exc_info=True)
+            return settled + len(debts)
         settled += len(debts)
         if len(debts) < SETTLE_CHUNK:
             return settled
+    # More are owed than a settling deletes: void every snapshot for them (deleted later).
+    void(client, None)
+    return settled

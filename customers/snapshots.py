@@ -135,7 +135,7 @@ def settle() -> int:
     client = shared_redis.client() if enabled() else None
     if client is None:
         return 0
-    return snapshot_debts.settle_with(client, _void, always=True) or 0
+    return snapshot_debts.settle_with(client, _void) or 0
 
 
 def _script(client, name: str, source: str):

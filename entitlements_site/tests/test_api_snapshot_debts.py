@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 
 from customers import services as customer_services
-from customers import snapshots, tasks
+from customers import snapshot_debts, snapshots, tasks
 from customers.models import SnapshotDebt
 from entitlements_site import shared_redis
 from entitlements_site.tests import test_api_snapshots
@@ -135,3 +135,29 @@ def test_while_redis_is_still_down_the_debt_stays_owed(mirror, customer, api, se
     process_ends_and_redis_returns(settings, mirror)
     assert check(api)["usage"] == "3"
     assert not SnapshotDebt.objects.exists()
+
+
+def test_more_debts_than_a_settling_deletes_still_void_every_snapshot_owed(
+    mirror, customer, plan, api, settings, monkeypatch
+):
+    # Given two customers' checks mirrored, and settlings of one round of two debts
+    other = customer_services.customer_create(external_id="globex", name="Globex")
+    customer_services.subscription_start(customer=other, plan=plan)
+    other_check = "/api/v1/customers/globex/entitlements/data-transfer"
+    assert (check(api)["usage"], api.get(other_check).json()["usage"]) == ("0", "0")
+    monkeypatch.setattr(snapshot_debts, "SETTLE_CHUNK", 2)
+    monkeypatch.setattr(snapshot_debts, "SETTLE_ROUNDS", 1)
+
+    # When three consumes are made while Redis is down (acme twice, then globex) by a process
+    # that then ends
+    redis_down(settings)
+    consume(api, "1", "down-1")
+    consume(api, "1", "down-2")
+    body = {"quantity": "4", "event_id": "down-3"}
+    assert api.post(f"{other_check}/consume", body, format="json").json()["allowed"] is True
+    process_ends_and_redis_returns(settings, mirror)
+
+    # Then both customers' checks show their consumes, though one debt is left to delete
+    assert check(api)["usage"] == "2"
+    assert api.get(other_check).json()["usage"] == "4"
+    assert SnapshotDebt.objects.count() == 1
