@@ -1123,7 +1123,8 @@ def entitlement_consume(
 
 
 def _consume(customer, pk, feature, quantity, event_id, at, properties) -> ConsumeResult:
-    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+    # Unheard by Redis, the write records its debt in its transaction: the ordinary path.
+    if connection.vendor == "postgresql" and not connection.in_atomic_block and snapshots.heard():
         fast = _consume_two_trips(pk, feature, quantity, event_id, at, properties)
         if fast is not None:
             return fast
@@ -1172,6 +1173,7 @@ def _consume_in_transaction(customer, pk, feature, quantity, event_id, at, prope
         before = _compute(feature, terms, counters, grants, windows)
         _apply_draw(draw, terms, counters, at)
         _save_counters_and_grants(counters.values(), grants)
+        snapshots.record_unheard_write()
         after = _compute(feature, terms, counters, grants, windows)
         _after_usage(state, feature, before, after)
         return ConsumeResult(True, None, after)
@@ -1506,6 +1508,7 @@ def _record_batch(
         if adds and any((g.customer_id, g.feature_id) not in granted for g in grants):
             raise _GrantAppeared
         _record_reported(fresh, states, locked, grants, adds)
+        snapshots.record_unheard_write()
         return len(fresh)
 
 

@@ -356,6 +356,19 @@ class CountedWindow(models.Model):
         return f"{self.feature_id} {self.window}"
 
 
+class SnapshotDebt(models.Model):
+    """A write that Redis did not hear of (customers/snapshots.py): inserted in the write's own
+    transaction, so that the snapshots it voids stay owed whatever happens to the process that
+    wrote, until a process that reaches Redis voids them and deletes the row."""
+
+    # Not a foreign key: a debt outlives nothing and must never block deleting a customer.
+    customer_id = models.BigIntegerField(null=True, help_text="None: every customer.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"snapshots of {self.customer_id or 'every customer'} owed since {self.created_at}"
+
+
 # --- notifications and webhooks (DESIGN.md "Notifications") ----------------------------------
 
 

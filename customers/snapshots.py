@@ -18,10 +18,15 @@ plus the global `es:epoch`):
   before its horizon. Otherwise it reads PostgreSQL and stores what it read tagged with the
   gen and epoch it saw *before* reading: a write committing after that has bumped gen, so the
   stored copy is already void. A reader never stores while a write is in flight.
-- when Redis fails, readers and writers use PostgreSQL alone; a process that could not tell
-  Redis of a write bumps the epoch (voiding every snapshot) at its next successful call. A
-  worker killed between its commit and `write_end` leaves dirty set: readers use PostgreSQL
-  for that customer until the dirty key's TTL (a minute) ends; what a reader stored before
+- when Redis fails, readers and writers use PostgreSQL alone. A write that could not tell
+  Redis (`write_begin` or `changed`'s first bump failed) inserts a `SnapshotDebt` row in its
+  own transaction (snapshot_debts.py): the debt is durable exactly when the write is, and
+  outlives the process. A process settles the debts (bumps the gen of each customer owed,
+  or the epoch, then deletes the rows it saw) before its first use of Redis, after any Redis
+  failure it met, and when `snapshots_settle` runs (beat, every 10 s): a worker that wrote
+  during an outage and was then reloaded or killed leaves nothing stale behind. A worker
+  killed between its commit and `write_end` leaves dirty set: readers use PostgreSQL for
+  that customer until the dirty key's TTL (a minute) ends; what a reader stored before
   `write_begin` was voided by its gen bump, what it read after sees dirty and is not stored.
 Requires a Redis that does not evict keys behind our back (`noeviction` or `volatile-*`).
 """
@@ -39,6 +44,8 @@ from django.conf import settings
 from django.db import transaction
 
 from entitlements_site import shared_redis
+
+from . import snapshot_debts
 
 PRESENT = dt.timedelta(seconds=5)  # reads of moments older than this never use snapshots
 SNAPSHOT_TTL = 3600  # seconds: a bound on any staleness the protocol above cannot see
@@ -78,20 +85,14 @@ end
 return 1
 """
 _scripts: dict = {}
-_owe_epoch = threading.Event()  # a write Redis did not hear of: void everything on return
-
-
-def _owe() -> None:
-    _owe_epoch.set()
-
-
-shared_redis.on_failure(_owe)
+_local = threading.local()  # the write guard of this thread's write in progress
 
 
 def forget() -> None:
-    """Drops this process's registered scripts and any debt (tests)."""
+    """Drops this process's registered scripts; it settles again before using Redis (tests:
+    as a new process would)."""
     _scripts.clear()
-    _owe_epoch.clear()
+    snapshot_debts.forget()
 
 
 def enabled() -> bool:
@@ -99,18 +100,42 @@ def enabled() -> bool:
 
 
 def _redis():
-    """The client, having paid what this process owes (an epoch bump) first; None if off."""
+    """The client, having settled the debts first when this process must; None if off."""
     if not enabled():
         return None
     client = shared_redis.client()
-    if client is not None and _owe_epoch.is_set():
-        try:
-            client.incr(EPOCH_KEY)
-        except Exception as error:  # noqa: BLE001 (any Redis failure)
-            shared_redis.failed(error)
-            return None
-        _owe_epoch.clear()
+    if (
+        client is not None
+        and snapshot_debts.unsettled()
+        and snapshot_debts.settle_with(client, _void) is None
+    ):
+        return None
     return client
+
+
+def record_unheard_write() -> None:
+    """Called inside a write transaction of usage under `write_guard`: when Redis did not hear
+    of its begin, the debt commits (or rolls back) with the write."""
+    guard = getattr(_local, "guard", None)
+    if guard is not None and not guard.begun and enabled():
+        snapshot_debts.owe(guard.customer_ids)
+
+
+def heard() -> bool:
+    """Whether Redis heard of the begin of this thread's write in progress (or snapshots are
+    off): if not, the write must call `record_unheard_write` in its transaction."""
+    guard = getattr(_local, "guard", None)
+    return guard is None or guard.begun or not enabled()
+
+
+def settle() -> int:
+    """Voids the snapshots that the debts recorded so far stand for and deletes those debts
+    (safe to run twice, and concurrently); answers how many were settled (0 also when Redis
+    cannot be reached: they stay owed)."""
+    client = shared_redis.client() if enabled() else None
+    if client is None:
+        return 0
+    return snapshot_debts.settle_with(client, _void) or 0
 
 
 def _script(client, name: str, source: str):
@@ -299,6 +324,15 @@ class WriteGuard:
         self.begun = False
 
     def __enter__(self) -> WriteGuard:
+        self.outer = getattr(_local, "guard", None)
+        _local.guard = self
+        try:
+            return self._begin()
+        except BaseException:
+            _local.guard = self.outer
+            raise
+
+    def _begin(self) -> WriteGuard:
         client = _redis()
         rate = shared_redis.rate_take()
         if client is None:
@@ -320,13 +354,14 @@ class WriteGuard:
         return self
 
     def __exit__(self, *exc) -> None:
+        _local.guard = self.outer
         self.end()
 
     def end(self) -> None:
+        # Unheard, the write recorded its debt; heard, its dirty mark voids snapshots until
+        # this end, or until the mark's TTL if this end does not reach Redis.
         client = _redis()
         if client is None:
-            if enabled():
-                _owe()
             return
         keys = []
         for pk in self.customer_ids:
@@ -348,22 +383,32 @@ def changed(customer_ids: Iterable[int] | None) -> None:
     if not enabled():
         return
     ids = None if customer_ids is None else sorted(set(customer_ids))
-    _bump(ids)
-    transaction.on_commit(lambda: _bump(ids))
+    owed = not _bump(ids)
+    if owed:
+        snapshot_debts.owe(ids)  # in the caller's transaction: durable with the change
+    # After the commit: a reader may have stored what it read before it (the first bump's gen).
+    transaction.on_commit(lambda: _bump(ids) or owed or snapshot_debts.owe(ids))
 
 
-def _bump(ids: list[int] | None) -> None:
+def _bump(ids: list[int] | None) -> bool:
+    """Voids the snapshots now; False when Redis could not be told."""
     client = _redis()
     if client is None:
-        _owe()
-        return
+        return False
     try:
-        if ids is None:
-            client.incr(EPOCH_KEY)
-        else:
-            pipe = client.pipeline(transaction=False)
-            for pk in ids:
-                pipe.incr(f"es:g:{pk}")
-            pipe.execute()
+        _void(client, ids)
     except Exception as error:  # noqa: BLE001
         shared_redis.failed(error)
+        return False
+    return True
+
+
+def _void(client, ids: list[int] | None) -> None:
+    """Bumps these customers' gens (None: the epoch, voiding every snapshot)."""
+    if ids is None:
+        client.incr(EPOCH_KEY)
+    else:
+        pipe = client.pipeline(transaction=False)
+        for pk in ids:
+            pipe.incr(f"es:g:{pk}")
+        pipe.execute()

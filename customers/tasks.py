@@ -10,7 +10,7 @@ import smtplib
 
 from celery import shared_task
 
-from . import notifications, webhooks
+from . import notifications, snapshots, webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -104,3 +104,10 @@ def webhook_deliveries_sweep(due_within_seconds: float = 0) -> int:
             break
         queued += 1
     return queued
+
+
+@shared_task(name="customers.tasks.snapshots_settle")
+def snapshots_settle() -> int:
+    """Voids the Redis snapshots that writes Redis did not hear of stand for (a backstop: web
+    processes settle at their start and after a Redis failure). Returns how many debts."""
+    return snapshots.settle()

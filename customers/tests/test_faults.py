@@ -409,8 +409,8 @@ def test_redis_down_the_api_keeps_answering_and_the_emails_go_once_when_it_is_ba
             own_redis.start()
         else:
             own_redis.thaw()
-        # The snapshot Redis kept while hung (50 GB) is never answered: the process that wrote
-        # during the outage voids every snapshot at its next call
+        # The snapshot Redis kept while hung (50 GB) is never answered: the writes made during
+        # the outage left debts in the database, settled before Redis is used again
         time.sleep(1.1)  # past the pause after a failure
         assert api.get(entitlement).json()["usage"] == "85"
         assert api.get(entitlement).json()["usage"] == "85"
