@@ -1,7 +1,10 @@
-"""The list endpoints' pagination, with the bounds the schema documents."""
+"""The list endpoints' query parameters, held to what the schema documents: pagination bounds
+and strict boolean filters."""
 
 import re
 
+from django_filters import BooleanFilter
+from django_filters.rest_framework import DjangoFilterBackend
 from rest_framework.pagination import LimitOffsetPagination
 
 from .errors import InvalidInput
@@ -48,3 +51,24 @@ class BoundedLimitOffsetPagination(LimitOffsetPagination):
         for parameter in parameters:
             parameter["schema"].update(bounds[parameter["name"]])
         return parameters
+
+
+class StrictFilterBackend(DjangoFilterBackend):
+    """A boolean filter (`?public=`, `?active=`) is `true` or `false`, given once: anything else
+    is a 400 naming it, not silently ignored (which listed everything for `?public=yes`)."""
+
+    def get_filterset(self, request, queryset, view):
+        filterset = super().get_filterset(request, queryset, view)
+        for name, query_filter in (filterset.filters if filterset else {}).items():
+            values = request.query_params.getlist(name)
+            if (
+                isinstance(query_filter, BooleanFilter)
+                and values
+                and (len(values) > 1 or values[0] not in ("true", "false"))
+            ):
+                raise InvalidInput(
+                    f"{name} is true or false.",
+                    code="invalid",
+                    details={name: ["true or false, given once."]},
+                )
+        return filterset

@@ -190,7 +190,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "entitlements_site.api.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "entitlements_site.openapi.ApiAutoSchema",
-    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_FILTER_BACKENDS": ["entitlements_site.pagination.StrictFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "entitlements_site.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "COERCE_DECIMAL_TO_STRING": True,

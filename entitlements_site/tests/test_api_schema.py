@@ -197,3 +197,13 @@ def test_schema_and_docs_are_served_without_a_cdn(client, db):
     html = docs.content.decode()
     assert "/static/drf_spectacular_sidecar/" in html
     assert "cdn" not in html.lower() and "https://" not in html
+
+
+def test_boolean_filters_accept_only_true_or_false(api, plan):
+    # Given a public filter on the plan list: true or false filter it
+    assert api.get("/api/v1/plans?public=false").status_code == 200
+    # When it is anything else, or given twice, Then a 400 names it (nothing silently ignored)
+    for query in ["public=null", "public=yes", "public=true&public=false"]:
+        response = api.get(f"/api/v1/plans?{query}")
+        assert response.status_code == 400, query
+        assert "public" in response.json()["error"]["details"]
