@@ -28,6 +28,7 @@ from entitlements_site.api import (
     time_str,
 )
 from entitlements_site.errors import InvalidInput, NotFound
+from entitlements_site.openapi import ErrorOut
 
 from . import engine, selectors, services
 from .models import Customer, EntitlementOverride, Grant, GrantSource
@@ -100,17 +101,6 @@ class ConsumeOut(serializers.Serializer):
     allowed = serializers.BooleanField()
     reason = serializers.ChoiceField(["limit_exceeded", "no_access"], allow_null=True)
     entitlement = EntitlementOut()
-
-
-class ErrorOut(serializers.Serializer):
-    error = inline_serializer(
-        "ErrorBody",
-        {
-            "code": serializers.CharField(),
-            "message": serializers.CharField(),
-            "details": serializers.DictField(),
-        },
-    )
 
 
 E_EXAMPLE = {
@@ -214,7 +204,6 @@ class EntitlementsView(APIView):
 
     @extend_schema(
         summary="Check all entitlements of a customer",
-        operation_id="entitlements_list",
         tags=["entitlements"],
         responses={200: EntitlementsOut, **ERRORS},
         examples=[
@@ -234,7 +223,6 @@ class EntitlementView(APIView):
 
     @extend_schema(
         summary="Check one entitlement: may this customer use this feature now?",
-        operation_id="entitlement_check",
         tags=["entitlements"],
         responses={200: EntitlementOut, **ERRORS},
         examples=[OpenApiExample("Storage", E_EXAMPLE, response_only=True)],
@@ -248,7 +236,6 @@ class ConsumeView(APIView):
 
     @extend_schema(
         summary="Consume units of a metered feature (atomic check-and-record)",
-        operation_id="entitlement_consume",
         description="A denial is a 200 with `allowed: false` and records nothing. The same "
         "`event_id` again returns the first outcome and counts once.",
         tags=["entitlements"],

@@ -13,6 +13,7 @@ from django.db import DataError, IntegrityError, InterfaceError, OperationalErro
 from django.db.models import ProtectedError
 from django.http import Http404, JsonResponse
 from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
 from djmoney.money import Money
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import extend_schema_field
@@ -330,8 +331,11 @@ def api_exception_handler(exc, context):
     return None
 
 
+@csrf_exempt
 def api_not_found(request, *args, **kwargs):
-    """Unknown paths under /api/ answer in the error format, not Django's HTML page."""
+    """Unknown paths under /api/ answer in the error format, not Django's HTML page, whatever
+    the method: exempt from CSRF, whose HTML 403 would otherwise answer a POST first (there is
+    no session here to protect; API calls authenticate with a key)."""
     return JsonResponse(
         error_body("not_found", "No such API endpoint."), status=status.HTTP_404_NOT_FOUND
     )

@@ -8,10 +8,31 @@ from catalog import api as catalog_api
 from customers import api as customers_api
 from dashboard import api as dashboard_api
 
-from .api import api_not_found
+from .api import FastJSONRenderer, api_not_found
 
 # The schema and its docs page are public: they describe the API, not anyone's data.
 PUBLIC = {"authentication_classes": [], "permission_classes": [], "throttle_classes": []}
+
+
+class _ErrorsAsJSON:
+    """A wrong method on the schema or docs page answers the API's error JSON (a 405), not
+    an error rendered as YAML or HTML by the page's own renderer."""
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if response.status_code >= 400 and getattr(response, "data", None) is not None:
+            response.accepted_renderer = FastJSONRenderer()
+            response.accepted_media_type = FastJSONRenderer.media_type
+        return response
+
+
+class SchemaView(_ErrorsAsJSON, SpectacularAPIView):
+    pass
+
+
+class DocsView(_ErrorsAsJSON, SpectacularSwaggerSplitView):
+    pass
+
 
 C = "customers/<str:external_id>"
 E = f"{C}/entitlements/<str:feature_key>"
@@ -48,12 +69,10 @@ v1 = [
 ]
 
 urlpatterns = [
-    path("schema/", SpectacularAPIView.as_view(**PUBLIC), name="schema"),
+    path("schema/", SchemaView.as_view(**PUBLIC), name="schema"),
     # The split view serves its start-up script as a file (?script): no inline script, so the
     # page runs under the site's Content-Security-Policy.
-    path(
-        "docs/", SpectacularSwaggerSplitView.as_view(url_name="api:schema", **PUBLIC), name="docs"
-    ),
+    path("docs/", DocsView.as_view(url_name="api:schema", **PUBLIC), name="docs"),
     path("v1/", include(v1)),
     re_path(r"^.*$", api_not_found),
 ]

@@ -225,9 +225,9 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["entitlements_site.api.FastJSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "entitlements_site.api.api_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_SCHEMA_CLASS": "entitlements_site.openapi.ApiAutoSchema",
+    "DEFAULT_FILTER_BACKENDS": ["entitlements_site.pagination.StrictFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "entitlements_site.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "COERCE_DECIMAL_TO_STRING": True,
     "DATETIME_FORMAT": "iso-8601",
@@ -241,6 +241,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "entitlements_site.openapi.error_schema_hook",
+    ],
 }
 
 # Security (hardened further under DJANGO_DEBUG=false)
