@@ -28,14 +28,8 @@ from catalog.models import Enforcement
 from catalog.selectors import money_text, quantity_text, topup_packs_available
 
 from . import capacity as capacity_rule
-from . import engine, webhooks
-from .models import (
-    Customer,
-    Notification,
-    NotificationStatus,
-    Subscription,
-    SubscriptionStatus,
-)
+from . import engine, services, webhooks
+from .models import Customer, Notification, NotificationStatus, Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -147,14 +141,6 @@ def _wire_decimal(value: Decimal) -> str:
     return f"{value.normalize():f}" if value else "0"
 
 
-def _subscription_of(customer: Customer) -> Subscription | None:
-    return (
-        Subscription.objects.filter(customer=customer, status=SubscriptionStatus.ACTIVE)
-        .select_related("plan")
-        .first()
-    )
-
-
 def _pack_offered(customer: Customer, subscription: Subscription | None, feature) -> bool:
     """Whether the dashboard's top-up page for `feature` has a pack this customer may buy: the
     same filter as dashboard.selectors.topup_packs_for (active, on their plan or on every plan,
@@ -204,7 +190,7 @@ def notification_email_context(notification: Notification) -> dict:
     over = capacity_rule.overage_of(usage, capacity)
     left = n.balance if n.balance is not None else max(ZERO, capacity - usage)
     terms = engine.entitlement_check(customer, feature)
-    subscription = _subscription_of(customer)
+    subscription = services.subscription_active(customer)
 
     overage_price = overage_cost = None
     if over > 0 and terms.enforcement == Enforcement.SOFT and terms.overage_price is not None:
@@ -221,7 +207,6 @@ def notification_email_context(notification: Notification) -> dict:
         "customer_name": customer.name,
         "feature_name": feature.name,
         "threshold": n.threshold,
-        "exhausted": n.threshold >= 100,
         "headline": _headline(n, percent, terms, over),
         "percent": percent,
         "used": quantity_text(usage, unit),

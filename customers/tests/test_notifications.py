@@ -82,7 +82,7 @@ def test_crossing_80_percent_sends_one_email_with_the_figures(consume):
     assert 'href="http://127.0.0.1:8000/dashboard/plans/"' in html
     # And no top-up is offered: no pack of Storage is on sale (test_notification_emails.py
     # follows every link of every kind of email)
-    assert "top-up" not in email.body
+    assert "Buy a top-up" not in email.body
     # And the notification is kept as sent
     notification = Notification.objects.get()
     assert (notification.threshold, notification.status, notification.attempts) == (
