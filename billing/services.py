@@ -23,6 +23,7 @@ from moneyed.l10n import format_money
 
 from catalog.models import Aggregation, Enforcement, FeatureKind, Plan, PlanStatus, Reset, TopUpPack
 from customers import services as customer_services
+from customers.capacity import grant_units
 from customers.engine import Entitlement, entitlement_check, entitlements_resolve
 from customers.models import Customer, GrantSource, Subscription, SubscriptionStatus
 from customers.periods import billing_period_at, reset_window
@@ -102,17 +103,6 @@ def entitlement_text(entitlement: Entitlement) -> str:
         parts.append(f"{quantity_text(granted, e.unit)} from top-ups and grants")
     parts.append(used)
     return f"{e.name}: " + ", ".join(parts)
-
-
-def grant_units(e: Entitlement) -> Decimal:
-    """Units of grants in the entitlement's window: for a level, the active grants (capacity);
-    for a sum, what is left of them plus what the window's usage drew from them (usage past
-    the allowance that is not overage)."""
-    granted = e.granted or Decimal("0")
-    if e.aggregation == Aggregation.LATEST or e.limit is None:
-        return granted
-    drawn = (e.usage or 0) - e.limit - (e.overage or 0)
-    return granted + max(Decimal("0"), drawn)
 
 
 # --- lines ----------------------------------------------------------------------------------

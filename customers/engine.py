@@ -43,6 +43,7 @@ from catalog.models import (
 from entitlements_site import bounds
 from entitlements_site.errors import Conflict, InvalidInput, NotFound
 
+from . import capacity as capacity_rule
 from . import snapshots
 from .models import (
     CountedWindow,
@@ -132,16 +133,9 @@ class Entitlement:
 
     @property
     def percent_used(self) -> Decimal | None:
-        """Usage as a percent of allowance plus grants; None when unlimited or not metered."""
-        if self.kind != FeatureKind.METERED or self.unlimited or self.usage is None:
-            return None
-        if self.aggregation == "latest":
-            capacity = (self.limit or ZERO) + (self.granted or ZERO)
-        else:
-            capacity = self.usage + (self.balance or ZERO)
-        if capacity <= 0:
-            return Decimal("100") if self.usage > 0 or not self.has_access else ZERO
-        return self.usage * 100 / capacity
+        """Usage as a percent of allowance plus grants (past 100 when over); None when
+        unlimited or not metered. The rule lives in `customers.capacity`."""
+        return capacity_rule.percent_used(self)
 
 
 @dataclass

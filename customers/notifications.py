@@ -19,11 +19,17 @@ from django.core.mail import EmailMultiAlternatives
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.formats import date_format
+from djmoney.money import Money
 
-from . import webhooks
-from .models import Customer, Notification, NotificationStatus
+from catalog.models import Enforcement
+from catalog.selectors import money_text, quantity_text, topup_packs_available
+
+from . import capacity as capacity_rule
+from . import engine, services, webhooks
+from .models import Customer, Notification, NotificationStatus, Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +58,6 @@ def thresholds_crossed(before, after) -> list[int]:
     return [t for t in after.notify_at if low < Decimal(t) <= high]
 
 
-def capacity_of(entitlement) -> Decimal:
-    """What 100% means for `percent_used`: allowance plus grants."""
-    if entitlement.aggregation == "latest":
-        return (entitlement.limit or ZERO) + (entitlement.granted or ZERO)
-    return (entitlement.usage or ZERO) + (entitlement.balance or ZERO)
-
-
 def thresholds_record(*, customer: Customer, feature, before, after) -> Notification | None:
     """Called by the engine inside the usage transaction, with the entitlement before and after
     the usage. Records the highest threshold crossed (several at once send one email) unless
@@ -79,7 +78,7 @@ def thresholds_record(*, customer: Customer, feature, before, after) -> Notifica
         to=customer.alert_recipients,
         usage=after.usage,
         limit=after.limit,
-        capacity=capacity_of(after),
+        capacity=capacity_rule.capacity(after),
         balance=after.balance,
         unit=after.unit or "",
         resets_at=after.resets_at,
@@ -125,7 +124,7 @@ def threshold_event_data(notification: Notification, entitlement) -> dict:
 
 
 def _decimal(value) -> str | None:
-    return None if value is None else quantity_text(value)
+    return None if value is None else _wire_decimal(value)
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -137,33 +136,96 @@ def _iso(value: dt.datetime | None) -> str | None:
 # --- the email ----------------------------------------------------------------------------
 
 
-def quantity_text(value: Decimal, unit: str = "") -> str:
-    """`Decimal("87.5000"), "GB"` -> "87.5 GB": no trailing zeros, no exponent."""
-    text = f"{value.normalize():f}" if value else "0"
-    return f"{text} {unit}".strip()
+def _wire_decimal(value: Decimal) -> str:
+    """`Decimal("87.5000")` -> "87.5": the webhook's plain decimal, no grouping, no exponent."""
+    return f"{value.normalize():f}" if value else "0"
+
+
+def _pack_offered(customer: Customer, subscription: Subscription | None, feature) -> bool:
+    """Whether the dashboard's top-up page for `feature` has a pack this customer may buy: the
+    same filter as dashboard.selectors.topup_packs_for (active, on their plan or on every plan,
+    in their currency), so the email never offers a purchase the page then refuses."""
+    if subscription is None:
+        return False
+    packs = topup_packs_available(plan=subscription.plan, feature=feature)
+    return packs.filter(price_currency=customer.currency).exists()
+
+
+def _headline(n: Notification, percent: int, terms, over: Decimal) -> str:
+    name = n.feature.name
+    if n.threshold < 100:
+        return f"You have used {n.threshold}% of your {name}."
+    headline = f"You have used all of your {name} ({percent}%)."
+    if terms.enforcement == Enforcement.SOFT:
+        if terms.overage_price is None:
+            return f"{headline} Use beyond it is not blocked."
+        price = money_text(terms.overage_price)
+        return f"{headline} Use beyond it is billed at {price} per {n.unit or 'unit'}."
+    if over > 0:
+        return f"{headline} Usage past it was recorded, and more is blocked."
+    if n.feature.aggregation == "latest":
+        # A level (storage in use) does not reset: it goes down when they use less.
+        return f"{headline} More is blocked until you use less, buy more or upgrade."
+    if n.resets_at:
+        return f"{headline} More is blocked until it resets on {_date_text(n.resets_at)}."
+    return f"{headline} More is blocked."
+
+
+def _date_text(at: dt.datetime) -> str:
+    return date_format(at.astimezone(dt.UTC), "j F Y, H:i") + " UTC"
 
 
 def notification_email_context(notification: Notification) -> dict:
+    """What the alert email says. The figures are the row's, taken when usage crossed the
+    threshold (usage, allowance, capacity = allowance plus grants, percent of capacity,
+    overage); the enforcement, overage price and offers are those in force when it is sent.
+    Every link is absolute on `settings.SITE_URL` as configured at send time, and names a
+    dashboard page that opens for this customer (through the login when signed out)."""
+    n = notification
+    customer, feature, unit = n.customer, n.feature, n.unit
+    usage, capacity = n.usage, n.capacity
+    allowance = n.limit if n.limit is not None else capacity
+    # A crossing at zero capacity only happens when nothing is left: 100%.
+    percent = int(capacity_rule.percent_of(usage, capacity, blocked=True))  # down, as the dashboard
+    over = capacity_rule.overage_of(usage, capacity)
+    left = n.balance if n.balance is not None else max(ZERO, capacity - usage)
+    terms = engine.entitlement_check(customer, feature)
+    subscription = services.subscription_active(customer)
+
+    overage_price = overage_cost = None
+    if over > 0 and terms.enforcement == Enforcement.SOFT and terms.overage_price is not None:
+        price = terms.overage_price
+        overage_price = money_text(price)
+        overage_cost = money_text(Money(over * price.amount, price.currency))
+
     site = settings.SITE_URL.rstrip("/")
-    unit = notification.unit
-    left = notification.balance
-    if left is None:
-        left = max(ZERO, notification.capacity - notification.usage)
-    resets_at = notification.resets_at
+
+    def link(name: str, *args) -> str:
+        return site + reverse(name, args=args)
+
     return {
-        "customer_name": notification.customer.name,
-        "feature_name": notification.feature.name,
-        "threshold": notification.threshold,
-        "exhausted": notification.threshold >= 100,
-        "used": quantity_text(notification.usage, unit),
-        "capacity": quantity_text(notification.capacity, unit),
+        "customer_name": customer.name,
+        "feature_name": feature.name,
+        "threshold": n.threshold,
+        "headline": _headline(n, percent, terms, over),
+        "percent": percent,
+        "used": quantity_text(usage, unit),
+        "capacity": quantity_text(capacity, unit),
+        "allowance": quantity_text(allowance, unit),
+        "grants": quantity_text(capacity - allowance, unit) if capacity > allowance else "",
+        "over": quantity_text(over, unit) if over > 0 else "",
+        "unit_name": unit or "unit",
+        "overage_price": overage_price,
+        "overage_cost": overage_cost,
         "left": quantity_text(left, unit),
-        "resets_at": (
-            date_format(resets_at.astimezone(dt.UTC), "j F Y, H:i") + " UTC" if resets_at else None
+        "resets_at": _date_text(n.resets_at) if n.resets_at else None,
+        "usage_url": link("dashboard:overview") + f"#usage-{feature.key}",
+        "topup_url": (
+            link("dashboard:topup_packs", feature.key)
+            if _pack_offered(customer, subscription, feature)
+            else None
         ),
-        "topup_url": f"{site}/dashboard/",
-        "upgrade_url": f"{site}/dashboard/upgrade/",
-        "dashboard_url": f"{site}/dashboard/",
+        "plans_url": link("dashboard:plans") if subscription is not None else None,
     }
 
 

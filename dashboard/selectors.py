@@ -26,6 +26,7 @@ from catalog.models import (
     TopUpPack,
 )
 from catalog.selectors import plan_comparison, price_text, topup_packs_available
+from customers import capacity as capacity_rule
 from customers.engine import Entitlement, entitlements_resolve
 from customers.models import (
     Customer,
@@ -260,17 +261,6 @@ def _chart_range(e: Entitlement, now: dt.datetime) -> tuple[dt.datetime, dt.date
     return today - dt.timedelta(days=RECENT_DAYS - 1), today + dt.timedelta(days=1)
 
 
-def _capacity(e: Entitlement) -> Decimal | None:
-    """What the limit line marks: the allowance plus top-ups in force."""
-    if e.unlimited or e.limit is None:
-        return None
-    if e.aggregation == "latest" or e.reset == Reset.DAY:
-        return e.limit + (e.granted or ZERO)
-    if e.balance:
-        return (e.usage or ZERO) + e.balance
-    return e.limit + (e.granted or ZERO)
-
-
 def usage_chart(
     customer: Customer, e: Entitlement, feature: Feature, *, now: dt.datetime | None = None
 ) -> UsageChart:
@@ -298,7 +288,7 @@ def usage_chart(
     future = [day > today for day in days]
     values = [ZERO if is_future else v for v, is_future in zip(values, future, strict=True)]
 
-    capacity = _capacity(e)
+    capacity = capacity_rule.capacity(e)  # the limit line: allowance plus grants
     peak = max([float(v) for v in values] + [float(capacity or 0)] + [0.0])
     top, step = _nice_top(peak * 1.05 if peak else 0)
     plot_w, plot_h = PLOT_RIGHT - PLOT_LEFT, PLOT_BOTTOM - PLOT_TOP

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from catalog.models import FeatureKind, Plan, PlanStatus
 from catalog.selectors import entitlement_overage_text, entitlement_summary, quantity_text
+from customers import capacity as capacity_rule
 from customers.engine import Entitlement, entitlements_resolve
 from customers.models import (
     Customer,
@@ -77,9 +78,7 @@ class EntitlementRow:
     @property
     def capacity(self) -> Decimal | None:
         """What 100% is: the allowance plus the grants in force."""
-        if self.e.unlimited or not self.metered:
-            return None
-        return (self.e.limit or Decimal(0)) + (self.e.granted or Decimal(0))
+        return capacity_rule.capacity(self.e)
 
     def q(self, value) -> str:
         return quantity_text(value, self.e.unit)

@@ -74,12 +74,15 @@ def test_crossing_80_percent_sends_one_email_with_the_figures(consume):
     assert "Used:   80.5 GB of 100 GB" in email.body
     assert "Left:   19.5 GB" in email.body
     assert f"Resets: {resets_text(storage)} UTC" in email.body
-    assert "http://127.0.0.1:8000/dashboard/" in email.body
-    assert "http://127.0.0.1:8000/dashboard/upgrade/" in email.body
+    assert f"http://127.0.0.1:8000/dashboard/#usage-{storage.feature.key}" in email.body
+    assert "http://127.0.0.1:8000/dashboard/plans/" in email.body
     html, mimetype = email.alternatives[0]
     assert mimetype == "text/html"
-    assert "80.5 GB of 100 GB" in html
-    assert 'href="http://127.0.0.1:8000/dashboard/upgrade/"' in html
+    assert "80.5 GB of 100 GB (80%)" in html
+    assert 'href="http://127.0.0.1:8000/dashboard/plans/"' in html
+    # And no top-up is offered: no pack of Storage is on sale (test_notification_emails.py
+    # follows every link of every kind of email)
+    assert "Buy a top-up" not in email.body
     # And the notification is kept as sent
     notification = Notification.objects.get()
     assert (notification.threshold, notification.status, notification.attempts) == (
@@ -334,7 +337,7 @@ def test_unlimited_and_dry_runs_record_nothing(consume):
     [
         (Decimal("80.0000"), "GB", "80 GB"),
         (Decimal("87.5000"), "GB", "87.5 GB"),
-        (Decimal("1000"), "", "1000"),
+        (Decimal("1000"), "", "1,000"),  # grouped, as the dashboard shows it
         (Decimal("0.0000"), "calls", "0 calls"),
         (Decimal("0.0100"), "GB", "0.01 GB"),
     ],

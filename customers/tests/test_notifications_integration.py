@@ -172,7 +172,7 @@ def test_emails_through_a_real_worker_once_each_and_none_lost_when_the_broker_is
         assert "Subject: You have used 80% of your Storage" in first
         assert "Used:   81 GB of 100 GB" in first
         assert "Left:   19 GB" in first
-        assert "http://127.0.0.1:8000/dashboard/upgrade/" in first
+        assert "http://127.0.0.1:8000/dashboard/plans/" in first
 
         # Past 100%: one more
         consume("19", "e3")
