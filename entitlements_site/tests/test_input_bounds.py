@@ -148,8 +148,8 @@ READS = {
 CUSTOMER_READS = [name for name in READS if name not in ("api packs",)]
 
 
-def assert_reads_answer(c: Clients, world: World, reads, admin_changelist: str) -> None:
-    for name in [*reads, "admin"]:
+def assert_reads_answer(c: Clients, world: World, reads, admin_changelist: str = "") -> None:
+    for name in [*reads, "admin"] if admin_changelist else reads:
         role, url = ("admin", admin_changelist) if name == "admin" else READS[name]
         url = url(world) if callable(url) else url
         response = getattr(c, role).get(url)
@@ -680,9 +680,20 @@ def test_a_value_outside_the_bound_is_refused_and_nothing_is_stored(c, world, pa
     before = path.rows()
     # When the value is submitted
     response = path.submit(c, world, value)
-    # Then it is refused with the field named, nothing changed, and every read still answers
+    # Then it is refused with the field named, nothing changed, and the customer's and the
+    # plan's answers still load (every other read: the sweep below)
     assert_refused(path, response)
     assert path.rows() == before
+    assert_reads_answer(c, world, ["api entitlements", "api plan"])
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.name) for p in PATHS])
+def test_after_every_refused_value_every_read_still_answers(c, world, path):
+    # Given every refused value submitted through the path, one after the other
+    for case in _refused_cases():
+        if case.values[0] is path:
+            assert path.submit(c, world, case.values[1]).status_code < 500
+    # Then every read of that plan and customer still answers (pages, API, admin, invoice)
     assert_reads_answer(c, world, path.reads, path.changelist)
 
 
