@@ -716,3 +716,213 @@ def test_a_value_at_the_edge_is_accepted_and_read_back_exactly(c, world, path, v
         assert response.json()["accepted"] == 1, response.json()
     assert path.read_back(c, world, response) == value
     assert_reads_answer(c, world, path.reads, path.changelist)
+
+
+# --- dates: instants the periods can represent, ends and expiries still to come ---------------
+
+FAR = ["9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "1970-01-01T00:00:00Z"]
+
+
+def _api_json(c, method: str, url: str, body) -> object:
+    """A JSON body sent as text: json.dumps escapes a lone surrogate (\\ud800), as a client
+    in another language would send it."""
+    return getattr(c.api, method)(url, json.dumps(body), content_type="application/json")
+
+
+def _form_time(text: str) -> str:
+    return text.removesuffix("Z")
+
+
+@dataclass(frozen=True)
+class DatePath:
+    name: str
+    kind: str  # api, batch or form
+    field: str
+    submit: object  # (c, world, text) -> response
+    rows: object
+
+
+_GRANTS = _rows(Grant, "feature__key", "quantity", "expires_at")
+_OVERRIDES = _rows(EntitlementOverride, "feature__key", "limit", "starts_at", "ends_at")
+_EVENTS = _rows(UsageEvent, "event_id", "quantity", "timestamp")
+TIME_PATHS = [
+    DatePath(
+        "consume",
+        "api",
+        "timestamp",
+        lambda c, w, t: _api_json(
+            c,
+            "post",
+            f"/api/v1/customers/{ACME}/entitlements/data-transfer/consume",
+            {"quantity": "1", "event_id": f"t-{next(_ids)}", "timestamp": t},
+        ),
+        _EVENTS,
+    ),
+    DatePath(
+        "usage batch",
+        "batch",
+        "timestamp",
+        lambda c, w, t: _api_json(
+            c,
+            "post",
+            "/api/v1/usage",
+            {"events": [{"event_id": f"t-{next(_ids)}", "customer": ACME,
+                         "feature": "data-transfer", "quantity": "1", "timestamp": t}]},
+        ),
+        _EVENTS,
+    ),
+    DatePath(
+        "api grant effective_at",
+        "api",
+        "effective_at",
+        lambda c, w, t: _api_json(
+            c, "post", f"/api/v1/customers/{ACME}/grants",
+            {"feature": "data-transfer", "quantity": "1", "reason": "x", "effective_at": t},
+        ),
+        _GRANTS,
+    ),
+    DatePath(
+        "api grant expires_at",
+        "api",
+        "expires_at",
+        lambda c, w, t: _api_json(
+            c, "post", f"/api/v1/customers/{ACME}/grants",
+            {"feature": "data-transfer", "quantity": "1", "reason": "x", "expires_at": t},
+        ),
+        _GRANTS,
+    ),
+    DatePath(
+        "api override starts_at",
+        "api",
+        "starts_at",
+        lambda c, w, t: _api_json(
+            c, "post", f"/api/v1/customers/{ACME}/overrides",
+            {"feature": "data-transfer", "limit": "5", "reason": "x", "starts_at": t},
+        ),
+        _OVERRIDES,
+    ),
+    DatePath(
+        "api override ends_at",
+        "api",
+        "ends_at",
+        lambda c, w, t: _api_json(
+            c, "post", f"/api/v1/customers/{ACME}/overrides",
+            {"feature": "data-transfer", "limit": "5", "reason": "x", "ends_at": t},
+        ),
+        _OVERRIDES,
+    ),
+    DatePath(
+        "support grant expires",
+        "form",
+        "expires_at",
+        lambda c, w, t: _support_grant_post(c, w, expires_at=_form_time(t)),
+        _GRANTS,
+    ),
+    DatePath(
+        "support override starts",
+        "form",
+        "starts_at",
+        lambda c, w, t: _support_override_post(c, w, starts_at=_form_time(t)),
+        _OVERRIDES,
+    ),
+    DatePath(
+        "support override ends",
+        "form",
+        "ends_at",
+        lambda c, w, t: _support_override_post(c, w, ends_at=_form_time(t)),
+        _OVERRIDES,
+    ),
+    DatePath(
+        "admin grant expires",
+        "form",
+        "expires_at",
+        lambda c, w, t: _admin_grant_post(c, w, expires_at_0=t[:10], expires_at_1=t[11:19]),
+        _GRANTS,
+    ),
+]  # fmt: skip
+
+
+def assert_date_refused(path, response, text: str) -> None:
+    assert response.status_code < 500, response.content[:500]
+    if path.kind == "form":
+        assert response.status_code == 200 and b"errorlist" in response.content
+        return
+    body = response.json()
+    if path.kind == "batch":
+        assert response.status_code == 200 and body["accepted"] == 0, body
+        error = body["rejected"][0]["error"]
+    else:
+        assert response.status_code == 400, body
+        error = body["error"]
+    assert _names(error["details"], path.field), error
+    if text in FAR:  # the answer says what is accepted
+        assert INSTANT_RULE in json.dumps(error), error
+
+
+@pytest.mark.parametrize("text", [*FAR, "not a date"])
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.name) for p in TIME_PATHS])
+def test_an_instant_the_periods_cannot_hold_is_refused(c, world, path, text):
+    # Given the rows the path could touch
+    before = path.rows()
+    # When an instant far in the past or future (or no date at all) comes in
+    response = path.submit(c, world, text)
+    # Then it is refused, naming the field and the accepted range; nothing is stored
+    assert_date_refused(path, response, text)
+    assert path.rows() == before
+    assert_reads_answer(c, world, ["api entitlements", "support page", "dashboard"])
+
+
+def _iso(day: str) -> str:
+    return f"{day}T00:00:00Z"
+
+
+PAST, LATER, SOONER = "2020-01-01", "2031-02-01", "2031-01-01"
+DATE_RULES = [
+    # (path, field the error names, what is submitted)
+    ("api override in the past", "api", "ends_at",
+     lambda c, w: _api_json(c, "post", f"/api/v1/customers/{ACME}/overrides", {
+         "feature": "data-transfer", "limit": "5", "reason": "x",
+         "starts_at": _iso(PAST), "ends_at": _iso("2020-02-01")})),
+    ("api override ends before it starts", "api", "ends_at",
+     lambda c, w: _api_json(c, "post", f"/api/v1/customers/{ACME}/overrides", {
+         "feature": "data-transfer", "limit": "5", "reason": "x",
+         "starts_at": _iso(LATER), "ends_at": _iso(SOONER)})),
+    ("api grant already expired", "api", "expires_at",
+     lambda c, w: _api_json(c, "post", f"/api/v1/customers/{ACME}/grants", {
+         "feature": "data-transfer", "quantity": "5", "reason": "x",
+         "expires_at": _iso(PAST)})),
+    ("support override in the past", "form", "ends_at",
+     lambda c, w: _support_override_post(
+         c, w, starts_at=f"{PAST}T00:00", ends_at="2020-02-01T00:00")),
+    ("support override ends before it starts", "form", "ends_at",
+     lambda c, w: _support_override_post(
+         c, w, starts_at=f"{LATER}T00:00", ends_at=f"{SOONER}T00:00")),
+    ("support grant already expired", "form", "expires_at",
+     lambda c, w: _support_grant_post(c, w, expires_at=f"{PAST}T00:00")),
+    ("admin override in the past", "form", "ends_at",
+     lambda c, w: _admin_override_post(
+         c, w, starts_at=dt.datetime(2020, 1, 1), ends_at=dt.datetime(2020, 2, 1))),
+    ("admin override ends before it starts", "form", "ends_at",
+     lambda c, w: _admin_override_post(
+         c, w, starts_at=dt.datetime(2031, 2, 1), ends_at=dt.datetime(2031, 1, 1))),
+    ("admin grant already expired", "form", "expires_at",
+     lambda c, w: _admin_grant_post(c, w, expires_at=dt.datetime(2020, 1, 1))),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kind", "field", "submit"), [
+    pytest.param(*case[1:], id=case[0]) for case in DATE_RULES
+])  # fmt: skip
+def test_an_override_or_grant_that_would_never_apply_is_refused(c, world, kind, field, submit):
+    # Given the customer's grants and overrides
+    before = (_GRANTS(), _OVERRIDES())
+    # When one is given dates that could never apply
+    response = submit(c, world)
+    # Then it is refused, saying which date is wrong, and nothing is stored
+    assert response.status_code < 500
+    if kind == "form":
+        assert response.status_code == 200 and b"errorlist" in response.content
+    else:
+        assert response.status_code == 400
+        assert _names(response.json()["error"]["details"], field), response.json()
+    assert (_GRANTS(), _OVERRIDES()) == before
