@@ -26,7 +26,7 @@ from rest_framework.test import APIClient
 
 from billing.models import Invoice
 from billing.services import subscription_create
-from catalog.models import Plan, PlanEntitlement, TopUpPack
+from catalog.models import Feature, Plan, PlanEntitlement, TopUpPack
 from catalog.tests.factories import (
     FeatureFactory,
     PlanEntitlementFactory,
@@ -926,3 +926,164 @@ def test_an_override_or_grant_that_would_never_apply_is_refused(c, world, kind, 
         assert response.status_code == 400
         assert _names(response.json()["error"]["details"], field), response.json()
     assert (_GRANTS(), _OVERRIDES()) == before
+
+
+# --- ids and keys that appear in URLs ---------------------------------------------------------
+
+BAD_IDS = ["a/b", "a b", "50%", "a?b", "a#b", "..", "a\x00b", "x" * 256]
+ID_PATHS = [
+    # (name, the field, url, body without the id, rows)
+    ("customer external_id", "external_id", "/api/v1/customers",
+     {"name": "New", "email": "new@example.test"}, _rows(Customer, "external_id")),
+    ("plan key", "key", "/api/v1/plans", {"name": "New", "price": _money("5.00")},
+     _rows(Plan, "key")),
+    ("top-up pack key", "key", "/api/v1/topup-packs",
+     {"name": "New", "feature": "storage", "quantity": "5", "price": _money("5.00")},
+     _rows(TopUpPack, "key")),
+    ("feature key", "key", "/api/v1/features", {"name": "New", "kind": "boolean"},
+     _rows(Feature, "key")),
+    ("top-up idempotency key", "idempotency_key", f"/api/v1/customers/{ACME}/topups",
+     {"pack": "extra-20-gb"}, _rows(Invoice, "number")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", BAD_IDS, ids=repr)
+@pytest.mark.parametrize(
+    ("field", "url", "body", "rows"), [pytest.param(*p[1:], id=p[0]) for p in ID_PATHS]
+)
+def test_an_id_that_could_not_be_named_in_a_url_is_refused(c, world, field, url, body, rows, bad):
+    # Given the ids already taken
+    before = rows()
+    # When something is created under an id that a URL could not carry
+    response = _api_json(c, "post", url, {**body, field: bad})
+    # Then it is a 400 naming the field (a NUL: refused before any field is read), and
+    # nothing is created
+    assert response.status_code == 400, response.content[:300]
+    error = response.json()["error"]
+    assert "\x00" in bad or _names(error["details"], field), error
+    assert rows() == before
+
+
+@pytest.mark.parametrize("key", ["a/b", "a b", "..", "a%2Fb", "a\x00b"], ids=repr)
+def test_a_top_up_confirmed_with_a_key_no_url_can_carry_buys_nothing(c, world, key):
+    # Given Acme's invoices and grants
+    before = (_rows(Invoice, "number")(), _GRANTS())
+    # When the dashboard's confirm step comes back with such an idempotency key
+    response = c.customer.post("/dashboard/buy/pack/extra-20-gb/", {"idempotency_key": key})
+    # Then nothing is bought and the page says so (no error page for a purchase made)
+    assert response.status_code == 400
+    if "\x00" not in key:  # a NUL is refused before the page: the site's 400
+        assert b"Nothing was bought" in response.content
+    assert (_rows(Invoice, "number")(), _GRANTS()) == before
+    assert_reads_answer(c, world, ["dashboard", "dashboard invoices"])
+
+
+# --- NUL bytes and lone surrogates, in paths, queries and JSON ---------------------------------
+
+UNSTORABLE_URLS = [
+    ("customer", "/billing/invoices/%00/"),
+    ("customer", "/dashboard/buy/receipt/%00/"),
+    ("customer", "/dashboard/plans/changed/%00/"),
+    ("customer", "/dashboard/buy/%00/"),
+    ("customer", "/dashboard/buy/receipt/%ED%A0%80/"),
+    ("customer", "/billing/invoices/%ED%A0%80/"),
+    ("pm", "/catalog/plans/basic/?add-feature=%00"),
+    ("pm", "/catalog/plans/%00/"),
+    ("support", "/support/?q=%00"),
+    ("support", "/support/?q=%ED%A0%80"),
+    ("admin", "/admin/customers/customer/?q=%00"),
+    ("admin", "/admin/customers/grant/?q=%ED%A0%80"),
+    ("admin", "/admin/customers/grant/?source__exact=%00"),
+    ("admin", "/admin/customers/grant/?feature__id__exact=%00"),
+    ("admin", "/admin/customers/usageevent/?customer__id__exact=%00"),
+    ("admin", "/admin/catalog/planentitlement/?plan__id__exact=%00"),
+    ("admin", "/admin/catalog/topuppack/?active__exact=%00"),
+    ("admin", "/admin/customers/customer/%00/change/"),
+    ("api", "/api/v1/customers/%00"),
+    ("api", "/api/v1/customers/%00/entitlements"),
+    ("api", f"/api/v1/customers/{ACME}/entitlements/%00"),
+    ("api", f"/api/v1/customers/{ACME}/entitlements/%ED%A0%80"),
+    ("api", "/api/v1/plans/%00"),
+    ("api", "/api/v1/topup-packs/%00"),
+    ("api", f"/api/v1/customers/{ACME}/invoices/%00"),
+    ("api", "/api/v1/customers?search=%00"),
+    ("api", f"/api/v1/customers/{ACME}/entitlements/data-transfer/usage?from=%00"),
+]
+
+
+@pytest.mark.parametrize(("role", "url"), UNSTORABLE_URLS, ids=[u for _, u in UNSTORABLE_URLS])
+def test_unstorable_text_in_a_path_or_query_is_a_400_or_404(c, world, role, url):
+    # When a page or API path (or its query) carries a NUL or a lone surrogate
+    response = getattr(c, role).get(url)
+    # Then it is a 400 or 404, never a 500; the API answers in its error format. (A surrogate
+    # in a URL is invalid UTF-8, which Django reads as U+FFFD: a search for it finds nothing.)
+    allowed = (400, 404) if "%00" in url or "?" not in url else (200, 400, 404)
+    assert response.status_code in allowed, (response.status_code, response.content[:300])
+    if role == "api":
+        assert set(response.json()["error"]) == {"code", "message", "details"}
+
+
+def _event(**fields) -> dict:
+    return {"event_id": f"n-{next(_ids)}", "customer": ACME, "feature": "data-transfer",
+            "quantity": "1", **fields}  # fmt: skip
+
+
+CONSUME = f"/api/v1/customers/{ACME}/entitlements/data-transfer/consume"
+UNSTORABLE_BODIES = [
+    # (name, method, url, body with `X` standing for the bad text, rows, batch?)
+    ("customer name", "post", "/api/v1/customers", {"external_id": "new", "name": "X"},
+     _rows(Customer, "external_id", "name"), False),
+    ("customer rename", "patch", f"/api/v1/customers/{ACME}", {"name": "X"},
+     _rows(Customer, "external_id", "name"), False),
+    ("plan name", "post", "/api/v1/plans", {"key": "new", "name": "X", "price": _money("5.00")},
+     _rows(Plan, "key", "name"), False),
+    ("feature name", "post", "/api/v1/features", {"key": "new", "name": "X", "kind": "boolean"},
+     _rows(Feature, "key", "name"), False),
+    ("grant reason", "post", f"/api/v1/customers/{ACME}/grants",
+     {"feature": "data-transfer", "quantity": "1", "reason": "X"}, _GRANTS, False),
+    ("override reason", "post", f"/api/v1/customers/{ACME}/overrides",
+     {"feature": "data-transfer", "limit": "1", "reason": "X"}, _OVERRIDES, False),
+    ("top-up idempotency key", "post", f"/api/v1/customers/{ACME}/topups",
+     {"pack": "extra-20-gb", "idempotency_key": "X"}, _rows(Invoice, "number"), False),
+    ("consume event id", "post", CONSUME, {"quantity": "1", "event_id": "X"}, _EVENTS, False),
+    ("consume property", "post", CONSUME,
+     {"quantity": "1", "event_id": "n-prop", "properties": {"region": "X"}}, _EVENTS, False),
+    ("consume property name", "post", CONSUME,
+     {"quantity": "1", "event_id": "n-key", "properties": {"X": 1}}, _EVENTS, False),
+    ("batch event id", "post", "/api/v1/usage", {"events": [_event(event_id="X")]}, _EVENTS,
+     True),
+    ("batch property", "post", "/api/v1/usage",
+     {"events": [_event(properties={"nested": ["X"]})]}, _EVENTS, True),
+]  # fmt: skip
+
+
+def _with(body, bad: str):
+    """`body` with every "X" (value or key) replaced by `bad`."""
+    if isinstance(body, dict):
+        return {_with(k, bad): _with(v, bad) for k, v in body.items()}
+    if isinstance(body, list):
+        return [_with(v, bad) for v in body]
+    return body.replace("X", bad) if body == "X" else body
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "\ud800"], ids=["NUL", "lone surrogate"])
+@pytest.mark.parametrize(
+    ("method", "url", "body", "rows", "batch"),
+    [pytest.param(*b[1:], id=b[0]) for b in UNSTORABLE_BODIES],
+)
+def test_unstorable_text_in_a_json_field_is_refused(c, world, method, url, body, rows, batch, bad):
+    # Given the rows the request could touch
+    before = rows()
+    # When a JSON body carries a NUL or a lone surrogate in a name, reason, id or property
+    response = _api_json(c, method, url, _with(body, bad))
+    # Then it is refused in the error format (a batch rejects the event), nothing stored
+    assert response.status_code < 500, response.content[:300]
+    if batch and response.status_code == 200:  # else the whole body: a JSON parse error
+        assert response.json()["accepted"] == 0
+        error = response.json()["rejected"][0]["error"]
+    else:
+        assert response.status_code == 400, response.content[:300]
+        error = response.json()["error"]
+    assert set(error) == {"code", "message", "details"}
+    assert rows() == before
+    assert_reads_answer(c, world, ["api entitlements", "support page"])
