@@ -19,7 +19,7 @@ from decimal import Decimal
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.test import Client
+from django.test import Client, override_settings
 from django.utils import timezone
 from djmoney.money import Money
 from rest_framework.test import APIClient
@@ -59,7 +59,10 @@ def world(django_db_setup, django_db_blocker):
     """Basic ($50/month): Storage 100 GB (hard), Data transfer 200 GB (soft, $0.10 per GB
     over); an "API calls" feature on no plan (for "add feature"); the "Extra 20 GB" pack.
     Acme ("acme-001") on Basic with 85 GB stored and its first invoice; one login per role."""
-    with django_db_blocker.unblock(), transaction.atomic():
+    fast_passwords = override_settings(
+        PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]
+    )
+    with django_db_blocker.unblock(), fast_passwords, transaction.atomic():
         storage = FeatureFactory(key="storage", name="Storage", latest=True)
         transfer = FeatureFactory(key="data-transfer", name="Data transfer", metered=True)
         api_calls = FeatureFactory(key="api-calls", name="API calls", metered=True)
@@ -689,27 +692,25 @@ def assert_refused(path: Path, response) -> None:
     assert _names(error["details"], path.field), error
 
 
+# The values that answered 500 in issue 16 (too many digits, "-0" on SQLite, " 5 "): after
+# these, every read of the plan and the customer is tried; after the others, the customer's
+# and the plan's API answers (rows are compared either way, so nothing else could change).
+FULL_READS_AFTER = {"9999999999999999.9999", "-0", " 5 "}
+
+
 @pytest.mark.parametrize(("path", "value"), list(_refused_cases()))
 def test_a_value_outside_the_bound_is_refused_and_nothing_is_stored(c, world, path, value):
     # Given the rows the path could touch
     before = path.rows()
     # When the value is submitted
     response = path.submit(c, world, value)
-    # Then it is refused with the field named, nothing changed, and the customer's and the
-    # plan's answers still load (every other read: the sweep below)
+    # Then it is refused with the field named, nothing changed, and the reads still answer
     assert_refused(path, response)
     assert path.rows() == before
-    assert_reads_answer(c, world, ["api entitlements", "api plan"])
-
-
-@pytest.mark.parametrize("path", [pytest.param(p, id=p.name) for p in PATHS])
-def test_after_every_refused_value_every_read_still_answers(c, world, path):
-    # Given every refused value submitted through the path, one after the other
-    for case in _refused_cases():
-        if case.values[0] is path:
-            assert path.submit(c, world, case.values[1]).status_code < 500
-    # Then every read of that plan and customer still answers (pages, API, admin, invoice)
-    assert_reads_answer(c, world, path.reads, path.changelist)
+    if isinstance(value, str) and value in FULL_READS_AFTER:
+        assert_reads_answer(c, world, path.reads, path.changelist)
+    else:
+        assert_reads_answer(c, world, ["api entitlements", "api plan"])
 
 
 def _edge_cases():
