@@ -36,6 +36,7 @@ from catalog.tests.factories import (
 from customers import services as customer_services
 from customers.models import Customer, EntitlementOverride, Grant, UsageEvent
 from entitlements_site.bounds import INSTANT_RULE
+from entitlements_site.roles import PRODUCT_MANAGERS, SUPPORT
 from entitlements_site.services import api_key_create
 from support.tests.conftest import report, user_in
 
@@ -82,8 +83,6 @@ def world(django_db_setup, django_db_blocker):
         casey = user_in("casey")
         customer_services.customer_user_link(user=casey, customer=acme)
         admin = get_user_model().objects.create_superuser("root", "root@example.test", "x")
-        from entitlements_site.roles import PRODUCT_MANAGERS, SUPPORT
-
         yield World(
             basic=basic,
             storage_ent=storage_ent,
