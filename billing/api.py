@@ -11,6 +11,7 @@ from catalog.models import Plan, TopUpPack
 from customers.api import ErrorOut, customer_by_external_id
 from customers.models import Subscription
 from customers.services import subscription_active
+from entitlements_site import bounds
 from entitlements_site.api import decimal_str, money_json, time_str
 from entitlements_site.errors import InvalidInput, NotFound
 
@@ -119,8 +120,10 @@ def _string_field(data, name: str, max_length: int = 255) -> str:
     value = data.get(name)
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(f"{name} is required.", code=f"invalid_{name}")
-    if len(value) > max_length or "\x00" in value:
-        raise InvalidInput(f"{name} is not acceptable.", code=f"invalid_{name}")
+    # A lone surrogate too (not only a NUL): the lookup that follows cannot encode it.
+    if len(value) > max_length or bounds.text_unstorable(value):
+        message = f"{name} is at most {max_length} characters, without NUL or lone surrogates."
+        raise InvalidInput(message, code=f"invalid_{name}", details={name: [message]})
     return value
 
 

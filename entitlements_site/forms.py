@@ -5,6 +5,7 @@ from decimal import Decimal
 
 from django import forms
 from django.core.exceptions import ValidationError
+from djmoney.forms import MoneyField as MoneyFormField
 
 from . import bounds
 
@@ -58,9 +59,29 @@ def future_validate(field: str, value) -> None:
 
 def admin_decimal_overrides() -> dict:
     """`formfield_overrides` of the admin classes that edit decimals: every DecimalField takes
-    the pages' strict field; money keeps django-money's field (its amount is bounded by the
-    model's validators)."""
+    the pages' strict field, and so does the amount of every money field."""
     from django.db import models
     from djmoney.models.fields import MoneyField
 
-    return {MoneyField: {}, models.DecimalField: {"form_class": ExactDecimalField}}
+    return {
+        MoneyField: {"form_class": ExactMoneyField},
+        models.DecimalField: {"form_class": ExactDecimalField},
+    }
+
+
+class ExactMoneyField(MoneyFormField):
+    """django-money's field (amount and currency) with the amount read by ExactDecimalField.
+    Its own amount field is Django's DecimalField, which strips spaces and reads "1e3",
+    "+5", "5." and "1_000" as numbers: the admin stored what the API refuses."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        loose, currency = self.fields
+        exact = ExactDecimalField(
+            max_digits=loose.max_digits,
+            decimal_places=loose.decimal_places,
+            required=loose.required,
+            widget=loose.widget,  # the MoneyWidget renders this very widget
+        )
+        exact.error_messages = loose.error_messages
+        self.fields = (exact, currency)
