@@ -10,11 +10,14 @@ and pytest-django then answers requests with DEBUG off, so they see the producti
 pages. `make run` (entitlements_site/gunicorn_conf.py) and production turn it off.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
 from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
+
+from entitlements_site.client_ip import trusted_proxies
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -66,6 +69,7 @@ INSTALLED_APPS = [
     "simple_history",
     "django_celery_beat",
     "csp",
+    "axes",
     "entitlements_site",
     "catalog",
     "customers",
@@ -89,6 +93,14 @@ MIDDLEWARE = [
     "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
+    # Last, as Axes asks: turns a refused sign-in into the lockout page (lockout.py).
+    "axes.middleware.AxesMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked username and address before any password is checked.
+    "entitlements_site.lockout.LoginLockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "entitlements_site.urls"
@@ -271,13 +283,35 @@ CONTENT_SECURITY_POLICY = {
         "frame-ancestors": [NONE],
     }
 }
-# Login throttling (django-ratelimit, counted in the cache: CACHE_URL shares it between web
-# processes): failed sign-ins per client IP and per username. Behind reverse proxies that
-# append to X-Forwarded-For, DJANGO_PROXY_COUNT says how many, so the client's address is
-# counted rather than the proxy's.
-LOGIN_FAILURE_RATE = "10/15m"
-PROXY_COUNT = env.int("DJANGO_PROXY_COUNT", default=0)
-RATELIMIT_IP_META_KEY = "entitlements_site.login_throttle.client_ip"
+# Login lockout (django-axes, wired in entitlements_site/lockout.py): 10 failed sign-ins for
+# one username from one client address lock that pair for 15 minutes from the last failure;
+# the owner still signs in from any other address, and other users from this one. Counted in
+# the database, so every web process agrees; a success resets the pair. Both login pages
+# (ours and the admin's). Support unlocks with `manage.py axes_reset_username NAME`.
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_FAILURE_LIMIT = 10
+AXES_COOLOFF_TIME = timedelta(minutes=15)
+AXES_RESET_ON_SUCCESS = True
+# A refused attempt is not counted again: the cool-off runs from the tenth failure, so "try
+# again in N minutes" holds, and retrying while locked does not push the unlock further away.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_CLIENT_IP_CALLABLE = "entitlements_site.client_ip.client_ip"
+AXES_LOCKOUT_CALLABLE = "entitlements_site.lockout.lockout_response"
+# No row per successful sign-in (portal links sign customers in all day); failures only.
+AXES_DISABLE_ACCESS_LOG = True
+# The reverse proxies whose X-Forwarded-For is believed (IPs or CIDRs, comma-separated; none
+# by default: the app server's peer is the client). See entitlements_site/client_ip.py.
+TRUSTED_PROXIES = env.list("DJANGO_TRUSTED_PROXIES", default=[])
+trusted_proxies(tuple(TRUSTED_PROXIES))  # a malformed entry stops the start, not a sign-in
+# DJANGO_PROXY_COUNT (replaced by DJANGO_TRUSTED_PROXIES) believed the header from whoever
+# connected. Ignoring it silently would count every client behind the proxy as one address;
+# a deployment that set it is told what to set instead.
+if env.int("DJANGO_PROXY_COUNT", default=0) and not TRUSTED_PROXIES:
+    raise ImproperlyConfigured(
+        "DJANGO_PROXY_COUNT is no longer read: set DJANGO_TRUSTED_PROXIES to the addresses "
+        "of your reverse proxies (docs/deploy.md) and remove DJANGO_PROXY_COUNT."
+    )
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=True)

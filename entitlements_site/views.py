@@ -2,7 +2,6 @@ import logging
 import uuid
 
 from django.conf import settings
-from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
@@ -12,23 +11,16 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from kombu import Connection
 
-from .login_throttle import ThrottledLoginForm, answers_429_when_throttled
-
 logger = logging.getLogger(__name__)
 
 # A readiness probe answers well within a load balancer's timeout, even with the broker gone.
 BROKER_TIMEOUT_SECONDS = 2
 
 
-# The login pages, throttled: past LOGIN_FAILURE_RATE failed attempts per client IP or per
-# username they answer 429 without checking the password (see login_throttle).
-login = answers_429_when_throttled(
-    auth_views.LoginView.as_view(
-        authentication_form=ThrottledLoginForm, redirect_authenticated_user=True
-    )
-)
-# The admin's own login view; its form is ThrottledAdminLoginForm (admin.site.login_form).
-admin_login = answers_429_when_throttled(admin.site.login)
+# The login page. Locked-out sign-ins (10 failures for a username from one address) are refused
+# before the password is checked, with a 429 and the page saying when to try again: django-axes
+# does it for this page and the admin's alike (see lockout.py).
+login = auth_views.LoginView.as_view(redirect_authenticated_user=True)
 
 
 @login_required

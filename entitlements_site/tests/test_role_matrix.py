@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import pytest
+from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django.apps import apps
 from django.contrib import admin
 from django.contrib.auth import get_user_model
@@ -200,8 +201,6 @@ ADMIN_SITE = {
     "admin:index": {"GET": STAFF_ONLY},
     # A logged-in customer sees the form with "not authorized"; staff go to the index.
     "admin:login": {"GET": (200, 200, 200, REDIRECT, REDIRECT, 200)},
-    # The same page, throttled (entitlements_site.urls routes it before the admin's own).
-    "admin/login/": {"GET": (200, 200, 200, REDIRECT, REDIRECT, 200)},
     "admin:logout": {"GET": (REDIRECT, REDIRECT, REDIRECT, 405, 405, REDIRECT)},  # to the index
     "admin:password_change": {"GET": STAFF_ONLY},
     "admin:password_change_done": {"GET": STAFF_ONLY},
@@ -220,6 +219,7 @@ ADMIN_SITE = {
 ADMIN_APPS = {
     # app label: (support, product manager)
     "auth": (404, 404),
+    "axes": (404, 404),
     "django_celery_beat": (404, 404),
     "entitlements_site": (404, 404),
     "catalog": (200, 200),
@@ -237,6 +237,10 @@ VIEW_HISTORY = (200, 403, 200, 200, 403, 200)
 ADMIN_MODELS = {
     "auth.group": (NO_ACCESS, NO_ACCESS),
     "auth.user": (NO_ACCESS, NO_ACCESS),
+    # Login lockouts (django-axes): superusers only; support unlocks with `axes_reset`.
+    "axes.accessattempt": (NO_ACCESS, NO_ACCESS),
+    "axes.accesslog": (NO_ACCESS, NO_ACCESS),
+    "axes.accessfailurelog": (NO_ACCESS, NO_ACCESS),
     "django_celery_beat.periodictask": (NO_ACCESS, NO_ACCESS),
     "django_celery_beat.intervalschedule": (NO_ACCESS, NO_ACCESS),
     "django_celery_beat.crontabschedule": (NO_ACCESS, NO_ACCESS),
@@ -536,6 +540,10 @@ def _world_build() -> World:
     WebhookDelivery.objects.create(
         endpoint=endpoint, event_type="usage.threshold_crossed", event_id="matrix-1", payload={}
     )
+    seen = {"ip_address": "192.0.2.1", "user_agent": "matrix", "attempt_time": timezone.now()}
+    AccessAttempt.objects.create(username="sam", failures_since_start=1, **seen)
+    AccessLog.objects.create(username="sam", **seen)
+    AccessFailureLog.objects.create(username="sam", **seen)
     _, key = api_key_create(name="matrix")
     return World(
         a=a,
