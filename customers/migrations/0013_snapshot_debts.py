@@ -25,7 +25,7 @@ def schedule_delete(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("customers", "0011_counted_windows"),
+        ("customers", "0012_input_bounds"),
         ("django_celery_beat", "0019_alter_periodictasks_options"),
     ]
 
