@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 STAMP := $(VENV)/.installed
+# Tests and tools (pytest, ruff, schemathesis, playwright) come from the development lock, on top.
+DEV_STAMP := $(VENV)/.installed-dev
 
 # The quick start's secret key: generated once, kept out of git (var/ is ignored).
 SECRET_KEY_FILE := var/secret_key
@@ -11,7 +13,7 @@ SECRET_KEY_FILE := var/secret_key
 STATIC_MANIFEST := staticfiles/staticfiles.json
 STATIC_SOURCES := $(shell find static */static -type f 2>/dev/null)
 
-.PHONY: run dev test install migrate seed static lint format bench worker beat clean
+.PHONY: run dev test install install-dev migrate seed static lint format bench worker beat clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -22,6 +24,12 @@ $(STAMP): requirements.lock | $(BIN)/python
 	touch $(STAMP)
 
 install: $(STAMP)
+
+$(DEV_STAMP): requirements-dev.lock $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-dev.lock
+	touch $(DEV_STAMP)
+
+install-dev: $(DEV_STAMP)
 
 migrate: install
 	$(BIN)/python manage.py migrate --noinput
@@ -51,11 +59,11 @@ run: $(SECRET_KEY_FILE) seed static
 dev: seed
 	DJANGO_DEBUG=true DB_CONN_MAX_AGE=0 PORT=$(PORT) $(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: install
+format: install-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
@@ -63,7 +71,7 @@ test: lint
 	$(BIN)/python manage.py makemigrations --check --dry-run > /dev/null
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: install
+bench: install-dev
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 worker: install
