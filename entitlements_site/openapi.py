@@ -103,6 +103,20 @@ class ApiAutoSchema(AutoSchema):
     def get_operation_id(self):
         return operation_id(self.method, self.path)
 
+    def get_operation(self, *args, **kwargs):
+        """The operation, its description ending with the key scopes that may make the call."""
+        operation = super().get_operation(*args, **kwargs)
+        if operation is None or not self.path.startswith("/api/v1/"):
+            return operation
+        scopes = ["management"]
+        if self.method in ("GET", "HEAD"):
+            scopes.insert(0, "read")
+        if getattr(self.view, "runtime_endpoint", False):
+            scopes.insert(0, "runtime")
+        note = "Key scopes allowed: " + ", ".join(f"`{s}`" for s in scopes) + "."
+        operation["description"] = f"{operation.get('description', '')}\n\n{note}".strip()
+        return operation
+
     def _get_response_bodies(self, direction="response"):
         responses = super()._get_response_bodies(direction)
         if not self.path.startswith("/api/v1/"):

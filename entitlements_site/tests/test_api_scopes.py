@@ -110,3 +110,12 @@ def test_create_api_key_takes_a_scope(db, capsys):
     assert key.startswith("ent_")
     call_command("create_api_key", "ops")
     assert ApiKey.objects.get(name="ops").scope == "management"  # existing keys keep working
+
+
+def test_the_schema_names_the_scopes_of_each_operation(db, client):
+    schema = client.get("/api/schema/?format=json").json()
+    consume = schema["paths"]["/api/v1/customers/{external_id}/entitlements/{feature_key}/consume"]
+    plan = schema["paths"]["/api/v1/plans/{plan_key}"]
+    assert "`runtime`, `management`" in consume["post"]["description"]
+    assert "`read`, `management`" in plan["get"]["description"]
+    assert "Key scopes allowed: `management`." in plan["patch"]["description"]
