@@ -9,7 +9,7 @@ import orjson
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import DataError, IntegrityError, InterfaceError, OperationalError
+from django.db import DataError, IntegrityError, InterfaceError, OperationalError, connection
 from django.db.models import ProtectedError
 from django.http import Http404, JsonResponse
 from django.utils import timezone
@@ -97,7 +97,15 @@ def api_key_lookup(key: str) -> ApiKey | None:
         ):
             return cached[1]
     generation = _keys_generation
-    api_key = ApiKey.objects.filter(key_hash=digest).first()
+    try:
+        api_key = ApiKey.objects.filter(key_hash=digest).first()
+    except (OperationalError, InterfaceError):
+        # A persistent connection that died while idle fails its first statement: this read
+        # is safe to make again on a new connection (outside a transaction only).
+        if connection.in_atomic_block:
+            raise
+        connection.close()
+        api_key = ApiKey.objects.filter(key_hash=digest).first()
     if cacheable and generation == _keys_generation:
         if len(_keys) > 10_000:
             _keys.clear()
