@@ -23,6 +23,7 @@ from django.utils import timezone  # noqa: E402
 
 from catalog.demo import seed_catalog  # noqa: E402
 from catalog.models import Feature  # noqa: E402
+from catalog.selectors import plan_version_current  # noqa: E402
 from customers.models import Customer, Subscription, UsageEvent  # noqa: E402
 from customers.periods import add_months  # noqa: E402
 from customers.usage import usage_counters_rebuild  # noqa: E402
@@ -53,7 +54,8 @@ def main() -> None:
                 Subscription(
                     customer=c,
                     # The two measured customers are on Business (a soft transfer limit).
-                    plan=plans[2] if i < 2 else plans[i % len(plans)],
+                    plan=(plan := plans[2] if i < 2 else plans[i % len(plans)]),
+                    plan_version=plan_version_current(plan=plan),
                     started_at=period_start,
                     current_period_start=period_start,
                     current_period_end=add_months(period_start, 1),

@@ -45,6 +45,7 @@ def invoice_json(invoice: Invoice) -> dict:
 def subscription_json(subscription: Subscription) -> dict:
     return {
         "plan": subscription.plan.key,
+        "plan_version": subscription.plan_version.number,
         "status": subscription.status,
         "current_period_start": time_str(subscription.current_period_start),
         "current_period_end": time_str(subscription.current_period_end),
@@ -93,6 +94,7 @@ class InvoiceOut(serializers.Serializer):
 
 class SubscriptionOut(serializers.Serializer):
     plan = serializers.CharField()
+    plan_version = serializers.IntegerField(help_text="The number of the plan's version it is on.")
     status = serializers.CharField()
     current_period_start = serializers.DateTimeField()
     current_period_end = serializers.DateTimeField()

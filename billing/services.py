@@ -131,12 +131,16 @@ class LineDraft:
             object.__setattr__(self, "amount", amount)
 
 
-def plan_line(plan: Plan, start: dt.datetime, end: dt.datetime) -> LineDraft:
+def plan_line(
+    plan: Plan, start: dt.datetime, end: dt.datetime, price: Money | None = None
+) -> LineDraft:
+    """The plan's line for a period, at `price` (the subscriber's plan version's; default the
+    plan's price, which new subscribers pay)."""
     interval = "yearly" if plan.interval == "year" else "monthly"
     return LineDraft(
         kind=LineKind.PLAN,
         description=f"{plan.name} plan, {interval} ({period_text(start, end)})",
-        unit_price=plan.price,
+        unit_price=plan.price if price is None else price,
         plan_id=plan.pk,
         period_start=start,
         period_end=end,
@@ -609,7 +613,7 @@ def _price_paid(subscription: Subscription, period_start: dt.datetime) -> Money:
         .order_by("-pk")
         .first()
     )
-    return line.unit_price if line else subscription.plan.price
+    return line.unit_price if line else subscription.plan_version.price
 
 
 def _proration(subscription: Subscription, plan: Plan, at: dt.datetime) -> ProrationPreview:
@@ -804,7 +808,11 @@ def _period_close_one(subscription_id: int, now: dt.datetime) -> PeriodClosed | 
         subscription=subscription,
         period_start=next_start,
         period_end=next_end,
-        lines=[plan_line(plan, next_start, next_end), *usage_lines, *overage],
+        lines=[
+            plan_line(plan, next_start, next_end, price=subscription.plan_version.price),
+            *usage_lines,
+            *overage,
+        ],
         at=now,
     )
     return PeriodClosed(subscription, start, end, invoice, ended=False)

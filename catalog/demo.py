@@ -5,6 +5,7 @@ from decimal import Decimal
 from djmoney.money import Money
 
 from .models import Feature, Plan, PlanEntitlement, TopUpPack
+from .services import plan_current_version_sync
 
 FEATURES = [
     {
@@ -132,8 +133,13 @@ def seed_catalog() -> dict[str, Plan]:
                 "interval": "month",
             },
         )
+        version = plan_current_version_sync(plan=plan)
         for feature_key, values in entitlements.items():
-            upsert(PlanEntitlement, {"plan": plan, "feature": features[feature_key]}, values)
+            upsert(
+                PlanEntitlement,
+                {"plan": plan, "version": version, "feature": features[feature_key]},
+                values,
+            )
         plans[key] = plan
     pack = upsert(
         TopUpPack,

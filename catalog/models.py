@@ -125,6 +125,74 @@ class Plan(models.Model):
         return self.name
 
 
+class VersionStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    PUBLISHED = "published", "Published (new subscribers get it)"
+    SUPERSEDED = "superseded", "Superseded (kept by the subscribers still on it)"
+
+
+class PlanVersion(models.Model):
+    """One numbered version of a plan's terms: its price and its entitlements (DESIGN.md "Plan
+    versions"). A plan has exactly one `published` version (what new subscribers get), at most
+    one `draft`, and any number of `superseded` ones that grandfathered subscribers stay on.
+    Editing the published version in place applies at once to its subscribers."""
+
+    plan = models.ForeignKey(Plan, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    status = models.CharField(
+        max_length=16, choices=VersionStatus.choices, default=VersionStatus.DRAFT
+    )
+    price = MoneyField(
+        max_digits=12,
+        decimal_places=2,
+        default_currency="USD",
+        validators=[MinMoneyValidator(0), validate_decimal],
+        help_text="What its subscribers pay per period, from their next period on.",
+    )
+    published_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["plan", "-number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["plan", "number"],
+                name="plan_version_unique_number",
+                violation_error_message="This plan already has a version with that number.",
+            ),
+            models.UniqueConstraint(
+                fields=["plan"],
+                condition=Q(status="published"),
+                name="plan_version_one_published",
+                violation_error_message="A plan has one published version.",
+            ),
+            models.UniqueConstraint(
+                fields=["plan"],
+                condition=Q(status="draft"),
+                name="plan_version_one_draft",
+                violation_error_message="This plan already has a draft version.",
+            ),
+            models.CheckConstraint(condition=Q(number__gte=1), name="plan_version_number_positive"),
+            models.CheckConstraint(
+                condition=Q(price__gte=0), name="plan_version_price_not_negative"
+            ),
+            models.CheckConstraint(
+                condition=decimal_bound_q("price", max_digits=12, decimal_places=2),
+                name="plan_version_price_in_bounds",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.plan} v{self.number}"
+
+    @property
+    def is_draft(self) -> bool:
+        return self.status == VersionStatus.DRAFT
+
+
 class Reset(models.TextChoices):
     BILLING_PERIOD = "billing_period", "Every billing period"
     MONTH = "month", "Every calendar month"
@@ -192,9 +260,12 @@ def entitlement_values_bounds(prefix: str) -> list[models.CheckConstraint]:
 
 
 class PlanEntitlement(EntitlementValues):
-    """What one plan includes of one feature. Which fields apply depends on the feature's kind."""
+    """What one version of a plan includes of one feature. Which fields apply depends on the
+    feature's kind. `plan` is the version's plan, kept on the row so that the admin edits a
+    plan's entitlements inline and a plan's rows are one index away."""
 
     plan = models.ForeignKey(Plan, on_delete=models.CASCADE, related_name="entitlements")
+    version = models.ForeignKey(PlanVersion, on_delete=models.CASCADE, related_name="entitlements")
     feature = models.ForeignKey(Feature, on_delete=models.PROTECT, related_name="plan_entitlements")
 
     history = HistoricalRecords()
@@ -203,7 +274,7 @@ class PlanEntitlement(EntitlementValues):
         ordering = ["plan", "feature__name"]
         constraints = [
             models.UniqueConstraint(
-                fields=["plan", "feature"],
+                fields=["version", "feature"],
                 name="plan_entitlement_unique_feature",
                 violation_error_message="This plan already has an entitlement for that feature.",
             ),
@@ -226,6 +297,8 @@ class PlanEntitlement(EntitlementValues):
         return f"{self.plan} / {self.feature}"
 
     def clean(self) -> None:
+        if self.version_id and self.plan_id and self.version.plan_id != self.plan_id:
+            raise ValidationError({"version": "The version belongs to another plan."})
         entitlement_values_clean(self, self.feature if self.feature_id else None)
 
 

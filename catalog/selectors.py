@@ -17,9 +17,26 @@ from .models import (
     PlanEntitlement,
     PlanInterval,
     PlanStatus,
+    PlanVersion,
     Reset,
     TopUpPack,
+    VersionStatus,
 )
+
+# The values of an entitlement, as copied from one version to another.
+ENTITLEMENT_VALUE_NAMES = (
+    "enabled",
+    "limit",
+    "unlimited",
+    "reset",
+    "enforcement",
+    "overage_price",
+    "notify_at",
+    "value",
+    "show_on_invoice",
+)
+# The published version's rows: the plan's terms as offered now.
+CURRENT = Q(version__status=VersionStatus.PUBLISHED)
 
 
 def feature_get(*, key: str) -> Feature | None:
@@ -27,14 +44,51 @@ def feature_get(*, key: str) -> Feature | None:
 
 
 def plan_list(*, public_only: bool = False) -> QuerySet[Plan]:
-    plans = Plan.objects.annotate(entitlement_count=Count("entitlements"))
+    plans = Plan.objects.annotate(
+        entitlement_count=Count(
+            "entitlements", filter=Q(entitlements__version__status=VersionStatus.PUBLISHED)
+        )
+    )
     if public_only:
         plans = plans.filter(status=PlanStatus.ACTIVE, public=True)
     return plans.order_by("rank", "name")
 
 
-def plan_entitlements(*, plan: Plan) -> QuerySet[PlanEntitlement]:
-    return plan.entitlements.select_related("feature").order_by("feature__name")
+def plan_entitlements(*, plan: Plan, version: PlanVersion | None = None):
+    """A version's entitlements (default: the published one's), by feature name."""
+    rows = version.entitlements.all() if version is not None else plan.entitlements.filter(CURRENT)
+    return rows.select_related("feature").order_by("feature__name")
+
+
+# --- plan versions ----------------------------------------------------------------------------
+
+
+def plan_version_current(*, plan: Plan) -> PlanVersion | None:
+    """The published version: what new subscribers get."""
+    return plan.versions.filter(status=VersionStatus.PUBLISHED).first()
+
+
+def plan_version_draft(*, plan: Plan) -> PlanVersion | None:
+    return plan.versions.filter(status=VersionStatus.DRAFT).first()
+
+
+def plan_version_get(*, plan: Plan, number: int) -> PlanVersion | None:
+    return plan.versions.filter(number=number).select_related("plan").first()
+
+
+def plan_versions(*, plan: Plan) -> QuerySet[PlanVersion]:
+    """Every version, newest first, with `subscriber_count` (active subscriptions on it)."""
+    return plan.versions.annotate(
+        subscriber_count=Count(
+            "subscriptions", filter=Q(subscriptions__status=_ACTIVE_SUBSCRIPTION), distinct=True
+        ),
+        entitlement_count=Count("entitlements", distinct=True),
+    ).order_by("-number")
+
+
+def plan_version_entitlements(version_ids) -> QuerySet[PlanEntitlement]:
+    """The entitlements of these versions (the engine loads its subscribers' terms here)."""
+    return PlanEntitlement.objects.filter(version_id__in=version_ids)
 
 
 def topup_packs_available(*, plan: Plan | None, feature: Feature | None = None):
@@ -58,7 +112,7 @@ _ACTIVE_SUBSCRIPTION = "active"
 def plan_list_for_editor() -> QuerySet[Plan]:
     """Every plan with `entitlement_count` and `subscriber_count` (active subscriptions)."""
     entitlements = (
-        PlanEntitlement.objects.filter(plan=OuterRef("pk"))
+        PlanEntitlement.objects.filter(CURRENT, plan=OuterRef("pk"))
         .order_by()
         .values("plan")
         .annotate(n=Count("pk"))
@@ -86,8 +140,11 @@ class Reach:
 
 
 def plan_change_reach(*, plan: Plan, feature: Feature | None = None) -> Reach:
-    """How many active subscribers a change to `plan` (to its `feature`) applies to at once."""
-    subscriptions = plan.subscriptions.filter(status=_ACTIVE_SUBSCRIPTION)
+    """How many active subscribers a change to `plan`'s published version (to its `feature`)
+    applies to at once: those on that version (the grandfathered keep theirs)."""
+    subscriptions = plan.subscriptions.filter(
+        status=_ACTIVE_SUBSCRIPTION, plan_version__status=VersionStatus.PUBLISHED
+    )
     total = subscriptions.count()
     if feature is None or total == 0:
         return Reach(subscribers=total)
@@ -106,9 +163,10 @@ def plan_change_reach(*, plan: Plan, feature: Feature | None = None) -> Reach:
     return Reach(subscribers=total, overridden=overridden)
 
 
-def features_addable(*, plan: Plan) -> QuerySet[Feature]:
-    """Features the plan does not include yet, by name."""
-    return Feature.objects.exclude(plan_entitlements__plan=plan).order_by("name")
+def features_addable(*, plan: Plan, version: PlanVersion | None = None) -> QuerySet[Feature]:
+    """Features a version of the plan (default: the published one) does not include yet."""
+    version = version or plan_version_current(plan=plan)
+    return Feature.objects.exclude(plan_entitlements__version=version).order_by("name")
 
 
 def quantity_text(value: Decimal | None, unit: str = "") -> str:
@@ -194,7 +252,8 @@ def plan_comparison(plans) -> list[ComparisonRow]:
     plans = list(plans)
     rows_by_plan: dict[int, dict[int, PlanEntitlement]] = {plan.pk: {} for plan in plans}
     features: dict[int, Feature] = {}
-    for entitlement in PlanEntitlement.objects.filter(plan__in=plans).select_related("feature"):
+    current = PlanEntitlement.objects.filter(CURRENT, plan__in=plans).select_related("feature")
+    for entitlement in current:
         rows_by_plan[entitlement.plan_id][entitlement.feature_id] = entitlement
         features[entitlement.feature_id] = entitlement.feature
     ordered = sorted(features.values(), key=lambda f: (_KIND_ORDER.get(f.kind, 9), f.name))
@@ -223,3 +282,96 @@ def plan_comparison(plans) -> list[ComparisonRow]:
             )
         rows.append(ComparisonRow(feature=feature, cells=cells))
     return rows
+
+
+# --- what publishing a version would do ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureChange:
+    """One feature whose terms differ between the published version (`before`) and another
+    (`after`); None where a side lacks it. `customers_over` is how many subscribers have
+    already used more than a lowered limit (None when the limit is not lowered)."""
+
+    feature: Feature
+    before: PlanEntitlement | None
+    after: PlanEntitlement | None
+    customers_over: int | None = None
+
+
+@dataclass(frozen=True)
+class Revenue:
+    """The plan's subscribers' prices per period, now and if all moved to the version."""
+
+    before: Money
+    after: Money
+
+    @property
+    def change(self) -> Money:
+        return self.after - self.before
+
+
+@dataclass(frozen=True)
+class Impact:
+    version: PlanVersion
+    subscribers: int  # active, on any version of the plan: whom `migrate` moves
+    on_current: int  # of whom on the published version
+    changes: list[FeatureChange]
+    revenue: Revenue
+
+    @property
+    def customers_over(self) -> int:
+        return max((c.customers_over or 0 for c in self.changes), default=0)
+
+
+def _values(row: PlanEntitlement | None) -> tuple | None:
+    return None if row is None else tuple(getattr(row, n) for n in ENTITLEMENT_VALUE_NAMES)
+
+
+def limit_lowered(before, after) -> bool:
+    """True when `after` (an entitlement or its values) caps a metered feature lower than
+    `before` did (a missing or unlimited `before` caps nothing)."""
+    if after is None or after.unlimited or after.limit is None:
+        return False
+    if before is None or before.unlimited:
+        return True
+    return before.limit is None or after.limit < before.limit
+
+
+def plan_version_impact(*, version: PlanVersion) -> Impact:
+    """What publishing `version` would do, before it is done: the plan's subscribers, each
+    feature whose terms differ from the published version's (before -> after), how many
+    subscribers are already over a lowered limit, and the revenue per period before and after
+    if they all moved (`migrate`; with `keep` none move). Counts through catalog.subscribers."""
+    from .subscribers import subscribers  # the port, provided by the customers app
+
+    plan = version.plan
+    current = plan_version_current(plan=plan)
+    others = [v for v in plan_versions(plan=plan) if v.status != VersionStatus.DRAFT]
+    served = [v for v in others if v.subscriber_count]
+    before_rows = {e.feature_id: e for e in plan_entitlements(plan=plan, version=current)}
+    after_rows = {e.feature_id: e for e in plan_entitlements(plan=plan, version=version)}
+    changes = []
+    features = {f: e.feature for f, e in (before_rows | after_rows).items()}
+    for feature in sorted(features.values(), key=lambda f: f.name):
+        before, after = before_rows.get(feature.pk), after_rows.get(feature.pk)
+        if _values(before) == _values(after):
+            continue
+        over = None
+        if feature.kind == FeatureKind.METERED and limit_lowered(before, after):
+            over = subscribers().over_limit(
+                version_ids=[v.pk for v in served], feature_id=feature.pk, limit=after.limit
+            )
+        changes.append(FeatureChange(feature, before, after, over))
+    currency = str(plan.price.currency)
+    total = sum((v.price.amount * v.subscriber_count for v in served), Decimal("0"))
+    count = sum(v.subscriber_count for v in served)
+    return Impact(
+        version=version,
+        subscribers=count,
+        on_current=next((v.subscriber_count for v in served if v.status == "published"), 0),
+        changes=changes,
+        revenue=Revenue(
+            before=Money(total, currency), after=Money(version.price.amount * count, currency)
+        ),
+    )

@@ -9,7 +9,7 @@ class CustomersConfig(AppConfig):
         # catalog never imports customers, so customers listens to the catalog's entitlements.
         from django.db.models.signals import post_delete, post_save, pre_save
 
-        from catalog.models import Feature, Plan, PlanEntitlement
+        from catalog.models import Feature, Plan, PlanEntitlement, PlanVersion
 
         from .models import Customer, EntitlementOverride, Grant, Subscription
 
@@ -34,11 +34,19 @@ class CustomersConfig(AppConfig):
         pre_save.connect(feature_counting, sender=Feature, dispatch_uid=uid + ".before")
         post_save.connect(feature_created_counting, sender=Feature, dispatch_uid=uid + ".after")
 
+        # The catalog's plan versions reach subscribers through this port (catalog never
+        # imports customers).
+        from catalog.subscribers import provide
+
+        from .plan_subscribers import PlanSubscribers
+
+        provide(PlanSubscribers())
+
         # The usage snapshots mirrored in Redis hold grants and the catalog's version.
         uid = "customers.snapshots.grant"
         post_save.connect(grant_changed, sender=Grant, dispatch_uid=uid + ".saved")
         post_delete.connect(grant_changed, sender=Grant, dispatch_uid=uid + ".del")
-        for model in (Feature, Plan, PlanEntitlement):
+        for model in (Feature, Plan, PlanVersion, PlanEntitlement):
             uid = f"customers.snapshots.{model._meta.label}"
             post_save.connect(catalog_changed, sender=model, dispatch_uid=uid + ".saved")
             post_delete.connect(catalog_changed, sender=model, dispatch_uid=uid + ".del")

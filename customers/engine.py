@@ -40,6 +40,7 @@ from catalog.models import (
     PlanEntitlement,
     Reset,
 )
+from catalog.selectors import plan_version_entitlements
 from entitlements_site import bounds
 from entitlements_site.errors import Conflict, InvalidInput, NotFound
 
@@ -229,11 +230,11 @@ def _states_load(customers: Iterable[Customer]) -> dict[int, CustomerState]:
             customer_id__in=customers, status=SubscriptionStatus.ACTIVE
         ).select_related("plan")
     }
-    plan_terms: dict[int, dict[int, Terms]] = defaultdict(dict)
-    plan_ids = {s.plan_id for s in subscriptions.values()}
-    if plan_ids:
-        for row in PlanEntitlement.objects.filter(plan_id__in=plan_ids):
-            plan_terms[row.plan_id][row.feature_id] = Terms.of("plan", row)
+    plan_terms: dict[int, dict[int, Terms]] = defaultdict(dict)  # by plan version
+    version_ids = {s.plan_version_id for s in subscriptions.values()}
+    if version_ids:
+        for row in plan_version_entitlements(version_ids):
+            plan_terms[row.version_id][row.feature_id] = Terms.of("plan", row)
     overrides: dict[int, dict[int, list]] = defaultdict(lambda: defaultdict(list))
     for row in EntitlementOverride.objects.filter(customer_id__in=customers):
         overrides[row.customer_id][row.feature_id].append(row)
@@ -243,7 +244,7 @@ def _states_load(customers: Iterable[Customer]) -> dict[int, CustomerState]:
         states[pk] = CustomerState(
             customer=customer,
             subscription=subscription,
-            plan_terms=dict(plan_terms[subscription.plan_id]) if subscription else {},
+            plan_terms=dict(plan_terms[subscription.plan_version_id]) if subscription else {},
             overrides=dict(overrides[pk]),
         )
     return states

@@ -16,6 +16,7 @@ from catalog.models import (
     Feature,
     FeatureKind,
     Plan,
+    PlanVersion,
     Reset,
     TopUpPack,
     entitlement_values_bounds,
@@ -89,6 +90,10 @@ class SubscriptionStatus(models.TextChoices):
 class Subscription(models.Model):
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="subscriptions")
     plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="subscriptions")
+    # The version of `plan` whose price and entitlements apply (DESIGN.md "Plan versions").
+    plan_version = models.ForeignKey(
+        PlanVersion, on_delete=models.PROTECT, related_name="subscriptions"
+    )
     status = models.CharField(
         max_length=16, choices=SubscriptionStatus.choices, default=SubscriptionStatus.ACTIVE
     )
@@ -128,6 +133,10 @@ class Subscription(models.Model):
 
     def __str__(self) -> str:
         return f"{self.customer.name}: {self.plan.name} ({self.status})"
+
+    def clean(self) -> None:
+        if self.plan_version_id and self.plan_id and self.plan_version.plan_id != self.plan_id:
+            raise ValidationError({"plan_version": "The version belongs to another plan."})
 
 
 class EntitlementOverride(EntitlementValues):

@@ -12,7 +12,7 @@ from catalog.models import Feature
 from entitlements_site.errors import InvalidInput
 
 from . import engine
-from .models import Customer, UsageEvent
+from .models import Customer, Subscription, SubscriptionStatus, UsageEvent
 from .periods import add_months
 
 BUCKET_WINDOWS = {"hour": TruncHour, "day": TruncDay, "month": TruncMonth}
@@ -28,6 +28,27 @@ def customer_search(*, term: str, queryset: QuerySet[Customer] | None = None):
     return queryset.filter(
         Q(name__icontains=term) | Q(email__icontains=term) | Q(external_id__icontains=term)
     )
+
+
+def subscribers_over_limit(*, version_ids, feature_id: int, limit: Decimal) -> int:
+    """How many active subscribers on these plan versions have used more of a feature this
+    period than `limit` plus their grants: those a lower limit would put over it at once.
+    A customer with an override of the feature in force keeps it, and is not counted. Usage
+    and grants as the engine answers them (one check per subscriber: a preview, not a hot
+    path)."""
+    feature = Feature.objects.get(pk=feature_id)
+    subscriptions = Subscription.objects.filter(
+        plan_version_id__in=list(version_ids), status=SubscriptionStatus.ACTIVE
+    ).select_related("customer")
+    over = 0
+    for subscription in subscriptions.iterator():
+        entitlement = engine.entitlement_check(subscription.customer, feature.key)
+        if entitlement.source == "override":
+            continue
+        used = entitlement.usage or Decimal("0")
+        if used > limit + (entitlement.granted or Decimal("0")):
+            over += 1
+    return over
 
 
 @dataclass(frozen=True)

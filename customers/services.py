@@ -8,8 +8,10 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from simple_history.utils import bulk_update_with_history
 
-from catalog.models import Feature, Plan, PlanStatus, TopUpExpiry, TopUpPack
+from catalog.models import Feature, Plan, PlanStatus, PlanVersion, TopUpExpiry, TopUpPack
+from catalog.selectors import plan_version_current
 from catalog.services import version_next
 from entitlements_site.errors import Conflict, InvalidInput
 
@@ -29,8 +31,12 @@ from .periods import add_months, interval_months
 def customer_version_bump(customer_id: int) -> None:
     """Marks the engine's cached state of this customer out of date (in the caller's
     transaction: the new version and the change become visible together)."""
-    Customer.objects.filter(pk=customer_id).update(state_version=version_next("state_version"))
-    snapshots.changed([customer_id])
+    customers_version_bump([customer_id])
+
+
+def customers_version_bump(customer_ids: list[int]) -> None:
+    Customer.objects.filter(pk__in=customer_ids).update(state_version=version_next("state_version"))
+    snapshots.changed(customer_ids)
 
 
 @transaction.atomic
@@ -87,6 +93,7 @@ def subscription_start(
     subscription = Subscription(
         customer=customer,
         plan=plan,
+        plan_version=_version_for_new(plan),
         started_at=started_at,
         current_period_start=started_at,
         current_period_end=add_months(started_at, interval_months(plan.interval)),
@@ -100,6 +107,14 @@ def subscription_start(
             "This customer already has an active subscription.", code="subscribed"
         ) from None
     return subscription
+
+
+def _version_for_new(plan: Plan) -> PlanVersion:
+    """The version a subscriber joining `plan` now gets: the published one."""
+    version = plan_version_current(plan=plan)
+    if version is None:
+        raise InvalidInput(f"The plan {plan.key!r} has no published version.", code="no_version")
+    return version
 
 
 def _check_active(subscription: Subscription) -> None:
@@ -129,6 +144,7 @@ def subscription_set_plan(
     _check_active(subscription)
     _check_plan_for(subscription.customer, plan)
     subscription.plan = plan
+    subscription.plan_version = _version_for_new(plan)
     subscription.scheduled_plan = None
     if period_start and period_end:
         subscription.current_period_start = period_start
@@ -185,6 +201,7 @@ def subscription_roll_period(*, subscription: Subscription, plan: Plan | None = 
     plan = plan or subscription.scheduled_plan  # a downgrade waiting for this period end
     if plan is not None:
         subscription.plan = plan
+        subscription.plan_version = _version_for_new(plan)
     subscription.scheduled_plan = None
     start = subscription.current_period_end
     step = interval_months(subscription.plan.interval)
@@ -197,6 +214,47 @@ def subscription_roll_period(*, subscription: Subscription, plan: Plan | None = 
     subscription.full_clean()
     subscription.save()
     return subscription
+
+
+@transaction.atomic
+def subscription_version_move(*, subscription: Subscription) -> Subscription:
+    """Moves one active subscription to its plan's published version at once (support, for a
+    grandfathered customer). Its entitlements change now; its price from its next period,
+    like every price change. Recorded in the subscription's history. Raises InvalidInput
+    `same_version` when it is already on it."""
+    subscription = (
+        Subscription.objects.select_for_update().select_related("plan").get(pk=subscription.pk)
+    )
+    _check_active(subscription)
+    version = _version_for_new(subscription.plan)
+    if subscription.plan_version_id == version.pk:
+        raise InvalidInput(
+            f"This customer is already on version {version.number}.", code="same_version"
+        )
+    subscription.plan_version = version
+    subscription.save(update_fields=["plan_version", "updated_at"])
+    return subscription
+
+
+@transaction.atomic
+def subscriptions_version_migrate(*, version: PlanVersion) -> int:
+    """Moves every active subscription of `version.plan` to `version` at once: their
+    entitlements change now, their prices from their next period. Locks the subscriptions in
+    id order; one history row each (who and when); the engine's cached states of those
+    customers are out of date from the commit. Answers how many moved."""
+    moving = list(
+        Subscription.objects.select_for_update()
+        .filter(plan_id=version.plan_id, status=SubscriptionStatus.ACTIVE)
+        .exclude(plan_version=version)
+        .order_by("pk")
+    )
+    now = timezone.now()
+    for subscription in moving:
+        subscription.plan_version = version
+        subscription.updated_at = now
+    bulk_update_with_history(moving, Subscription, ["plan_version", "updated_at"], batch_size=500)
+    customers_version_bump([s.customer_id for s in moving])
+    return len(moving)
 
 
 @transaction.atomic

@@ -25,7 +25,7 @@ from catalog.models import (
     Reset,
     TopUpPack,
 )
-from catalog.selectors import plan_comparison, price_text, topup_packs_available
+from catalog.selectors import CURRENT, plan_comparison, price_text, topup_packs_available
 from customers import capacity as capacity_rule
 from customers.engine import Entitlement, entitlements_resolve
 from customers.models import (
@@ -465,7 +465,9 @@ def plan_choice(customer: Customer, subscription: Subscription) -> PlanChoice:
     custom = {e.feature for e in entitlements if e.source == "override"}
     limits = {
         (pe.plan_id, pe.feature_id): pe
-        for pe in PlanEntitlement.objects.filter(plan__in=plans, feature__kind=FeatureKind.METERED)
+        for pe in PlanEntitlement.objects.filter(
+            CURRENT, plan__in=plans, feature__kind=FeatureKind.METERED
+        )
     }
     options = []
     for i, plan in enumerate(plans):

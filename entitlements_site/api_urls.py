@@ -36,6 +36,7 @@ class DocsView(_ErrorsAsJSON, SpectacularSwaggerSplitView):
 
 C = "customers/<str:external_id>"
 E = f"{C}/entitlements/<str:feature_key>"
+V = "plans/<str:plan_key>/versions/<int:n>"
 
 v1 = [
     path("customers", customers_api.CustomerListView.as_view(), name="customers"),
@@ -62,6 +63,19 @@ v1 = [
     path("features/<str:feature_key>", catalog_api.FeatureDetailView.as_view(), name="feature"),
     path("plans", catalog_api.PlanListView.as_view(), name="plans"),
     path("plans/<str:plan_key>", catalog_api.PlanDetailView.as_view(), name="plan"),
+    path(
+        "plans/<str:plan_key>/versions",
+        catalog_api.PlanVersionListView.as_view(),
+        name="plan-versions",
+    ),
+    path(f"{V}", catalog_api.PlanVersionDetailView.as_view(), name="plan-version"),
+    path(f"{V}/impact", catalog_api.PlanVersionImpactView.as_view(), name="plan-version-impact"),
+    path(f"{V}/publish", catalog_api.PlanVersionPublishView.as_view(), name="plan-version-publish"),
+    path(
+        f"{V}/duplicate",
+        catalog_api.PlanVersionDuplicateView.as_view(),
+        name="plan-version-duplicate",
+    ),
     path("topup-packs", catalog_api.TopUpPackListView.as_view(), name="topup-packs"),
     path(
         "topup-packs/<str:pack_key>", catalog_api.TopUpPackDetailView.as_view(), name="topup-pack"

@@ -56,7 +56,13 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # `_replace` (PUT), `_update` (PATCH), `_delete`; a path that ends in an action is named by it
 # (`customer_entitlement_consume`); where the domain has its own word for a write it replaces
 # the generic verb (`customer_grant_void`). test_api_schema.py lists them all.
-ACTIONS = {"consume": "consume", "commit": "commit", "publish": "publish", "reversal": "reverse"}
+ACTIONS = {
+    "consume": "consume",
+    "commit": "commit",
+    "publish": "publish",
+    "duplicate": "duplicate",
+    "reversal": "reverse",
+}
 DOMAIN_VERBS = {
     ("POST", "usage"): "ingest",
     ("POST", "topups"): "purchase",

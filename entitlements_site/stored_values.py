@@ -18,6 +18,7 @@ from .bounds import decimal_ceiling
 # (app, model, field, max_digits, decimal_places): every decimal the product accepts.
 BOUNDED_DECIMALS = (
     ("catalog", "Plan", "price", 12, 2),
+    ("catalog", "PlanVersion", "price", 12, 2),
     ("catalog", "PlanEntitlement", "limit", 20, 4),
     ("catalog", "PlanEntitlement", "overage_price", 12, 4),
     ("catalog", "TopUpPack", "quantity", 20, 4),

@@ -31,6 +31,8 @@ from catalog.models import (
     TopUpExpiry,
     TopUpPack,
 )
+from catalog.selectors import plan_version_current
+from catalog.services import plan_current_version_sync
 
 
 class FeatureFactory(factory.django.DjangoModelFactory):
@@ -51,8 +53,11 @@ class FeatureFactory(factory.django.DjangoModelFactory):
 
 
 class PlanFactory(factory.django.DjangoModelFactory):
+    """A plan with its version 1, published, at the plan's price (as plan_create makes it)."""
+
     class Meta:
         model = Plan
+        skip_postgeneration_save = True
 
     key = factory.Sequence(lambda n: f"plan-{n}")
     name = factory.Sequence(lambda n: f"Plan {n}")
@@ -62,6 +67,11 @@ class PlanFactory(factory.django.DjangoModelFactory):
     status = PlanStatus.ACTIVE
     public = True
     rank = factory.Sequence(lambda n: (n + 1) * 10)
+
+    @factory.post_generation
+    def version(self, create, extracted, **kwargs):
+        if create:
+            plan_current_version_sync(plan=self)
 
 
 def _limit_for(entitlement) -> Decimal | None:
@@ -82,6 +92,8 @@ class PlanEntitlementFactory(factory.django.DjangoModelFactory):
         model = PlanEntitlement
 
     plan = factory.SubFactory(PlanFactory)
+    # The plan's published version unless a test gives one (a draft's, say).
+    version = factory.LazyAttribute(lambda o: plan_version_current(plan=o.plan))
     feature = factory.SubFactory(FeatureFactory)
     enabled = True
     unlimited = False

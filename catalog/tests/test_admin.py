@@ -18,7 +18,7 @@ from .factories import FeatureFactory, PlanEntitlementFactory, PlanFactory, TopU
 
 pytestmark = pytest.mark.django_db
 
-CATALOG_MODELS = ["feature", "plan", "planentitlement", "topuppack"]
+CATALOG_MODELS = ["feature", "plan", "topuppack"]
 
 
 def staff_user(username: str, group: str):
@@ -70,6 +70,15 @@ def test_product_manager_opens_every_catalog_list_and_add_page(pm_client, catalo
     response = pm_client.get(reverse(f"admin:catalog_{model}_{page}"))
 
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize("model", ["planentitlement", "planversion"])
+def test_product_manager_opens_the_version_lists_but_adds_on_the_plan(pm_client, catalog, model):
+    changelist = pm_client.get(reverse(f"admin:catalog_{model}_changelist"))
+    add = pm_client.get(reverse(f"admin:catalog_{model}_add"))
+
+    assert changelist.status_code == 200
+    assert add.status_code == 403
 
 
 def test_product_manager_opens_a_plan_and_its_history(pm_client, catalog):

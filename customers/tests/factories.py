@@ -17,6 +17,7 @@ import factory
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
+from catalog.selectors import plan_version_current
 from catalog.tests.factories import (  # noqa: F401  (re-exported for customers' tests)
     FeatureFactory,
     PlanEntitlementFactory,
@@ -72,6 +73,7 @@ class SubscriptionFactory(factory.django.DjangoModelFactory):
 
     customer = factory.SubFactory(CustomerFactory)
     plan = factory.SubFactory(PlanFactory)
+    plan_version = factory.LazyAttribute(lambda o: plan_version_current(plan=o.plan))
     status = SubscriptionStatus.ACTIVE
     started_at = factory.LazyFunction(timezone.now)
     current_period_start = factory.SelfAttribute("started_at")

@@ -12,6 +12,7 @@ from decimal import Decimal
 from djmoney.money import Money
 
 from catalog.models import Feature, FeatureKind, Plan, PlanEntitlement, PlanStatus
+from catalog.services import plan_current_version_sync
 from customers import webhooks
 from customers.models import Customer, Subscription
 from customers.periods import add_months
@@ -51,14 +52,16 @@ def storage_given(
         status=PlanStatus.ACTIVE,
         rank=10,
     )
+    version = plan_current_version_sync(plan=plan)
     entitlement = PlanEntitlement.objects.create(
-        plan=plan, feature=feature, limit=Decimal(limit), notify_at=list(notify_at)
+        plan=plan, version=version, feature=feature, limit=Decimal(limit), notify_at=list(notify_at)
     )
     customer = Customer.objects.create(external_id=f"acme-{n}", name="Acme Inc", email=email)
     started_at = started_at or dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
     subscription = Subscription.objects.create(
         customer=customer,
         plan=plan,
+        plan_version=version,
         started_at=started_at,
         current_period_start=started_at,
         current_period_end=add_months(started_at, 1),

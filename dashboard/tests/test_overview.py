@@ -11,8 +11,8 @@ from django.utils import timezone
 from djmoney.money import Money
 
 from billing.services import subscription_create, topup_purchase
-from catalog.models import Enforcement, Feature, Plan
-from catalog.tests.factories import PlanEntitlementFactory
+from catalog.models import Enforcement, Feature
+from catalog.tests.factories import PlanEntitlementFactory, PlanFactory
 from customers.engine import entitlement_check
 from customers.models import Customer, CustomerUser, EntitlementOverride
 from dashboard import selectors
@@ -203,7 +203,7 @@ def test_a_limit_line_includes_top_ups(world):
 
 
 def test_a_yearly_period_charts_the_last_30_days(db, world, django_user_model, client):
-    yearly = Plan.objects.create(
+    yearly = PlanFactory(
         key="yearly",
         name="Yearly",
         price=Money("500.00", "USD"),
