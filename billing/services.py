@@ -530,7 +530,10 @@ def subscription_create(
         subscription=subscription,
         period_start=start,
         period_end=end,
-        lines=[plan_line(plan, start, end), *entitlement_lines(subscription.customer, at=start)],
+        lines=[
+            plan_line(plan, start, end, price=subscription.plan_version.price),
+            *entitlement_lines(subscription.customer, at=start),
+        ],
         at=at,
     )
     return subscription

@@ -204,3 +204,40 @@ class AddFeatureForm(forms.Form):
         super().__init__(*args, **kwargs)
         if features is not None:
             self.fields["feature"].queryset = features
+
+
+class VersionPriceForm(forms.Form):
+    """A draft's price per period, in the plan's currency."""
+
+    amount = ExactDecimalField(
+        max_digits=12,
+        decimal_places=2,
+        min_value=Decimal("0"),
+        label="Price per period",
+        widget=forms.NumberInput(attrs={"step": "any", "inputmode": "decimal"}),
+    )
+
+    def __init__(self, *args, currency: str = "USD", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.currency = currency
+        self.fields["amount"].label = f"Price per period ({currency})"
+
+    def price(self) -> Money:
+        return Money(self.cleaned_data["amount"], self.currency)
+
+
+class PublishForm(forms.Form):
+    existing = forms.ChoiceField(
+        choices=[
+            ("keep", "Keep current subscribers on their version (new subscribers only)"),
+            ("migrate", "Move every current subscriber to it now (prices from their next period)"),
+        ],
+        initial="keep",
+        widget=forms.RadioSelect,
+        label="Current subscribers",
+    )
+
+
+class DuplicatePlanForm(forms.Form):
+    key = forms.SlugField(max_length=64, label="New plan key", help_text="e.g. basic-2027")
+    name = forms.CharField(max_length=200, label="New plan name")

@@ -22,6 +22,7 @@ from .models import (
     TopUpPack,
     VersionStatus,
 )
+from .subscribers import subscribers  # a port the customers app provides
 
 # The values of an entitlement, as copied from one version to another.
 ENTITLEMENT_VALUE_NAMES = (
@@ -182,8 +183,9 @@ def money_text(money: Money | None) -> str:
     return format_money(money, locale="en_US", currency_digits=False, decimal_quantization=False)
 
 
-def price_text(plan: Plan) -> str:
-    amount = format_money(plan.price, locale="en_US")
+def price_text(plan: Plan, price: Money | None = None) -> str:
+    """`$50.00 / month`: the plan's price (or `price`, a version's) per its interval."""
+    amount = format_money(plan.price if price is None else price, locale="en_US")
     return f"{amount} / {'year' if plan.interval == PlanInterval.YEAR else 'month'}"
 
 
@@ -338,13 +340,17 @@ def limit_lowered(before, after) -> bool:
     return before.limit is None or after.limit < before.limit
 
 
+def subscribers_over(*, version: PlanVersion, feature: Feature, limit: Decimal) -> int:
+    """How many active subscribers on `version` have already used more of `feature` this
+    period than `limit` (plus their grants): those a lower limit puts over it at once."""
+    return subscribers().over_limit(version_ids=[version.pk], feature_id=feature.pk, limit=limit)
+
+
 def plan_version_impact(*, version: PlanVersion) -> Impact:
     """What publishing `version` would do, before it is done: the plan's subscribers, each
     feature whose terms differ from the published version's (before -> after), how many
     subscribers are already over a lowered limit, and the revenue per period before and after
     if they all moved (`migrate`; with `keep` none move). Counts through catalog.subscribers."""
-    from .subscribers import subscribers  # the port, provided by the customers app
-
     plan = version.plan
     current = plan_version_current(plan=plan)
     others = [v for v in plan_versions(plan=plan) if v.status != VersionStatus.DRAFT]
