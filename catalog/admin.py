@@ -6,7 +6,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
-from entitlements_site.forms import admin_decimal_overrides
+from core.forms import admin_decimal_overrides
 
 from . import selectors, services
 from .models import Feature, Plan, PlanEntitlement, PlanVersion, TopUpPack, VersionStatus

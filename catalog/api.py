@@ -11,8 +11,9 @@ from drf_spectacular.utils import (
 from rest_framework import generics, serializers
 from rest_framework.response import Response
 
-from entitlements_site.api import DecimalStringField, MoneyJSONField, money_json
-from entitlements_site.errors import NotFound
+from core.api import money_json
+from core.api_fields import DecimalStringField, MoneyJSONField
+from core.errors import NotFound
 
 from . import selectors, services
 from .models import (

@@ -10,7 +10,7 @@ from django.db.models import F, Max, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from entitlements_site.errors import Conflict, InvalidInput
+from core.errors import Conflict, InvalidInput
 
 from . import selectors
 from .models import (

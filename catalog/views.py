@@ -18,8 +18,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from entitlements_site.errors import DomainError
-from entitlements_site.roles import is_product_manager
+from core.errors import DomainError
+from core.roles import is_product_manager
 
 from . import selectors, services
 from .forms import (

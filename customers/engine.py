@@ -41,8 +41,8 @@ from catalog.models import (
     Reset,
 )
 from catalog.selectors import plan_version_entitlements
-from entitlements_site import bounds
-from entitlements_site.errors import Conflict, InvalidInput, NotFound
+from core import bounds
+from core.errors import Conflict, InvalidInput, NotFound
 
 from . import capacity as capacity_rule
 from . import snapshots

@@ -13,7 +13,7 @@ from simple_history.utils import bulk_update_with_history
 from catalog.models import Feature, Plan, PlanStatus, PlanVersion, TopUpExpiry, TopUpPack
 from catalog.selectors import plan_version_current
 from catalog.services import version_next
-from entitlements_site.errors import Conflict, InvalidInput
+from core.errors import Conflict, InvalidInput
 
 from . import snapshots
 from .models import (

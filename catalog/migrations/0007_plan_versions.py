@@ -4,7 +4,7 @@ plan's price, holding the plan's entitlements as they are; nothing any customer 
 import django.db.models.deletion
 import djmoney.models.fields
 import djmoney.models.validators
-import entitlements_site.bounds
+import core.bounds
 import simple_history.models
 from decimal import Decimal
 from django.conf import settings
@@ -49,7 +49,7 @@ class Migration(migrations.Migration):
                 ('number', models.PositiveIntegerField()),
                 ('status', models.CharField(choices=[('draft', 'Draft'), ('published', 'Published (new subscribers get it)'), ('superseded', 'Superseded (kept by the subscribers still on it)')], default='draft', max_length=16)),
                 ('price_currency', djmoney.models.fields.CurrencyField(choices=[('GBP', 'British Pound'), ('EUR', 'Euro'), ('USD', 'US Dollar')], default='USD', editable=False, max_length=3)),
-                ('price', djmoney.models.fields.MoneyField(decimal_places=2, help_text='What its subscribers pay per period, from their next period on.', max_digits=12, validators=[djmoney.models.validators.MinMoneyValidator(0), entitlements_site.bounds.validate_decimal])),
+                ('price', djmoney.models.fields.MoneyField(decimal_places=2, help_text='What its subscribers pay per period, from their next period on.', max_digits=12, validators=[djmoney.models.validators.MinMoneyValidator(0), core.bounds.validate_decimal])),
                 ('published_at', models.DateTimeField(blank=True, null=True)),
                 ('created_at', models.DateTimeField(blank=True, editable=False)),
                 ('updated_at', models.DateTimeField(blank=True, editable=False)),
@@ -73,7 +73,7 @@ class Migration(migrations.Migration):
                 ('number', models.PositiveIntegerField()),
                 ('status', models.CharField(choices=[('draft', 'Draft'), ('published', 'Published (new subscribers get it)'), ('superseded', 'Superseded (kept by the subscribers still on it)')], default='draft', max_length=16)),
                 ('price_currency', djmoney.models.fields.CurrencyField(choices=[('GBP', 'British Pound'), ('EUR', 'Euro'), ('USD', 'US Dollar')], default='USD', editable=False, max_length=3)),
-                ('price', djmoney.models.fields.MoneyField(decimal_places=2, help_text='What its subscribers pay per period, from their next period on.', max_digits=12, validators=[djmoney.models.validators.MinMoneyValidator(0), entitlements_site.bounds.validate_decimal])),
+                ('price', djmoney.models.fields.MoneyField(decimal_places=2, help_text='What its subscribers pay per period, from their next period on.', max_digits=12, validators=[djmoney.models.validators.MinMoneyValidator(0), core.bounds.validate_decimal])),
                 ('published_at', models.DateTimeField(blank=True, null=True)),
                 ('created_at', models.DateTimeField(auto_now_add=True)),
                 ('updated_at', models.DateTimeField(auto_now=True)),

@@ -10,9 +10,9 @@ from djmoney.money import Money
 
 from billing import services as billing
 from catalog.models import Plan, PlanEntitlement, PlanVersion
+from core.roles import PRODUCT_MANAGERS, SUPPORT
 from customers import services as customer_services
 from customers.engine import entitlement_check, usage_record_batch
-from entitlements_site.roles import PRODUCT_MANAGERS, SUPPORT
 
 from .test_views import HTMX, build_storage_catalog, user_in
 
