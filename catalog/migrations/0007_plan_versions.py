@@ -11,6 +11,14 @@ from django.conf import settings
 from django.db import migrations, models
 from django.db.models import OuterRef, Subquery
 
+from core.roles import PRODUCT_MANAGERS, SUPPORT, grant_group_permissions
+
+
+def versions_visible(apps, schema_editor):
+    # The admin shows versions read-only: they change through the plan editor's services.
+    view = ["view_planversion", "view_historicalplanversion"]
+    grant_group_permissions(apps, "catalog", {PRODUCT_MANAGERS: view, SUPPORT: view})
+
 
 def versions_first(apps, schema_editor):
     Plan = apps.get_model("catalog", "Plan")
@@ -145,4 +153,5 @@ class Migration(migrations.Migration):
             model_name='planentitlement',
             constraint=models.UniqueConstraint(fields=('version', 'feature'), name='plan_entitlement_unique_feature', violation_error_message='This plan already has an entitlement for that feature.'),
         ),
+            migrations.RunPython(versions_visible, migrations.RunPython.noop),
     ]
