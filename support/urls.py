@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.search, name="search"),
     path("customers/<int:pk>/", views.customer, name="customer"),
     path("customers/<int:pk>/change-plan/", views.change_plan, name="change_plan"),
+    path("customers/<int:pk>/plan-version/", views.version_move, name="version_move"),
     path("customers/<int:pk>/grants/", views.grant_add, name="grant_add"),
     path("customers/<int:pk>/grants/<int:grant_pk>/void/", views.grant_void, name="grant_void"),
     path("customers/<int:pk>/topups/", views.topup_sell, name="topup_sell"),

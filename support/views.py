@@ -24,7 +24,7 @@ from billing import selectors as billing_selectors
 from billing import services as billing
 from catalog.forms import errors_to_form
 from catalog.models import Feature, Plan
-from catalog.selectors import entitlement_summary, topup_packs_available
+from catalog.selectors import entitlement_summary, plan_version_current, topup_packs_available
 from core.errors import DomainError
 from core.roles import is_support
 from customers import services as customer_services
@@ -115,9 +115,35 @@ def _page_context(request, customer: Customer, **forms) -> dict:
         "override_values": override_values_form(override_feature, customer.currency),
         "override_feature": override_feature,
         "preview": None,
+        "latest_version": plan_version_current(plan=plan) if plan else None,
     }
     context.update(forms)
     return context
+
+
+@support_required
+@require_POST
+def version_move(request: HttpRequest, pk: int) -> HttpResponse:
+    """Moves the customer to the latest version of their plan: its entitlements now, its price
+    from their next period."""
+    customer = _customer_get(pk)
+    subscription = customer_services.subscription_active(customer)
+    if subscription is None:
+        messages.error(request, f"{customer.name} has no active subscription.")
+        return _refresh(request, customer, "plan")
+    try:
+        subscription = customer_services.subscription_version_move(subscription=subscription)
+    except DomainError as error:
+        messages.error(request, error.message)
+        return _refresh(request, customer, "plan")
+    version = subscription.plan_version
+    return _done(
+        request,
+        customer,
+        f"{customer.name} is on version {version.number} of {subscription.plan.name} now: its "
+        f"entitlements apply at once, its price ({version.price}) from the next period.",
+        "plan",
+    )
 
 
 @support_required
