@@ -431,7 +431,11 @@ VERSIONS = "plan versions"
 
 
 @extend_schema_view(
-    get=extend_schema(summary="List a plan's versions, newest first", tags=[VERSIONS]),
+    get=extend_schema(
+        summary="List a plan's versions, newest first",
+        tags=[VERSIONS],
+        responses={200: PlanVersionSerializer(many=True)},
+    ),
     post=extend_schema(
         summary="Make a draft: a copy of the published version (409 `draft_exists`)",
         tags=[VERSIONS],

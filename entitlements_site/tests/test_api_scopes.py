@@ -26,6 +26,7 @@ ARGS = {
     "pk": "1",
     "number": "INV-2026-000001",
     "plan_key": "basic",
+    "n": "1",
     "pack_key": "extra",
 }
 

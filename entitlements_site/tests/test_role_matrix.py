@@ -49,6 +49,7 @@ from djmoney.money import Money
 
 from billing.models import Invoice, InvoicePurpose
 from billing.services import subscription_change_plan, subscription_create, topup_purchase
+from catalog import services as catalog_services
 from catalog.models import Aggregation, FeatureKind
 from catalog.tests.factories import (
     FeatureFactory,
@@ -89,6 +90,7 @@ SUPPORT_ONLY = (LOGIN, 403, 403, 200, 403, LOGIN)
 SUPPORT_POST_ONLY = (LOGIN, 403, 403, 405, 403, LOGIN)  # GET on an action that takes POST
 SUPPORT_DOES_IT = (LOGIN, 403, 403, Done(302), 403, LOGIN)
 PM_DOES_IT = (LOGIN, 403, 403, 403, Done(302), LOGIN)
+PM_POST_ONLY = (LOGIN, 403, 403, 403, 405, LOGIN)  # GET on an action that takes POST
 # Dashboard pages: staff logins belong to no customer (the "no customer account" page, 404).
 EVERY_CUSTOMER = (LOGIN, 200, 200, 404, 404, LOGIN)
 A_ONLY = (LOGIN, 200, 404, 404, 404, LOGIN)  # the object named in the URL is A's
@@ -110,6 +112,16 @@ PAGES = {
     "catalog:entitlement_row": {"GET": (LOGIN, 403, 403, 403, REDIRECT, LOGIN)},
     "catalog:entitlement_edit": {"GET": PM_ONLY, "POST": PM_DOES_IT},
     "catalog:entitlement_remove": {"GET": PM_ONLY, "POST": PM_DOES_IT},
+    # plan versions (Basic's version 1, superseded, read-only; a draft's page to edit)
+    "catalog:plan_version": {"GET": PM_ONLY},
+    "catalog:version_entitlement_add": {
+        "GET": (LOGIN, 403, 403, 403, REDIRECT, LOGIN),
+        "POST": PM_DOES_IT,
+    },
+    "catalog:version_draft_create": {"GET": PM_POST_ONLY, "POST": PM_DOES_IT},
+    "catalog:version_price": {"GET": PM_POST_ONLY, "POST": PM_DOES_IT},
+    "catalog:version_publish": {"GET": PM_POST_ONLY, "POST": PM_DOES_IT},
+    "catalog:version_duplicate": {"GET": PM_POST_ONLY, "POST": PM_DOES_IT},
     # support: the Support group only (a product manager is not support)
     "support:search": {"GET": SUPPORT_ONLY},
     "support:customer": {"GET": SUPPORT_ONLY},
@@ -119,6 +131,7 @@ PAGES = {
     "support:topup_sell": {"GET": SUPPORT_POST_ONLY, "POST": SUPPORT_DOES_IT},
     "support:override_add": {"GET": SUPPORT_ONLY, "POST": SUPPORT_DOES_IT},
     "support:override_end": {"GET": SUPPORT_POST_ONLY, "POST": SUPPORT_DOES_IT},
+    "support:version_move": {"GET": SUPPORT_POST_ONLY, "POST": SUPPORT_DOES_IT},
     # the end customer's dashboard: the customer comes from the login, never from the URL
     "dashboard:overview": {"GET": EVERY_CUSTOMER},
     "dashboard:topup_packs": {"GET": EVERY_CUSTOMER},  # a feature key: B has storage too
@@ -186,6 +199,11 @@ API = {
         "PATCH": (*API_401, Done(200)),
         "DELETE": (*API_401, Done(204)),
     },
+    "api:plan-versions": {"GET": (*API_401, 200), "POST": (*API_401, Done(201))},
+    "api:plan-version": {"GET": (*API_401, 200), "PATCH": (*API_401, Done(200))},
+    "api:plan-version-impact": {"GET": (*API_401, 200)},
+    "api:plan-version-publish": {"GET": (*API_401, 405), "POST": (*API_401, Done(200))},
+    "api:plan-version-duplicate": {"GET": (*API_401, 405), "POST": (*API_401, Done(201))},
     "api:topup-packs": {"GET": (*API_401, 200), "POST": (*API_401, Done(201))},
     "api:topup-pack": {
         "GET": (*API_401, 200),
@@ -249,7 +267,10 @@ ADMIN_MODELS = {
     "core.apikey": (NO_ACCESS, NO_ACCESS),
     "catalog.feature": (VIEW_HISTORY, (200, 200, 200, 200, 200, 200)),
     "catalog.plan": (VIEW_HISTORY, (200, 200, 200, 200, 200, 200)),
-    "catalog.planentitlement": (VIEW_HISTORY, (200, 200, 200, 200, 200, 200)),
+    # an entitlement is added on its plan (or in the plan editor), not on its own
+    "catalog.planentitlement": (VIEW_HISTORY, (200, 403, 200, 200, 200, 200)),
+    # versions change through the plan editor only (publishing goes through its service)
+    "catalog.planversion": (VIEW_HISTORY, VIEW_HISTORY),
     "catalog.topuppack": (VIEW_HISTORY, (200, 200, 200, 200, 200, 200)),
     "customers.customer": ((200, 200, 200, 200, 403, 200), VIEW_HISTORY),
     "customers.subscription": ((200, 403, 200, 200, 403, 200), VIEW_HISTORY),
@@ -349,8 +370,8 @@ def test_api_tables_name_every_method_the_views_answer():
 
 
 def _sample_kwargs(key):
-    converters = re.findall(r"<(?:\w+:)?(\w+)>", ROUTES[key])
-    return {name: ("1" if name == "pk" else "x") for name in converters}
+    converters = re.findall(r"<(?:(\w+):)?(\w+)>", ROUTES[key])
+    return {name: ("1" if kind == "int" or name == "pk" else "x") for kind, name in converters}
 
 
 def _url_of(key: str, kwargs: dict) -> str:
@@ -504,6 +525,7 @@ def _world_build() -> World:
     tier_entitlement = PlanEntitlementFactory(plan=plans["basic"], feature=tier, value="standard")
     PlanEntitlementFactory(plan=plans["business"], feature=versioning, enabled=True)
     draft = PlanFactory(key="draft", name="Draft", status="draft", rank=99)
+    catalog_services.plan_version_draft_create(plan=draft)  # its version 2, a draft
     pack_a = TopUpPackFactory(
         key="extra-20-gb", name="Extra 20 GB", feature=storage, quantity=Decimal("20"),
         plans=[plans["basic"]],
@@ -524,6 +546,11 @@ def _world_build() -> World:
         "globex", "Globex", start_plan=plans["basic"], plan=plans["business"], pack=pack_b,
         period_start=period_start,
     )  # fmt: skip
+    # Basic's version 2, the same terms, published keeping Acme on version 1: support may move
+    # Acme to it; the plan editor edits version 2's rows.
+    basic_v2 = catalog_services.plan_version_draft_create(plan=plans["basic"])
+    catalog_services.plan_version_publish(version=basic_v2, existing="keep")
+    tier_entitlement = basic_v2.entitlements.get(feature=tier)
 
     # One row of every other model the admin shows.
     Group.objects.get_or_create(name=SUPPORT)
@@ -574,6 +601,18 @@ def _path_kwargs(key: str, w: World, own: Owned) -> dict:
         "catalog:entitlement_row": {"key": w.basic.key, "pk": ent.pk},
         "catalog:entitlement_edit": {"key": w.basic.key, "pk": ent.pk},
         "catalog:entitlement_remove": {"key": w.basic.key, "pk": ent.pk},
+        "catalog:plan_version": {"key": w.basic.key, "number": 1},
+        "catalog:version_entitlement_add": {"key": w.draft.key, "number": 2},
+        "catalog:version_draft_create": {"key": w.basic.key},
+        "catalog:version_price": {"key": w.draft.key, "number": 2},
+        "catalog:version_publish": {"key": w.draft.key, "number": 2},
+        "catalog:version_duplicate": {"key": w.draft.key, "number": 1},
+        "support:version_move": {"pk": c.pk},
+        "api:plan-versions": {"plan_key": w.basic.key},
+        "api:plan-version": {"plan_key": w.draft.key, "n": 2},
+        "api:plan-version-impact": {"plan_key": w.draft.key, "n": 2},
+        "api:plan-version-publish": {"plan_key": w.draft.key, "n": 2},
+        "api:plan-version-duplicate": {"plan_key": w.draft.key, "n": 1},
         "support:customer": {"pk": c.pk},
         "support:change_plan": {"pk": c.pk},
         "support:grant_add": {"pk": c.pk},
@@ -635,6 +674,21 @@ def _body(key: str, method: str, w: World, own: Owned) -> dict:
         },
         ("catalog:entitlement_edit", "POST"): {f"{pe}-value": "gold"},
         ("catalog:entitlement_remove", "POST"): {},
+        ("catalog:version_entitlement_add", "POST"): {
+            "add-feature": w.spare.key,
+            "add-limit": "1000",
+            "add-reset": "billing_period",
+            "add-enforcement": "hard",
+            "add-notify_at": "80, 100",
+        },
+        ("catalog:version_draft_create", "POST"): {},
+        ("catalog:version_price", "POST"): {"amount": "70"},
+        ("catalog:version_publish", "POST"): {"existing": "keep"},
+        ("catalog:version_duplicate", "POST"): {"key": "draft-copy", "name": "Draft copy"},
+        ("support:version_move", "POST"): {},
+        ("api:plan-version", "PATCH"): {"price": {"amount": "70.00", "currency": "USD"}},
+        ("api:plan-version-publish", "POST"): {"existing": "keep"},
+        ("api:plan-version-duplicate", "POST"): {"key": "draft-copy", "name": "Draft copy"},
         ("support:change_plan", "POST"): {"plan": w.premium.key},
         ("support:grant_add", "POST"): {
             "grant-feature": w.transfer.key,
