@@ -444,12 +444,13 @@ VERSIONS = "plan versions"
     ),
 )
 class PlanVersionListView(generics.GenericAPIView):
+    queryset = PlanVersion.objects.none()  # for the schema: the views look versions up
     serializer_class = PlanVersionSerializer
 
     def get(self, request, plan_key: str):
         plan = _plan_or_404(plan_key)
-        versions = plan.versions.select_related("plan").order_by("-number")
-        return Response(PlanVersionSerializer(versions, many=True).data)
+        versions = self.paginate_queryset(plan.versions.select_related("plan").order_by("-number"))
+        return self.get_paginated_response(PlanVersionSerializer(versions, many=True).data)
 
     def post(self, request, plan_key: str):
         draft = services.plan_version_draft_create(plan=_plan_or_404(plan_key))
@@ -467,6 +468,7 @@ class PlanVersionListView(generics.GenericAPIView):
     ),
 )
 class PlanVersionDetailView(generics.GenericAPIView):
+    queryset = PlanVersion.objects.none()  # for the schema: the views look versions up
     serializer_class = PlanVersionSerializer
 
     def get(self, request, plan_key: str, n: int):
@@ -489,6 +491,7 @@ class PlanVersionDetailView(generics.GenericAPIView):
     )
 )
 class PlanVersionImpactView(generics.GenericAPIView):
+    queryset = PlanVersion.objects.none()  # for the schema: the views look versions up
     serializer_class = ImpactOut
 
     def get(self, request, plan_key: str, n: int):
@@ -506,6 +509,7 @@ class PlanVersionImpactView(generics.GenericAPIView):
     )
 )
 class PlanVersionPublishView(generics.GenericAPIView):
+    queryset = PlanVersion.objects.none()  # for the schema: the views look versions up
     serializer_class = PublishSerializer
 
     def post(self, request, plan_key: str, n: int):
@@ -528,6 +532,7 @@ class PlanVersionPublishView(generics.GenericAPIView):
     )
 )
 class PlanVersionDuplicateView(generics.GenericAPIView):
+    queryset = PlanVersion.objects.none()  # for the schema: the views look versions up
     serializer_class = DuplicateSerializer
 
     def post(self, request, plan_key: str, n: int):

@@ -7,6 +7,7 @@ through catalog.services; their ValidationErrors come back as form errors.
 """
 
 import copy
+from decimal import Decimal, InvalidOperation
 from functools import wraps
 from types import SimpleNamespace
 
@@ -455,7 +456,7 @@ def entitlement_edit(request: HttpRequest, key: str, pk: int) -> HttpResponse:
             lowering = _lowering(plan, entitlement, values)
         except ValidationError as error:
             errors_to_form(form, error)
-        confirmed = lowering and request.POST.get(LOWER_CONFIRM) == str(lowering["limit"])
+        confirmed = lowering and _confirmed(request.POST.get(LOWER_CONFIRM), lowering["limit"])
         if form.is_valid() and (lowering is None or confirmed):
             try:
                 entitlement = services.plan_entitlement_update(entitlement=entitlement, **values)
@@ -478,6 +479,14 @@ def entitlement_edit(request: HttpRequest, key: str, pk: int) -> HttpResponse:
     if entitlement.version.status != VersionStatus.PUBLISHED:
         context.update(_version_forms(entitlement.version))
     return render(request, PLAN_PAGE, context)
+
+
+def _confirmed(posted: str | None, limit: Decimal) -> bool:
+    """The PM confirmed this very limit (a different one is warned about again)."""
+    try:
+        return Decimal(posted or "") == limit
+    except InvalidOperation:
+        return False
 
 
 def _saved(request, plan: Plan, entitlement: PlanEntitlement) -> HttpResponse:

@@ -254,6 +254,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Several representations have a `status`: each set of choices gets its own name.
+    "ENUM_NAME_OVERRIDES": {"PlanVersionStatusEnum": "catalog.models.VersionStatus"},
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "core.openapi.error_schema_hook",

@@ -133,7 +133,7 @@ def test_draft_impact_keep_then_migrate(api, customer):
     )
     assert check.json()["allowed"] is False
     # and both publishings left history rows: the versions' and each moved subscription's
-    statuses = [v["status"] for v in api.get(V).json()]
+    statuses = [v["status"] for v in api.get(V).json()["results"]]
     assert statuses == ["published", "superseded", "superseded"]
     v3 = PlanVersion.objects.get(plan__key="basic", number=3)
     assert v3.history.filter(status="published").exists()

@@ -184,6 +184,8 @@ def _editor_post(c, world, ent, **values):
     data[f"{prefix}-limit"] = str(ent.limit)
     data[f"{prefix}-overage_price"] = "0.10" if ent.overage_price is not None else ""
     data.update({f"{prefix}-{k}": v for k, v in values.items()})
+    # A lower limit is saved once confirmed (the editor first says whom it reaches).
+    data["confirm_lower"] = data[f"{prefix}-limit"]
     return c.pm.post(f"/catalog/plans/basic/entitlements/{ent.pk}/edit/", data)
 
 
