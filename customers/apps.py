@@ -52,9 +52,18 @@ class CustomersConfig(AppConfig):
             post_delete.connect(catalog_changed, sender=model, dispatch_uid=uid + ".del")
 
 
+def _in_a_draft(instance) -> bool:
+    """A draft version's entitlement applies to nobody: no webhook until it is published."""
+    from catalog.models import PlanVersion, VersionStatus
+
+    version_id = getattr(instance, "version_id", None)
+    draft = VersionStatus.DRAFT
+    return bool(version_id) and PlanVersion.objects.filter(pk=version_id, status=draft).exists()
+
+
 def entitlement_saved(sender, instance, created=False, raw=False, **kwargs) -> None:
     """`entitlement.updated` webhooks for a saved plan entitlement, override or grant."""
-    if raw:  # loaddata
+    if raw or _in_a_draft(instance):  # loaddata; a draft
         return
     from . import webhooks
 
@@ -64,6 +73,8 @@ def entitlement_saved(sender, instance, created=False, raw=False, **kwargs) -> N
 
 
 def entitlement_deleted(sender, instance, **kwargs) -> None:
+    if _in_a_draft(instance):
+        return
     from . import webhooks
 
     webhooks.entitlement_updated_record(instance=instance, action="deleted")
