@@ -127,8 +127,8 @@ class Plan(models.Model):
 
 class VersionStatus(models.TextChoices):
     DRAFT = "draft", "Draft"
-    PUBLISHED = "published", "Published (new subscribers get it)"
-    SUPERSEDED = "superseded", "Superseded (kept by the subscribers still on it)"
+    PUBLISHED = "published", "Published"
+    SUPERSEDED = "superseded", "Superseded"
 
 
 class PlanVersion(models.Model):

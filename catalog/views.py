@@ -127,6 +127,7 @@ def _editor_context(
         "add_feature": values_form.feature,
         "add_reach_text": _version_reach_text(plan, version, values_form.feature),
         "has_features_to_add": features.exists(),
+        "duplicate_form": DuplicatePlanForm(),
     }
 
 

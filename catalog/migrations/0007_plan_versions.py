@@ -55,7 +55,7 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigIntegerField(auto_created=True, blank=True, db_index=True, verbose_name='ID')),
                 ('number', models.PositiveIntegerField()),
-                ('status', models.CharField(choices=[('draft', 'Draft'), ('published', 'Published (new subscribers get it)'), ('superseded', 'Superseded (kept by the subscribers still on it)')], default='draft', max_length=16)),
+                ('status', models.CharField(choices=[('draft', 'Draft'), ('published', 'Published'), ('superseded', 'Superseded')], default='draft', max_length=16)),
                 ('price_currency', djmoney.models.fields.CurrencyField(choices=[('GBP', 'British Pound'), ('EUR', 'Euro'), ('USD', 'US Dollar')], default='USD', editable=False, max_length=3)),
                 ('price', djmoney.models.fields.MoneyField(decimal_places=2, help_text='What its subscribers pay per period, from their next period on.', max_digits=12, validators=[djmoney.models.validators.MinMoneyValidator(0), core.bounds.validate_decimal])),
                 ('published_at', models.DateTimeField(blank=True, null=True)),
@@ -79,7 +79,7 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('number', models.PositiveIntegerField()),
-                ('status', models.CharField(choices=[('draft', 'Draft'), ('published', 'Published (new subscribers get it)'), ('superseded', 'Superseded (kept by the subscribers still on it)')], default='draft', max_length=16)),
+                ('status', models.CharField(choices=[('draft', 'Draft'), ('published', 'Published'), ('superseded', 'Superseded')], default='draft', max_length=16)),
                 ('price_currency', djmoney.models.fields.CurrencyField(choices=[('GBP', 'British Pound'), ('EUR', 'Euro'), ('USD', 'US Dollar')], default='USD', editable=False, max_length=3)),
                 ('price', djmoney.models.fields.MoneyField(decimal_places=2, help_text='What its subscribers pay per period, from their next period on.', max_digits=12, validators=[djmoney.models.validators.MinMoneyValidator(0), core.bounds.validate_decimal])),
                 ('published_at', models.DateTimeField(blank=True, null=True)),
