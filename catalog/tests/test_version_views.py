@@ -251,3 +251,27 @@ def test_support_may_not_open_or_publish_versions(support_client, catalog):
     assert support_client.get(url).status_code == 403
     assert support_client.post(new_draft_url).status_code == 403
     assert not PlanVersion.objects.filter(status="draft").exists()
+
+
+def test_prices_change_from_the_next_period_migrated_or_not(pm_client, catalog):
+    kept, migrated = (c.subscriptions.get() for c in catalog["customers"][:2])
+
+    def next_price(subscription) -> Money:
+        end = subscription.current_period_end
+        closed = billing.subscription_periods_close(subscription=subscription, now=end)
+        return closed[0].invoice.lines.get(kind="plan").unit_price
+
+    # Given Basic's version 2 at $60, published keeping its subscribers on version 1 ($50)
+    new_draft(pm_client)
+    pm_client.post(reverse("catalog:version_price", args=["basic", 2]), {"amount": "60"})
+    pm_client.post(reverse("catalog:version_publish", args=["basic", 2]), {"existing": "keep"})
+    # Then a kept subscriber's next period is still $50
+    assert next_price(kept) == Money("50.00", "USD")
+
+    # Given version 3 at $70, published migrating everyone
+    new_draft(pm_client)
+    pm_client.post(reverse("catalog:version_price", args=["basic", 3]), {"amount": "70"})
+    pm_client.post(reverse("catalog:version_publish", args=["basic", 3]), {"existing": "migrate"})
+    # Then a migrated subscriber's next period is $70 (the current one was paid at $50)
+    assert next_price(migrated) == Money("70.00", "USD")
+    assert migrated.invoices.order_by("pk").first().total == Money("50.00", "USD")
