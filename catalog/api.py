@@ -2,6 +2,7 @@
 Views validate, call a service, serialize; writes never bypass catalog.services."""
 
 from django.db import transaction
+from django.db.models import Prefetch
 from drf_spectacular.utils import (
     OpenApiExample,
     extend_schema,
@@ -213,7 +214,9 @@ class FeatureDetailView(generics.RetrieveUpdateDestroyAPIView):
 
 
 def _plan_queryset():
-    return Plan.objects.prefetch_related("entitlements__feature").order_by("rank", "name")
+    # A plan's entitlements are its published version's (what new subscribers get).
+    current = PlanEntitlement.objects.filter(selectors.CURRENT).select_related("feature")
+    return Plan.objects.prefetch_related(Prefetch("entitlements", current)).order_by("rank", "name")
 
 
 @extend_schema_view(

@@ -247,14 +247,17 @@ class ComparisonRow:
 _KIND_ORDER = {FeatureKind.METERED: 0, FeatureKind.CONFIG: 1, FeatureKind.BOOLEAN: 2}
 
 
-def plan_comparison(plans) -> list[ComparisonRow]:
+def plan_comparison(plans, versions: dict[int, int] | None = None) -> list[ComparisonRow]:
     """Rows of a side-by-side comparison of `plans` (in the order given): one per feature that
     any of them includes (allowances first, then settings, then gates, each by name), with one
-    cell per plan as an end customer reads it. Two queries."""
+    cell per plan as an end customer reads it: the published version's terms, or for a plan
+    in `versions` (plan id -> version id) that version's (a customer's own, grandfathered)."""
     plans = list(plans)
+    pinned = versions or {}
     rows_by_plan: dict[int, dict[int, PlanEntitlement]] = {plan.pk: {} for plan in plans}
     features: dict[int, Feature] = {}
-    current = PlanEntitlement.objects.filter(CURRENT, plan__in=plans).select_related("feature")
+    shown = Q(version_id__in=list(pinned.values())) | (CURRENT & ~Q(plan_id__in=list(pinned)))
+    current = PlanEntitlement.objects.filter(shown, plan__in=plans).select_related("feature")
     for entitlement in current:
         rows_by_plan[entitlement.plan_id][entitlement.feature_id] = entitlement
         features[entitlement.feature_id] = entitlement.feature

@@ -459,7 +459,8 @@ def plan_choice(customer: Customer, subscription: Subscription) -> PlanChoice:
     Features under their own custom terms (an override in force) do not change with the plan;
     they are said to stay. A move to a plan whose allowance is below what they use now says so."""
     plans = plans_offered(subscription)
-    rows = plan_comparison(plans)
+    # Their own plan as they have it: the version they are on (perhaps not the latest).
+    rows = plan_comparison(plans, versions={subscription.plan_id: subscription.plan_version_id})
     current_index = next(i for i, p in enumerate(plans) if p.pk == subscription.plan_id)
     entitlements = entitlements_resolve(customer)
     custom = {e.feature for e in entitlements if e.source == "override"}
@@ -476,9 +477,10 @@ def plan_choice(customer: Customer, subscription: Subscription) -> PlanChoice:
             if i == current_index
             else ("upgrade" if plan.rank > subscription.plan.rank else "downgrade")
         )
+        own = subscription.plan_version.price if relation == "current" else None
         option = PlanOption(
             plan=plan,
-            price=price_text(plan),
+            price=price_text(plan, price=own),
             relation=relation,
             scheduled=plan.pk == subscription.scheduled_plan_id,
         )

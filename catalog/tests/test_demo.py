@@ -151,12 +151,20 @@ def catalog_codenames(group_name: str) -> set[str]:
     )
 
 
+# Plan versions change through the plan editor only: everyone views them and their history.
+VERSIONS_VIEWED = {"view_planversion", "view_historicalplanversion"}
+
+
 def test_product_managers_can_edit_the_catalog_and_read_its_history():
-    expected = {
-        f"{action}_{model}"
-        for model in CATALOG_MODELS
-        for action in ["add", "change", "delete", "view"]
-    } | {f"view_{model}" for model in CATALOG_HISTORY}
+    expected = (
+        {
+            f"{action}_{model}"
+            for model in CATALOG_MODELS
+            for action in ["add", "change", "delete", "view"]
+        }
+        | {f"view_{model}" for model in CATALOG_HISTORY}
+        | VERSIONS_VIEWED
+    )
 
     assert catalog_codenames(PRODUCT_MANAGERS) == expected
 
@@ -164,7 +172,9 @@ def test_product_managers_can_edit_the_catalog_and_read_its_history():
 def test_support_can_only_view_the_catalog():
     codenames = catalog_codenames(SUPPORT)
 
-    assert codenames == {f"view_{model}" for model in CATALOG_MODELS + CATALOG_HISTORY}
+    assert codenames == {f"view_{model}" for model in CATALOG_MODELS + CATALOG_HISTORY} | (
+        VERSIONS_VIEWED
+    )
     assert all(codename.startswith("view_") for codename in codenames)
 
 

@@ -1,11 +1,15 @@
 """Upgrade: the plans side by side with what changes, the proration preview, the change and its
 invoice; a downgrade waits for the period end."""
 
+from decimal import Decimal
+
 from django.urls import reverse
+from djmoney.money import Money
 
 from billing.models import Invoice, InvoicePurpose
 from billing.services import proration_preview
 from billing.templatetags.billing_tags import money
+from catalog import services as catalog_services
 from customers.models import EntitlementOverride
 
 PLANS = reverse("dashboard:plans")
@@ -126,3 +130,20 @@ def test_the_plan_changed_page_shows_only_plan_change_invoices(client_a, world):
     period_invoice = Invoice.objects.filter(customer=world.a).get()
     url = reverse("dashboard:plan_changed", args=[period_invoice.number])
     assert client_a.get(url).status_code == 404
+
+
+def test_a_grandfathered_customer_compares_from_the_version_they_are_on(client_a, world):
+    # Given Basic's version 2 (Storage 50 GB, $70), published keeping A on version 1
+    basic = world.basic
+    draft = catalog_services.plan_version_draft_create(plan=basic)
+    storage = draft.entitlements.get(feature__key="storage")
+    catalog_services.plan_entitlement_update(entitlement=storage, limit=Decimal("50"))
+    catalog_services.plan_version_update(version=draft, price=Money("70.00", "USD"))
+    catalog_services.plan_version_publish(version=draft, existing="keep")
+
+    # Then their plan shows what they have (100 GB, $50), and the upgrade changes from it
+    html = client_a.get(PLANS).content.decode()
+    assert "$50.00" in plan_card(html, "basic") and "$70.00" not in plan_card(html, "basic")
+    assert "Storage: 100 GB → 1,000 GB" in plan_card(html, "business")
+    comparison = html.split('<section class="plan-compare"')[1]
+    assert "$70.00" not in comparison and "100 GB" in comparison

@@ -223,3 +223,17 @@ def test_duplicate_plan_from_a_version(api, plan):
     assert transfer_of(copy)["limit"] == "20"
     again = api.post(f"{V}/1/duplicate", {"key": "basic-eu", "name": "Again"}, format="json")
     assert_error(again, 400, "invalid")
+
+
+def test_a_plan_shows_its_published_versions_terms(api, plan):
+    draft = api.post(V).json()
+    entitlements = [{**e, "limit": "1"} if e["limit"] else e for e in draft["entitlements"]]
+    api.patch(f"{V}/2", {"entitlements": entitlements}, format="json")
+
+    shown = api.get("/api/v1/plans/basic").json()
+    listed = api.get("/api/v1/plans").json()["results"][0]
+
+    assert transfer_of(shown)["limit"] == transfer_of(listed)["limit"] == "20"
+    assert len(shown["entitlements"]) == len(listed["entitlements"]) == 4
+    api.post(f"{V}/2/publish", {"existing": "keep"}, format="json")
+    assert transfer_of(api.get("/api/v1/plans/basic").json())["limit"] == "1"
