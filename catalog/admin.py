@@ -9,7 +9,15 @@ from simple_history.admin import SimpleHistoryAdmin
 from core.forms import admin_decimal_overrides
 
 from . import selectors, services
-from .models import Feature, Plan, PlanEntitlement, PlanVersion, TopUpPack, VersionStatus
+from .models import (
+    ENTITLEMENT_VALUE_NAMES,
+    Feature,
+    Plan,
+    PlanEntitlement,
+    PlanVersion,
+    TopUpPack,
+    VersionStatus,
+)
 
 
 @admin.register(Feature)
@@ -69,18 +77,7 @@ class PlanEntitlementInline(admin.TabularInline):
     fk_name = "plan"
     extra = 0
     autocomplete_fields = ["feature"]
-    fields = [
-        "feature",
-        "enabled",
-        "limit",
-        "unlimited",
-        "reset",
-        "enforcement",
-        "overage_price",
-        "notify_at",
-        "value",
-        "show_on_invoice",
-    ]
+    fields = ["feature", *ENTITLEMENT_VALUE_NAMES]
 
 
 @admin.register(Plan)

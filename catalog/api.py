@@ -18,6 +18,7 @@ from core.errors import NotFound
 
 from . import selectors, services
 from .models import (
+    ENTITLEMENT_VALUE_NAMES,
     Aggregation,
     Enforcement,
     Feature,
@@ -46,18 +47,7 @@ class FeatureSerializer(serializers.ModelSerializer):
 
 # The values of an entitlement, validated by the feature's kind in the model: shared by a plan's
 # entitlements here and a customer's overrides (customers.api).
-ENTITLEMENT_VALUE_FIELDS = [
-    "feature",
-    "enabled",
-    "limit",
-    "unlimited",
-    "reset",
-    "enforcement",
-    "overage_price",
-    "notify_at",
-    "value",
-    "show_on_invoice",
-]
+ENTITLEMENT_VALUE_FIELDS = ["feature", *ENTITLEMENT_VALUE_NAMES]
 
 
 class EntitlementValuesSerializer(serializers.ModelSerializer):

@@ -206,6 +206,20 @@ class Enforcement(models.TextChoices):
     SOFT = "soft", "Soft: allow and bill overage"
 
 
+# The value fields of an entitlement (EntitlementValues below), in the order forms show them.
+ENTITLEMENT_VALUE_NAMES = (
+    "enabled",
+    "limit",
+    "unlimited",
+    "reset",
+    "enforcement",
+    "overage_price",
+    "notify_at",
+    "value",
+    "show_on_invoice",
+)
+
+
 class EntitlementValues(models.Model):
     """The values of an entitlement, by the feature's kind: what a plan includes of a feature,
     and what a customer's override replaces them with (customers.EntitlementOverride)."""

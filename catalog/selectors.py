@@ -10,6 +10,7 @@ from djmoney.money import Money
 from moneyed.l10n import format_money
 
 from .models import (
+    ENTITLEMENT_VALUE_NAMES,
     Enforcement,
     Feature,
     FeatureKind,
@@ -24,18 +25,6 @@ from .models import (
 )
 from .subscribers import subscribers  # a port the customers app provides
 
-# The values of an entitlement, as copied from one version to another.
-ENTITLEMENT_VALUE_NAMES = (
-    "enabled",
-    "limit",
-    "unlimited",
-    "reset",
-    "enforcement",
-    "overage_price",
-    "notify_at",
-    "value",
-    "show_on_invoice",
-)
 # The published version's rows: the plan's terms as offered now.
 CURRENT = Q(version__status=VersionStatus.PUBLISHED)
 

@@ -14,6 +14,7 @@ from core.errors import Conflict, InvalidInput
 
 from . import selectors
 from .models import (
+    ENTITLEMENT_VALUE_NAMES,
     CatalogVersion,
     Feature,
     Plan,
@@ -214,7 +215,7 @@ EXISTING_MIGRATE = "migrate"
 
 def _entitlements_copy(source: PlanVersion, target: PlanVersion) -> None:
     for row in source.entitlements.select_related("feature").order_by("pk"):
-        values = {name: getattr(row, name) for name in selectors.ENTITLEMENT_VALUE_NAMES}
+        values = {name: getattr(row, name) for name in ENTITLEMENT_VALUE_NAMES}
         plan_add_entitlement(plan=target.plan, version=target, feature=row.feature, **values)
 
 

@@ -225,9 +225,14 @@ def plan_version(request: HttpRequest, key: str, number: int) -> HttpResponse:
     version = _version_get(plan, number)
     if version.status == VersionStatus.PUBLISHED:
         return redirect("catalog:plan_detail", plan.key)
+    return _version_page(request, plan, version)
+
+
+def _version_page(request, plan: Plan, version: PlanVersion, status: int = 200, **bound):
+    """A version's page; `bound` replaces one of its forms (bound, with its errors)."""
     context = _editor_context(request, plan, version=version)
-    context.update(_version_forms(version))
-    return render(request, PLAN_PAGE, context)
+    context.update(_version_forms(version, **bound))
+    return render(request, PLAN_PAGE, context, status=status)
 
 
 def _version_forms(version: PlanVersion, **bound) -> dict:
@@ -312,9 +317,7 @@ def version_price(request: HttpRequest, key: str, number: int) -> HttpResponse:
         else:
             messages.success(request, f"Version {version.number} costs {form.price()} now.")
             return redirect(reverse("catalog:plan_version", args=[key, number]) + "#price")
-    context = _editor_context(request, plan, version=version)
-    context.update(_version_forms(version, price_form=form))
-    return render(request, PLAN_PAGE, context, status=400 if form.errors else 200)
+    return _version_page(request, plan, version, 400 if form.errors else 200, price_form=form)
 
 
 @product_manager_required
@@ -342,9 +345,8 @@ def version_publish(request: HttpRequest, key: str, number: int) -> HttpResponse
                 f"get it; {who}.",
             )
             return redirect("catalog:plan_detail", plan.key)
-    context = _editor_context(request, plan, version=version)
-    context.update(_version_forms(version, publish_form=form))
-    return render(request, PLAN_PAGE, context, status=409 if not version.is_draft else 400)
+    status = 409 if not version.is_draft else 400
+    return _version_page(request, plan, version, status, publish_form=form)
 
 
 @product_manager_required
@@ -366,9 +368,7 @@ def version_duplicate(request: HttpRequest, key: str, number: int) -> HttpRespon
                 "its status in the admin when it is ready to sell.",
             )
             return redirect("catalog:plan_detail", copy.key)
-    context = _editor_context(request, plan, version=version)
-    context.update(_version_forms(version, duplicate_form=form))
-    return render(request, PLAN_PAGE, context, status=400)
+    return _version_page(request, plan, version, 400, duplicate_form=form)
 
 
 @product_manager_required

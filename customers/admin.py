@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import OuterRef, Subquery
 from simple_history.admin import SimpleHistoryAdmin
 
+from catalog.models import ENTITLEMENT_VALUE_NAMES
 from core.errors import DomainError
 from core.forms import admin_decimal_overrides, future_validate
 
@@ -29,17 +30,7 @@ from .models import (
 )
 
 # The entitlement values an override sets (the rest of its fields say who, why and when).
-OVERRIDE_VALUES = [
-    "enabled",
-    "limit",
-    "unlimited",
-    "reset",
-    "enforcement",
-    "overage_price",
-    "notify_at",
-    "value",
-    "show_on_invoice",
-]
+OVERRIDE_VALUES = list(ENTITLEMENT_VALUE_NAMES)
 GRANT_FIELDS = ["quantity", "source", "reason", "effective_at", "expires_at", "topup_pack"]
 
 
