@@ -377,6 +377,9 @@ class ImpactOut(serializers.Serializer):
     version = serializers.IntegerField()
     subscribers = serializers.IntegerField(help_text="Active subscribers, on any version.")
     subscribers_on_published = serializers.IntegerField()
+    customers_over = serializers.IntegerField(
+        help_text="Subscribers already over at least one lowered limit, each counted once."
+    )
     changes = FeatureChangeOut(many=True)
     revenue = RevenueOut()
 
@@ -388,6 +391,7 @@ def impact_json(impact: selectors.Impact) -> dict:
         "version": impact.version.number,
         "subscribers": impact.subscribers,
         "subscribers_on_published": impact.on_current,
+        "customers_over": impact.customers_over,
         "changes": [
             {
                 "feature": change.feature.key,

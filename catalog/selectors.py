@@ -284,13 +284,17 @@ def plan_comparison(plans, versions: dict[int, int] | None = None) -> list[Compa
 @dataclass(frozen=True)
 class FeatureChange:
     """One feature whose terms differ between the published version (`before`) and another
-    (`after`); None where a side lacks it. `customers_over` is how many subscribers have
+    (`after`); None where a side lacks it. `over` are the subscribers (customer ids) who have
     already used more than a lowered limit (None when the limit is not lowered)."""
 
     feature: Feature
     before: PlanEntitlement | None
     after: PlanEntitlement | None
-    customers_over: int | None = None
+    over: frozenset[int] | None = None
+
+    @property
+    def customers_over(self) -> int | None:
+        return None if self.over is None else len(self.over)
 
 
 @dataclass(frozen=True)
@@ -315,7 +319,8 @@ class Impact:
 
     @property
     def customers_over(self) -> int:
-        return max((c.customers_over or 0 for c in self.changes), default=0)
+        """Subscribers already over at least one lowered limit (each counted once)."""
+        return len(frozenset().union(*(c.over for c in self.changes if c.over)))
 
 
 def _values(row: PlanEntitlement | None) -> tuple | None:
@@ -335,7 +340,8 @@ def limit_lowered(before, after) -> bool:
 def subscribers_over(*, version: PlanVersion, feature: Feature, limit: Decimal) -> int:
     """How many active subscribers on `version` have already used more of `feature` this
     period than `limit` (plus their grants): those a lower limit puts over it at once."""
-    return subscribers().over_limit(version_ids=[version.pk], feature_id=feature.pk, limit=limit)
+    over = subscribers().over_limit(version_ids=[version.pk], feature_id=feature.pk, limit=limit)
+    return len(over)
 
 
 def plan_version_impact(*, version: PlanVersion) -> Impact:

@@ -15,9 +15,11 @@ from typing import Protocol
 
 
 class Subscribers(Protocol):
-    def over_limit(self, *, version_ids: Iterable[int], feature_id: int, limit: Decimal) -> int:
-        """How many active subscribers on these versions, without an override of the feature
-        in force, have already used more than `limit` plus their grants this period."""
+    def over_limit(
+        self, *, version_ids: Iterable[int], feature_id: int, limit: Decimal
+    ) -> frozenset[int]:
+        """The customers (ids) subscribed on these versions, without an override of the feature
+        in force, who have already used more than `limit` plus their grants this period."""
 
     def migrate(self, *, version) -> int:
         """Moves every active subscriber of `version.plan` to `version` (in the caller's
@@ -25,8 +27,8 @@ class Subscribers(Protocol):
 
 
 class _Nobody:
-    def over_limit(self, *, version_ids, feature_id, limit) -> int:
-        return 0
+    def over_limit(self, *, version_ids, feature_id, limit) -> frozenset[int]:
+        return frozenset()
 
     def migrate(self, *, version) -> int:
         return 0

@@ -5,7 +5,7 @@ from . import selectors, services
 
 
 class PlanSubscribers:
-    def over_limit(self, *, version_ids, feature_id, limit) -> int:
+    def over_limit(self, *, version_ids, feature_id, limit) -> frozenset[int]:
         return selectors.subscribers_over_limit(
             version_ids=version_ids, feature_id=feature_id, limit=limit
         )

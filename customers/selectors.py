@@ -30,9 +30,9 @@ def customer_search(*, term: str, queryset: QuerySet[Customer] | None = None):
     )
 
 
-def subscribers_over_limit(*, version_ids, feature_id: int, limit: Decimal) -> int:
-    """How many active subscribers on these plan versions have used more of a feature this
-    period than `limit` plus their grants: those a lower limit would put over it at once.
+def subscribers_over_limit(*, version_ids, feature_id: int, limit: Decimal) -> frozenset[int]:
+    """The customers (ids) subscribed on these plan versions who have used more of a feature
+    this period than `limit` plus their grants: those a lower limit would put over it at once.
     A customer with an override of the feature in force keeps it, and is not counted. Usage
     and grants as the engine answers them (one check per subscriber: a preview, not a hot
     path)."""
@@ -40,15 +40,15 @@ def subscribers_over_limit(*, version_ids, feature_id: int, limit: Decimal) -> i
     subscriptions = Subscription.objects.filter(
         plan_version_id__in=list(version_ids), status=SubscriptionStatus.ACTIVE
     ).select_related("customer")
-    over = 0
+    over = set()
     for subscription in subscriptions.iterator():
         entitlement = engine.entitlement_check(subscription.customer, feature.key)
         if entitlement.source == "override":
             continue
         used = entitlement.usage or Decimal("0")
         if used > limit + (entitlement.granted or Decimal("0")):
-            over += 1
-    return over
+            over.add(subscription.customer_id)
+    return frozenset(over)
 
 
 @dataclass(frozen=True)

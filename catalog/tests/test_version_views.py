@@ -275,3 +275,17 @@ def test_prices_change_from_the_next_period_migrated_or_not(pm_client, catalog):
     # Then a migrated subscriber's next period is $70 (the current one was paid at $50)
     assert next_price(migrated) == Money("70.00", "USD")
     assert migrated.invoices.order_by("pk").first().total == Money("50.00", "USD")
+
+
+def test_the_impact_counts_each_customer_over_once(pm_client, catalog):
+    # Given cust-0 over both a lowered transfer and a lowered storage limit in a draft
+    usage_record_batch(
+        [{"event_id": "s-1", "customer": "cust-0", "feature": "storage", "quantity": "90"}]
+    )
+    new_draft(pm_client)
+    edit(pm_client, "basic", row(catalog["basic"], 2, "data-transfer"), "100")
+    edit(pm_client, "basic", row(catalog["basic"], 2, "storage"), "50")
+
+    page = text(pm_client.get(reverse("catalog:plan_version", args=["basic", 2])))
+
+    assert "2 subscribers, 1 already over" in page

@@ -76,6 +76,7 @@ def test_draft_impact_keep_then_migrate(api, customer):
         "version": 2,
         "subscribers": 2,
         "subscribers_on_published": 2,
+        "customers_over": 1,
         "changes": [
             {
                 "feature": "data-transfer",
