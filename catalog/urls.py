@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import version_views, views
 
 app_name = "catalog"
 
@@ -9,8 +9,14 @@ urlpatterns = [
     path("compare/", views.plan_compare, name="plan_compare"),
     path("plans/<slug:key>/", views.plan_detail, name="plan_detail"),
     path("plans/<slug:key>/entitlements/add/", views.entitlement_add, name="entitlement_add"),
-    path("plans/<slug:key>/versions/", views.version_draft_create, name="version_draft_create"),
-    path("plans/<slug:key>/versions/<int:number>/", views.plan_version, name="plan_version"),
+    path(
+        "plans/<slug:key>/versions/",
+        version_views.version_draft_create,
+        name="version_draft_create",
+    ),
+    path(
+        "plans/<slug:key>/versions/<int:number>/", version_views.plan_version, name="plan_version"
+    ),
     path(
         "plans/<slug:key>/versions/<int:number>/entitlements/add/",
         views.entitlement_add,
@@ -18,17 +24,17 @@ urlpatterns = [
     ),
     path(
         "plans/<slug:key>/versions/<int:number>/price/",
-        views.version_price,
+        version_views.version_price,
         name="version_price",
     ),
     path(
         "plans/<slug:key>/versions/<int:number>/publish/",
-        views.version_publish,
+        version_views.version_publish,
         name="version_publish",
     ),
     path(
         "plans/<slug:key>/versions/<int:number>/duplicate/",
-        views.version_duplicate,
+        version_views.version_duplicate,
         name="version_duplicate",
     ),
     path("plans/<slug:key>/entitlements/<int:pk>/", views.entitlement_row, name="entitlement_row"),
