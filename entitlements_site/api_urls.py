@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from billing import api as billing_api
 from catalog import api as catalog_api
+from catalog import version_api as catalog_version_api
 from core.api import FastJSONRenderer, api_not_found
 from customers import api as customers_api
 from dashboard import api as dashboard_api
@@ -64,15 +65,23 @@ v1 = [
     path("plans/<str:plan_key>", catalog_api.PlanDetailView.as_view(), name="plan"),
     path(
         "plans/<str:plan_key>/versions",
-        catalog_api.PlanVersionListView.as_view(),
+        catalog_version_api.PlanVersionListView.as_view(),
         name="plan-versions",
     ),
-    path(f"{V}", catalog_api.PlanVersionDetailView.as_view(), name="plan-version"),
-    path(f"{V}/impact", catalog_api.PlanVersionImpactView.as_view(), name="plan-version-impact"),
-    path(f"{V}/publish", catalog_api.PlanVersionPublishView.as_view(), name="plan-version-publish"),
+    path(f"{V}", catalog_version_api.PlanVersionDetailView.as_view(), name="plan-version"),
+    path(
+        f"{V}/impact",
+        catalog_version_api.PlanVersionImpactView.as_view(),
+        name="plan-version-impact",
+    ),
+    path(
+        f"{V}/publish",
+        catalog_version_api.PlanVersionPublishView.as_view(),
+        name="plan-version-publish",
+    ),
     path(
         f"{V}/duplicate",
-        catalog_api.PlanVersionDuplicateView.as_view(),
+        catalog_version_api.PlanVersionDuplicateView.as_view(),
         name="plan-version-duplicate",
     ),
     path("topup-packs", catalog_api.TopUpPackListView.as_view(), name="topup-packs"),
