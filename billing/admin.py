@@ -8,8 +8,8 @@ from simple_history.admin import SimpleHistoryAdmin
 from core.errors import DomainError
 from core.forms import admin_decimal_overrides
 
-from . import services
 from .models import Invoice, InvoiceLine, InvoiceStatus, Payment, TopUpPurchase
+from .services.invoices import invoice_draft_recalculate, invoice_issue, invoice_void
 
 
 class InvoiceLineInline(admin.TabularInline):
@@ -131,7 +131,7 @@ class InvoiceAdmin(SimpleHistoryAdmin):
                     line_form.instance.amount = Money(0, currency)
         super().save_related(request, form, formsets, change)
         try:
-            services.invoice_draft_recalculate(invoice=form.instance)
+            invoice_draft_recalculate(invoice=form.instance)
         except DomainError as error:
             messages.error(request, error.message)
 
@@ -140,7 +140,7 @@ class InvoiceAdmin(SimpleHistoryAdmin):
         issued = 0
         for invoice in queryset.filter(status=InvoiceStatus.DRAFT):
             try:
-                services.invoice_issue(invoice=invoice)
+                invoice_issue(invoice=invoice)
                 issued += 1
             except (DomainError, ValidationError) as error:
                 messages.error(request, f"{invoice}: {getattr(error, 'message', error)}")
@@ -152,7 +152,7 @@ class InvoiceAdmin(SimpleHistoryAdmin):
         voided = 0
         for invoice in queryset.exclude(status__in=[InvoiceStatus.DRAFT, InvoiceStatus.VOID]):
             try:
-                services.invoice_void(invoice=invoice, reason=f"Voided by {request.user} in admin")
+                invoice_void(invoice=invoice, reason=f"Voided by {request.user} in admin")
                 voided += 1
             except DomainError as error:
                 messages.error(request, f"{invoice}: {error.message}")

@@ -1,6 +1,6 @@
 """Invoices, their lines, payments and top-up purchases (DESIGN.md "Billing"). Fields and
 constraints only: every workflow (numbering, issuing, voiding, purchases, period close) lives
-in services.py."""
+in services/."""
 
 from django.conf import settings
 from django.db import models

@@ -3,10 +3,10 @@ elsewhere); the `close_periods` command does the same without Celery."""
 
 from celery import shared_task
 
-from .services import periods_close
+from .services.period_close import periods_close
 
 
 @shared_task(name="billing.tasks.close_periods")
 def close_periods() -> dict:
-    """Closes every ended billing period; safe to run twice (see services.periods_close)."""
+    """Closes every ended billing period; safe to run twice (see period_close.periods_close)."""
     return periods_close().as_dict()

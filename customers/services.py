@@ -78,7 +78,8 @@ def subscription_start(
 ) -> Subscription:
     """Starts the customer's one active subscription; its first period begins now. Raises
     Conflict if one is active, InvalidInput for a plan not active or in another currency.
-    (billing.services.subscription_create wraps this and invoices the first period.)"""
+    (billing.services.subscriptions.subscription_create wraps this and invoices the first
+    period.)"""
     customer = Customer.objects.select_for_update().get(pk=customer.pk)
     _check_plan_for(customer, plan)
     if subscription_active(customer):

@@ -15,7 +15,7 @@ from decimal import Decimal
 from django.utils import timezone
 
 from billing.models import Invoice, InvoicePurpose, InvoiceStatus, TopUpPurchase
-from billing.services import money_text, quantity_text
+from billing.text import money_text, quantity_text
 from catalog.models import (
     Feature,
     FeatureKind,

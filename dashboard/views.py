@@ -23,7 +23,8 @@ from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect
 
 from billing import selectors as billing_selectors
-from billing.services import proration_preview, subscription_change_plan, topup_purchase
+from billing.services.purchases import topup_purchase
+from billing.services.subscriptions import proration_preview, subscription_change_plan
 from catalog.models import Feature, FeatureKind
 from core.errors import DomainError, NotFound, PaymentFailed
 

@@ -21,7 +21,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import reswap, retarget
 
 from billing import selectors as billing_selectors
-from billing import services as billing
+from billing.services.purchases import topup_purchase
+from billing.services.subscriptions import (
+    proration_preview,
+    subscription_change_plan,
+    subscription_create,
+)
 from catalog.forms import errors_to_form
 from catalog.models import Feature, Plan
 from catalog.selectors import entitlement_summary, topup_packs_available
@@ -154,7 +159,7 @@ def _preview(customer: Customer, subscription, option) -> dict:
     if subscription is None:
         return {"kind": "subscribe", "plan": option.plan}
     if option.direction == "upgrade":
-        preview = billing.proration_preview(subscription=subscription, plan=option.plan)
+        preview = proration_preview(subscription=subscription, plan=option.plan)
         return {"kind": "upgrade", "plan": option.plan, "proration": preview}
     if option.direction == "current":
         return {"kind": "keep", "plan": option.plan, "until": subscription.current_period_end}
@@ -165,8 +170,8 @@ def _preview(customer: Customer, subscription, option) -> dict:
 @require_http_methods(["GET", "POST"])
 def change_plan(request: HttpRequest, pk: int) -> HttpResponse:
     """GET ?plan=<key>: the preview (the panel under htmx, else the page). POST plan=<key>:
-    billing.subscription_change_plan (an upgrade at once with a proration invoice; a downgrade
-    scheduled for the period end), or billing.subscription_create without a subscription."""
+    subscription_change_plan (an upgrade at once with a proration invoice; a downgrade
+    scheduled for the period end), or subscription_create without a subscription."""
     customer = _customer_get(pk)
     subscription = customer_services.subscription_active(customer)
     options = selectors.plan_options(customer, subscription)
@@ -182,9 +187,9 @@ def change_plan(request: HttpRequest, pk: int) -> HttpResponse:
     if request.method == "POST" and preview is not None:
         try:
             if subscription is None:
-                billing.subscription_create(customer=customer, plan=option.plan)
+                subscription_create(customer=customer, plan=option.plan)
                 return _done(request, customer, f"Subscribed to {option.plan.name}.", "plan")
-            change = billing.subscription_change_plan(subscription=subscription, plan=option.plan)
+            change = subscription_change_plan(subscription=subscription, plan=option.plan)
         except (DomainError, ValidationError) as error:
             errors_to_form(form, error)
         else:
@@ -238,7 +243,7 @@ def grant_add(request: HttpRequest, pk: int) -> HttpResponse:
 @support_required
 @require_POST
 def topup_sell(request: HttpRequest, pk: int) -> HttpResponse:
-    """A paid top-up: billing.topup_purchase with the form's idempotency key (made when the
+    """A paid top-up: topup_purchase with the form's idempotency key (made when the
     form was shown), so that submitting twice buys once."""
     customer = _customer_get(pk)
     subscription = customer_services.subscription_active(customer)
@@ -246,7 +251,7 @@ def topup_sell(request: HttpRequest, pk: int) -> HttpResponse:
     form = TopUpForm(request.POST, prefix="topup", packs=packs)
     if form.is_valid():
         try:
-            purchase = billing.topup_purchase(
+            purchase = topup_purchase(
                 customer=customer,
                 pack=form.cleaned_data["pack"],
                 idempotency_key=form.cleaned_data["idempotency_key"],

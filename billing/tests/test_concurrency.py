@@ -7,8 +7,11 @@ import pytest
 from django.db import connection, connections
 from djmoney.money import Money
 
-from billing import services
 from billing.models import Invoice, LineKind, Payment, TopUpPurchase
+from billing.services.invoices import LineDraft, invoice_create, invoice_issue
+from billing.services.period_close import periods_close
+from billing.services.purchases import topup_purchase
+from billing.services.subscriptions import subscription_create
 from catalog.tests.factories import TopUpPackFactory
 from customers.models import Grant
 
@@ -47,10 +50,10 @@ def run_at_once(count: int, work) -> list:
 
 def test_fifty_concurrent_issues_get_fifty_distinct_consecutive_numbers(customer):
     drafts = [
-        services.invoice_create(
+        invoice_create(
             customer=customer,
             lines=[
-                services.LineDraft(
+                LineDraft(
                     kind=LineKind.PLAN, description=f"Line {i}", unit_price=Money("1.00", "USD")
                 )
             ],
@@ -58,9 +61,7 @@ def test_fifty_concurrent_issues_get_fifty_distinct_consecutive_numbers(customer
         for i in range(50)
     ]
 
-    results = run_at_once(
-        50, lambda i: services.invoice_issue(invoice=drafts[i], at=at(2026, 6, 1)).number
-    )
+    results = run_at_once(50, lambda i: invoice_issue(invoice=drafts[i], at=at(2026, 6, 1)).number)
 
     assert not [r for r in results if isinstance(r, Exception)], results
     assert len(set(results)) == 50
@@ -69,14 +70,14 @@ def test_fifty_concurrent_issues_get_fifty_distinct_consecutive_numbers(customer
 
 
 def test_a_double_submitted_topup_charges_and_grants_once(customer, basic):
-    services.subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
+    subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
     pack = TopUpPackFactory(feature=basic.storage, quantity=Decimal("20"), price=Money("10", "USD"))
     provider = CountingProvider()
 
     results = run_at_once(
         8,
         lambda i: (
-            services.topup_purchase(
+            topup_purchase(
                 customer=customer, pack=pack, idempotency_key="double-click", provider=provider
             ).pk
         ),
@@ -91,9 +92,9 @@ def test_a_double_submitted_topup_charges_and_grants_once(customer, basic):
 
 
 def test_concurrent_period_closes_issue_each_invoice_once(customer, basic):
-    services.subscription_create(customer=customer, plan=basic, at=at(2025, 1, 31))
+    subscription_create(customer=customer, plan=basic, at=at(2025, 1, 31))
 
-    results = run_at_once(6, lambda i: services.periods_close(now=at(2026, 1, 31)))
+    results = run_at_once(6, lambda i: periods_close(now=at(2026, 1, 31)))
 
     assert not [r for r in results if isinstance(r, Exception)], results
     assert sum(r.periods_closed for r in results) == 12

@@ -19,7 +19,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 from djmoney.money import Money
 
-from billing.services import subscription_create
+from billing.services.subscriptions import subscription_create
 from catalog.models import Aggregation, FeatureKind
 from catalog.tests.factories import (
     FeatureFactory,

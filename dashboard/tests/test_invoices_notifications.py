@@ -3,7 +3,7 @@
 from django.urls import reverse
 
 from billing.models import Invoice
-from billing.services import topup_purchase
+from billing.services.purchases import topup_purchase
 from customers.models import Notification
 
 from .conftest import notification_for

@@ -4,7 +4,7 @@ invoice; a downgrade waits for the period end."""
 from django.urls import reverse
 
 from billing.models import Invoice, InvoicePurpose
-from billing.services import proration_preview
+from billing.services.subscriptions import proration_preview
 from billing.templatetags.billing_tags import money
 from customers.models import EntitlementOverride
 

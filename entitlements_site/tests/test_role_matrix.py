@@ -48,7 +48,8 @@ from django_celery_beat.models import (
 from djmoney.money import Money
 
 from billing.models import Invoice, InvoicePurpose
-from billing.services import subscription_change_plan, subscription_create, topup_purchase
+from billing.services.purchases import topup_purchase
+from billing.services.subscriptions import subscription_change_plan, subscription_create
 from catalog.models import Aggregation, FeatureKind
 from catalog.tests.factories import (
     FeatureFactory,

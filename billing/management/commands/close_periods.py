@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.dateparse import parse_datetime
 
-from billing.services import periods_close
+from billing.services.period_close import periods_close
 
 
 class Command(BaseCommand):
