@@ -52,7 +52,7 @@ def topup_packs_available(*, plan: Plan | None, feature: Feature | None = None):
 # The catalog imports nothing from customers; the editor still has to say how many subscribers
 # a change reaches. It reads them through the reverse relations customers declares on Plan and
 # Feature ("subscriptions", "overrides"), by name, without importing the customers app.
-_ACTIVE_SUBSCRIPTION = "active"
+_CURRENT_SUBSCRIPTION = ["active", "past_due"]  # customers.models.SUBSCRIPTION_CURRENT
 
 
 def plan_list_for_editor() -> QuerySet[Plan]:
@@ -67,7 +67,9 @@ def plan_list_for_editor() -> QuerySet[Plan]:
     return Plan.objects.annotate(
         entitlement_count=Coalesce(Subquery(entitlements), 0),
         subscriber_count=Count(
-            "subscriptions", filter=Q(subscriptions__status=_ACTIVE_SUBSCRIPTION), distinct=True
+            "subscriptions",
+            filter=Q(subscriptions__status__in=_CURRENT_SUBSCRIPTION),
+            distinct=True,
         ),
     ).order_by("rank", "name")
 
@@ -87,7 +89,7 @@ class Reach:
 
 def plan_change_reach(*, plan: Plan, feature: Feature | None = None) -> Reach:
     """How many active subscribers a change to `plan` (to its `feature`) applies to at once."""
-    subscriptions = plan.subscriptions.filter(status=_ACTIVE_SUBSCRIPTION)
+    subscriptions = plan.subscriptions.filter(status__in=_CURRENT_SUBSCRIPTION)
     total = subscriptions.count()
     if feature is None or total == 0:
         return Reach(subscribers=total)

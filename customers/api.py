@@ -31,7 +31,7 @@ from entitlements_site.errors import InvalidInput, NotFound
 from entitlements_site.openapi import ErrorOut
 
 from . import engine, selectors, services
-from .models import Customer, EntitlementOverride, Grant, GrantSource
+from .models import SUBSCRIPTION_CURRENT, Customer, EntitlementOverride, Grant, GrantSource
 
 # --- representations ----------------------------------------------------------------------
 
@@ -99,7 +99,9 @@ class ConsumeIn(serializers.Serializer):
 
 class ConsumeOut(serializers.Serializer):
     allowed = serializers.BooleanField()
-    reason = serializers.ChoiceField(["limit_exceeded", "no_access"], allow_null=True)
+    reason = serializers.ChoiceField(
+        ["limit_exceeded", "no_access", "payment_overdue"], allow_null=True
+    )
     entitlement = EntitlementOut()
 
 
@@ -391,7 +393,7 @@ class CustomerSerializer(serializers.ModelSerializer):
         extra_kwargs = {"email": {"required": False}}
 
     def get_plan(self, customer) -> str | None:
-        active = [s for s in customer.subscriptions.all() if s.status == "active"]
+        active = [s for s in customer.subscriptions.all() if s.status in SUBSCRIPTION_CURRENT]
         return active[0].plan.key if active else None
 
 

@@ -46,6 +46,7 @@ from entitlements_site.errors import Conflict, InvalidInput, NotFound
 from . import capacity as capacity_rule
 from . import snapshots
 from .models import (
+    SUBSCRIPTION_CURRENT,
     CountedWindow,
     Customer,
     EntitlementOverride,
@@ -82,6 +83,8 @@ class Terms:
     notify_at: tuple[int, ...] = (80, 100)
     value: str = ""
     show_on_invoice: bool = False
+    # Why access is refused whatever the numbers (`payment_overdue`), or None.
+    denied: str | None = None
 
     @classmethod
     def of(cls, source: str, row: PlanEntitlement | EntitlementOverride) -> Terms:
@@ -141,7 +144,7 @@ class Entitlement:
 @dataclass
 class ConsumeResult:
     allowed: bool
-    reason: str | None  # None | "limit_exceeded" | "no_access"
+    reason: str | None  # None | "limit_exceeded" | "no_access" | "payment_overdue"
     entitlement: Entitlement
     replayed: bool = False
 
@@ -204,9 +207,12 @@ class CustomerState:
         return windows
 
     def terms_at(self, feature_id: int, at: dt.datetime) -> Terms | None:
-        """An override in force at `at` beats the plan."""
+        """An override in force at `at` beats the plan. A subscription whose access is refused
+        (past due, when so configured) marks the terms `denied`."""
         chosen = _override_in_force(self.overrides.get(feature_id, ()), at)
-        return Terms.of("override", chosen) if chosen else self.plan_terms.get(feature_id)
+        terms = Terms.of("override", chosen) if chosen else self.plan_terms.get(feature_id)
+        denial = subscription_access_denial(self.subscription)
+        return replace(terms, denied=denial) if terms is not None and denial else terms
 
     def terms_all(self, at: dt.datetime) -> dict[int, Terms]:
         terms = {}
@@ -215,6 +221,15 @@ class CustomerState:
             if chosen is not None:
                 terms[feature_id] = chosen
         return terms
+
+
+def subscription_access_denial(subscription: Subscription | None) -> str | None:
+    """Why a subscription's entitlements are refused, or None: `payment_overdue` when it is
+    past due and settings.BILLING_PAST_DUE_ACCESS is "deny" (the default, "keep", keeps
+    access while the payment is chased)."""
+    if subscription is None or subscription.status != SubscriptionStatus.PAST_DUE:
+        return None
+    return "payment_overdue" if settings.BILLING_PAST_DUE_ACCESS == "deny" else None
 
 
 def _states_load(customers: Iterable[Customer]) -> dict[int, CustomerState]:
@@ -226,7 +241,7 @@ def _states_load(customers: Iterable[Customer]) -> dict[int, CustomerState]:
     subscriptions = {
         s.customer_id: s
         for s in Subscription.objects.filter(
-            customer_id__in=customers, status=SubscriptionStatus.ACTIVE
+            customer_id__in=customers, status__in=SUBSCRIPTION_CURRENT
         ).select_related("plan")
     }
     plan_terms: dict[int, dict[int, Terms]] = defaultdict(dict)
@@ -436,6 +451,10 @@ def _compute(
     windows: dict[str, Window],
 ) -> Entitlement:
     """Pure arithmetic of one effective entitlement from loaded rows (DESIGN.md)."""
+    if terms is not None and terms.denied:
+        # The numbers as they stand, without access.
+        allowed = _compute(feature, replace(terms, denied=None), counters, grants, windows)
+        return replace(allowed, has_access=False)
     base = {
         "feature": feature.key,
         "name": feature.name,
@@ -911,6 +930,8 @@ def _plan_draw(
     """Burn-down of `quantity` against allowance, then grants soonest-expiring first. With
     `enforce` (a consume), a hard limit denies what the balance cannot cover. `as_level`: the
     quantity is a reported level of a `latest` feature rather than an increment."""
+    if enforce and terms is not None and terms.denied:
+        return _Draw(False, terms.denied, quantity)
     if terms is None and not grants:
         if enforce:
             return _Draw(False, "no_access", quantity)

@@ -29,11 +29,11 @@ from catalog.selectors import plan_comparison, price_text, topup_packs_available
 from customers import capacity as capacity_rule
 from customers.engine import Entitlement, entitlements_resolve
 from customers.models import (
+    SUBSCRIPTION_CURRENT,
     Customer,
     CustomerUser,
     Notification,
     Subscription,
-    SubscriptionStatus,
 )
 from customers.selectors import usage_buckets
 
@@ -52,7 +52,7 @@ def customer_of(user) -> Customer | None:
 
 def subscription_of(customer: Customer) -> Subscription | None:
     return (
-        Subscription.objects.filter(customer=customer, status=SubscriptionStatus.ACTIVE)
+        Subscription.objects.filter(customer=customer, status__in=SUBSCRIPTION_CURRENT)
         .select_related("plan", "scheduled_plan")
         .first()
     )

@@ -16,11 +16,11 @@ from catalog.selectors import entitlement_overage_text, entitlement_summary, qua
 from customers import capacity as capacity_rule
 from customers.engine import Entitlement, entitlements_resolve
 from customers.models import (
+    SUBSCRIPTION_CURRENT,
     Customer,
     EntitlementOverride,
     Grant,
     Subscription,
-    SubscriptionStatus,
 )
 from customers.selectors import customer_search
 
@@ -38,7 +38,7 @@ FULL_AT = Decimal("100")
 
 
 def _with_active_plan(customers: QuerySet[Customer]) -> QuerySet[Customer]:
-    active = Subscription.objects.filter(status=SubscriptionStatus.ACTIVE).select_related("plan")
+    active = Subscription.objects.filter(status__in=SUBSCRIPTION_CURRENT).select_related("plan")
     return customers.prefetch_related(Prefetch("subscriptions", active, to_attr="active_subs"))
 
 

@@ -85,7 +85,7 @@ def test_two_confirm_pages_are_two_purchases(client_a, world):
 
 
 def test_a_declined_payment_shows_why_and_changes_nothing(client_a, world, settings):
-    settings.BILLING_PAYMENT_PROVIDER = "billing.payments.FailingPaymentProvider"
+    settings.BILLING_PAYMENT_PROVIDER = "billing.providers.FailingPaymentProvider"
     key = key_of(client_a.get(CONFIRM).content.decode())
     response = client_a.post(CONFIRM, {"idempotency_key": key})
     html = response.content.decode()
@@ -97,7 +97,7 @@ def test_a_declined_payment_shows_why_and_changes_nothing(client_a, world, setti
     assert not Grant.objects.filter(customer=world.a).exists()
     assert entitlement_check(world.a, "storage").balance == 15
 
-    settings.BILLING_PAYMENT_PROVIDER = "billing.payments.BuiltinPaymentProvider"
+    settings.BILLING_PAYMENT_PROVIDER = "billing.providers.BuiltinPaymentProvider"
     assert client_a.post(CONFIRM, {"idempotency_key": key}).status_code == 302
     assert topup_invoices(world.a).count() == 1
 
