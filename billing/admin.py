@@ -6,8 +6,8 @@ from django.utils.html import format_html
 from djmoney.money import Money
 from simple_history.admin import SimpleHistoryAdmin
 
-from entitlements_site.errors import DomainError
-from entitlements_site.forms import admin_decimal_overrides
+from core.errors import DomainError
+from core.forms import admin_decimal_overrides
 
 from .models import Invoice, InvoiceEmail, InvoiceLine, InvoiceStatus, Payment, TopUpPurchase
 from .services.invoices import invoice_draft_recalculate, invoice_issue

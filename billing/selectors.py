@@ -10,9 +10,9 @@ from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 from djmoney.money import Money
 
+from core.errors import NotFound
+from core.roles import is_product_manager, is_support
 from customers.models import Customer
-from entitlements_site.errors import NotFound
-from entitlements_site.roles import is_product_manager, is_support
 
 from .models import (
     Invoice,

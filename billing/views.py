@@ -5,8 +5,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 
-from entitlements_site.errors import NotFound
-from entitlements_site.roles import is_product_manager, is_support
+from core.errors import NotFound
+from core.roles import is_product_manager, is_support
 
 from . import selectors
 from .models import InvoiceStatus

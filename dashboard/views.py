@@ -29,7 +29,7 @@ from billing.services.payments import invoice_pay as billing_invoice_pay
 from billing.services.purchases import topup_purchase
 from billing.services.subscriptions import proration_preview, subscription_change_plan
 from catalog.models import Feature, FeatureKind
-from entitlements_site.errors import DomainError, NotFound, PaymentFailed
+from core.errors import DomainError, NotFound, PaymentFailed
 
 from . import selectors
 from .forms import PlanChangeConfirmForm, TopUpConfirmForm

@@ -4,7 +4,7 @@ import django.db.models.deletion
 import django.utils.timezone
 from django.db import migrations, models
 
-from entitlements_site.roles import PRODUCT_MANAGERS, SUPPORT, grant_group_permissions
+from core.roles import PRODUCT_MANAGERS, SUPPORT, grant_group_permissions
 
 SCHEDULES = [
     # (periodic task name, task, every, period): names match each task's explicit `name=`.

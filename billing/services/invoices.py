@@ -25,11 +25,11 @@ from billing.models import (
 )
 from billing.text import money_round, period_text, quantity_text
 from catalog.models import FeatureKind, Plan
+from core.errors import Conflict, InvalidInput
 from customers import services as customer_services
 from customers.capacity import grant_units
 from customers.engine import Entitlement, entitlements_resolve
 from customers.models import Customer, Subscription
-from entitlements_site.errors import Conflict, InvalidInput
 
 ONE = Decimal("1")
 

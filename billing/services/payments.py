@@ -34,9 +34,9 @@ from billing.models import (
     PaymentStatus,
 )
 from billing.providers import PaymentProvider, PaymentResult, payment_provider_default
+from core.errors import Conflict, DomainError, InvalidInput, PaymentFailed
 from customers import services as customer_services
 from customers.models import SUBSCRIPTION_CURRENT, Subscription, SubscriptionStatus
-from entitlements_site.errors import Conflict, DomainError, InvalidInput, PaymentFailed
 
 from .emails import invoice_email_record
 from .invoices import invoice_issue_new, invoice_lock, invoice_void

@@ -17,12 +17,12 @@ from django.utils import timezone
 from billing.models import Invoice, InvoiceLine, InvoicePurpose, InvoiceStatus, LineKind
 from billing.text import period_text, quantity_text
 from catalog.models import Aggregation, Enforcement, FeatureKind, Plan, Reset
+from core.errors import DomainError, InvalidInput
 from customers import services as customer_services
 from customers.capacity import grant_units
 from customers.engine import Entitlement, entitlement_check, entitlements_resolve
 from customers.models import SUBSCRIPTION_CURRENT, Customer, Subscription
 from customers.periods import billing_period_at, reset_window
-from entitlements_site.errors import DomainError, InvalidInput
 
 from .invoices import LineDraft, entitlement_lines, plan_line
 from .payments import invoice_issue_charged

@@ -13,10 +13,10 @@ from billing.models import InvoicePurpose, LineKind, TopUpPurchase
 from billing.providers import PaymentProvider, payment_provider_default
 from billing.text import day_text, quantity_text
 from catalog.models import TopUpPack
+from core import bounds
+from core.errors import Conflict, InvalidInput
 from customers import services as customer_services
 from customers.models import Customer, GrantSource, Subscription
-from entitlements_site import bounds
-from entitlements_site.errors import Conflict, InvalidInput
 
 from .invoices import LineDraft, invoice_create, invoice_issue
 from .payments import invoice_mark_paid, payment_charge

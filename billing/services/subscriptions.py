@@ -15,9 +15,9 @@ from djmoney.money import Money
 from billing.models import Invoice, InvoiceLine, InvoicePurpose, InvoiceStatus, LineKind
 from billing.text import day_text, money_round
 from catalog.models import Plan, PlanStatus
+from core.errors import Conflict, InvalidInput
 from customers import services as customer_services
 from customers.models import SUBSCRIPTION_CURRENT, Customer, Subscription
-from entitlements_site.errors import Conflict, InvalidInput
 
 from .invoices import LineDraft, entitlement_lines, plan_line
 from .payments import invoice_issue_charged

@@ -8,8 +8,8 @@ from djmoney.money import Money
 
 from billing.models import Invoice, InvoiceStatus
 from billing.services.subscriptions import subscription_create
+from core.roles import PRODUCT_MANAGERS, SUPPORT
 from customers.tests.factories import CustomerFactory, UserFactory
-from entitlements_site.roles import PRODUCT_MANAGERS, SUPPORT
 
 from .conftest import at
 

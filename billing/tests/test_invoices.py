@@ -17,8 +17,8 @@ from billing.services.invoices import (
 )
 from billing.services.payments import invoice_pay
 from billing.text import money_round, quantity_text
+from core.errors import Conflict, InvalidInput
 from customers.tests.factories import CustomerFactory
-from entitlements_site.errors import Conflict, InvalidInput
 
 from .conftest import at
 

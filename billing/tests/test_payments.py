@@ -27,9 +27,9 @@ from billing.services.payments import (
 )
 from billing.services.period_close import periods_close
 from billing.services.subscriptions import subscription_change_plan, subscription_create
+from core.errors import Conflict, InvalidInput, PaymentFailed
 from customers.engine import entitlement_check, entitlement_consume
 from customers.models import Subscription, SubscriptionStatus
-from entitlements_site.errors import Conflict, InvalidInput, PaymentFailed
 
 from .conftest import at
 from .factories import CountingProvider, report_usage

@@ -15,10 +15,10 @@ from billing.services.subscriptions import (
     subscription_create,
 )
 from catalog.tests.factories import PlanFactory
+from core.errors import InvalidInput
 from customers.models import SubscriptionStatus
 from customers.services import grant_create
 from customers.tests.factories import CustomerFactory
-from entitlements_site.errors import InvalidInput
 
 from .conftest import at
 from .factories import metered_entitlement, report_usage

@@ -11,10 +11,10 @@ from billing.services.invoices import invoice_void
 from billing.services.purchases import topup_purchase
 from billing.services.subscriptions import subscription_create
 from catalog.tests.factories import PlanFactory, TopUpPackFactory
+from core.errors import Conflict, InvalidInput, PaymentFailed
 from customers.engine import entitlement_check
 from customers.models import Grant
 from customers.tests.factories import CustomerFactory
-from entitlements_site.errors import Conflict, InvalidInput, PaymentFailed
 
 from .conftest import at
 from .factories import CountingProvider

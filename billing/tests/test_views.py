@@ -10,8 +10,8 @@ from django.urls import reverse
 from billing.models import Invoice
 from billing.services.period_close import periods_close
 from billing.services.subscriptions import subscription_create
+from core.roles import PRODUCT_MANAGERS, SUPPORT
 from customers.tests.factories import CustomerFactory, CustomerUserFactory, UserFactory
-from entitlements_site.roles import PRODUCT_MANAGERS, SUPPORT
 
 from .conftest import at
 from .factories import report_usage

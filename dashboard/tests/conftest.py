@@ -28,9 +28,9 @@ from catalog.tests.factories import (
     PlanFactory,
     TopUpPackFactory,
 )
+from core.services import api_key_create
 from customers.engine import usage_record_batch
 from customers.models import Customer, CustomerUser, Notification
-from entitlements_site.services import api_key_create
 
 PASSWORD = "dashboard-test-password"
 _events = itertools.count(1)

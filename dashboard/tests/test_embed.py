@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.urls import reverse
 
-from entitlements_site.testing import DESKTOP, chromium_available, chromium_browser, screenshot
+from core.testing import DESKTOP, chromium_available, chromium_browser, screenshot
 
 from .test_portal import path_of, portal_link
 

@@ -8,8 +8,8 @@ from django.urls import reverse
 
 from billing.models import Invoice, InvoiceEmail, InvoiceStatus
 from billing.services.payments import invoice_collect, payments_collect
+from core.roles import SUPPORT
 from customers.models import SubscriptionStatus
-from entitlements_site.roles import SUPPORT
 
 INVOICES = reverse("dashboard:invoices")
 

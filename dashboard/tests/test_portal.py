@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 import pytest
 from django.utils import timezone
 
+from core.testing import DESKTOP, chromium_available, chromium_browser, screenshot
 from dashboard.models import PortalSession
-from entitlements_site.testing import DESKTOP, chromium_available, chromium_browser, screenshot
 
 
 def portal_link(api, external_id="acme", **body) -> dict:
