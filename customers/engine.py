@@ -133,6 +133,7 @@ class Entitlement:
     show_on_invoice: bool = False
     overage_price: Money | None = None
     feature_id: int | None = None
+    denied: str | None = None  # why access is refused whatever the numbers (payment_overdue)
 
     @property
     def percent_used(self) -> Decimal | None:
@@ -454,7 +455,7 @@ def _compute(
     if terms is not None and terms.denied:
         # The numbers as they stand, without access.
         allowed = _compute(feature, replace(terms, denied=None), counters, grants, windows)
-        return replace(allowed, has_access=False)
+        return replace(allowed, has_access=False, denied=terms.denied)
     base = {
         "feature": feature.key,
         "name": feature.name,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from django.utils import timezone
@@ -63,7 +63,8 @@ def subscription_of(customer: Customer) -> Subscription | None:
 
 @dataclass(frozen=True)
 class UsageCard:
-    """One entitlement as a card shows it. `state`: ok | warn | danger | unlimited | off."""
+    """One entitlement as a card shows it. `state`: ok | warn | danger | unlimited | off |
+    paused (payment overdue)."""
 
     entitlement: Entitlement
     state: str
@@ -98,9 +99,17 @@ def _date_text(at: dt.datetime | None) -> str:
     return f"{at:%b} {at.day}, {at.year}"
 
 
+PAUSED_WARNING = "Paused until the overdue invoice is paid."
+
+
 def usage_card(e: Entitlement, *, can_buy: bool = False) -> UsageCard:
     if e.kind != FeatureKind.METERED:
-        return UsageCard(entitlement=e, state="ok" if e.has_access else "off")
+        state = "paused" if e.denied else ("ok" if e.has_access else "off")
+        return UsageCard(entitlement=e, state=state)
+    if e.denied:
+        # The numbers stand; access waits for the payment (BILLING_PAST_DUE_ACCESS=deny).
+        card = usage_card(replace(e, denied=None, has_access=True))
+        return replace(card, state="paused", warning=PAUSED_WARNING, can_buy=False)
     if e.unlimited:
         return UsageCard(entitlement=e, state="unlimited", can_buy=can_buy)
     exact = e.percent_used if e.percent_used is not None else ZERO

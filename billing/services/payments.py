@@ -241,7 +241,7 @@ class CollectionRun:
     paid: list[str] = field(default_factory=list)
     declined: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
-    past_due: int = 0  # subscriptions the final sweep marked past due
+    past_due: int = 0  # subscriptions this run made past due
 
     def as_dict(self) -> dict:
         return {
@@ -258,6 +258,8 @@ def payments_collect(*, now: dt.datetime | None = None, limit: int = 500) -> Col
     due date. Safe to run twice or concurrently (each invoice is locked while charged)."""
     now = (now or timezone.now()).astimezone(dt.UTC)
     run = CollectionRun()
+    past_due = Subscription.objects.filter(status=SubscriptionStatus.PAST_DUE)
+    past_due_before = set(past_due.values_list("pk", flat=True))
     due = (
         Invoice.objects.filter(status=InvoiceStatus.ISSUED, next_payment_at__lte=now)
         .order_by("next_payment_at", "pk")
@@ -285,8 +287,8 @@ def payments_collect(*, now: dt.datetime | None = None, limit: int = 500) -> Col
     for subscription_id in list(overdue):
         # Invoices issued without a charge (the provider was down) or never retried.
         with transaction.atomic():
-            subscription = subscription_standing_refresh(subscription_id=subscription_id, at=now)
-        run.past_due += int(subscription.status == SubscriptionStatus.PAST_DUE)
+            subscription_standing_refresh(subscription_id=subscription_id, at=now)
+    run.past_due = len(set(past_due.values_list("pk", flat=True)) - past_due_before)
     return run
 
 

@@ -180,7 +180,8 @@ def test_dunning_retries_emails_each_time_then_past_due_then_paying_restores(
     assert keys == [f"{invoice.number}:charge:{n}" for n in (1, 2, 3)]
 
     # Past the due date: past due.
-    collect(payments_collect, now=start + dt.timedelta(days=7, minutes=1))
+    run = collect(payments_collect, now=start + dt.timedelta(days=7, minutes=1))
+    assert (run.declined, run.past_due) == ([invoice.number], 1)
     subscription = Subscription.objects.get(customer=customer)
     assert subscription.status == SubscriptionStatus.PAST_DUE
     storage = basic.storage

@@ -192,3 +192,17 @@ def test_receipts_link_to_the_dashboard_invoice(
     assert (
         f"https://entitlements.example/dashboard/invoices/{invoice.number}/" in mail.outbox[0].body
     )
+
+
+def test_with_access_denied_the_cards_say_paused_not_limit_reached(
+    client_a, world, declining, settings, django_capture_on_commit_callbacks
+):
+    settings.BILLING_PAST_DUE_ACCESS = "deny"
+    with django_capture_on_commit_callbacks(execute=True):
+        payments_collect(now=first_invoice(world.a).due_at)
+
+    html = client_a.get(reverse("dashboard:overview")).content.decode()
+
+    assert "Paused until the overdue invoice is paid." in html
+    assert "Limit reached" not in html and "85 GB" in html
+    assert "your access is paused until it is paid" in html

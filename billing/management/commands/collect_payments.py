@@ -24,7 +24,7 @@ class Command(BaseCommand):
         run = payments_collect(now=now)
         self.stdout.write(
             f"Paid {len(run.paid)}, declined {len(run.declined)}, errors {len(run.errors)}; "
-            f"{run.past_due} subscription(s) checked past due."
+            f"{run.past_due} subscription(s) now past due."
         )
         for number, message in run.errors.items():
             self.stderr.write(f"{number}: {message}")
