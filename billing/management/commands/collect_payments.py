@@ -1,7 +1,8 @@
-from django.core.management.base import BaseCommand, CommandError
-from django.utils.dateparse import parse_datetime
+from django.core.management.base import BaseCommand
 
 from billing.services.payments import payments_collect
+
+from ._now import now_argument, now_option
 
 
 class Command(BaseCommand):
@@ -11,17 +12,10 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument(
-            "--now", help="Run as of this ISO 8601 instant (default: now), with a time zone."
-        )
+        now_argument(parser, "Collect")
 
     def handle(self, *args, **options):
-        now = None
-        if options["now"]:
-            now = parse_datetime(options["now"])
-            if now is None or now.tzinfo is None:
-                raise CommandError("--now takes an ISO 8601 datetime with a time zone.")
-        run = payments_collect(now=now)
+        run = payments_collect(now=now_option(options))
         self.stdout.write(
             f"Paid {len(run.paid)}, declined {len(run.declined)}, errors {len(run.errors)}; "
             f"{run.past_due} subscription(s) now past due."
