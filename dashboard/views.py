@@ -178,6 +178,9 @@ def topup_confirm(request: HttpRequest, pack_key: str) -> HttpResponse:
                 purchase = topup_purchase(customer=customer, pack=pack, idempotency_key=key)
             except PaymentFailed as failure:
                 error, error_title, status = failure.message, "The payment failed.", 402
+                # Nothing was bought: the next try is a new purchase, with a key the payment
+                # processor has not seen (it would answer a reused key with the same decline).
+                form = TopUpConfirmForm(initial={"idempotency_key": secrets.token_urlsafe(24)})
             except DomainError as failure:
                 error, status = failure.message, failure.status
                 error_title = "The purchase could not be completed."

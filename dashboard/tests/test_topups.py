@@ -92,13 +92,16 @@ def test_a_declined_payment_shows_why_and_changes_nothing(client_a, world, setti
     assert response.status_code == 402
     assert 'role="alert"' in html and "The payment failed." in html
     assert "The card was declined." in html and "Nothing was charged or added." in html
-    assert key_of(html) == key  # a retry is the same purchase
+    # Nothing was bought: a retry is a new purchase, under a key the processor has not seen.
+    retry_key = key_of(html)
+    assert retry_key != key
     assert not topup_invoices(world.a).exists()
     assert not Grant.objects.filter(customer=world.a).exists()
     assert entitlement_check(world.a, "storage").balance == 15
 
     settings.BILLING_PAYMENT_PROVIDER = "billing.providers.BuiltinPaymentProvider"
-    assert client_a.post(CONFIRM, {"idempotency_key": key}).status_code == 302
+    assert client_a.post(CONFIRM, {"idempotency_key": retry_key}).status_code == 302
+    assert client_a.post(CONFIRM, {"idempotency_key": retry_key}).status_code == 302  # twice
     assert topup_invoices(world.a).count() == 1
 
 
