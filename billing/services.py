@@ -25,8 +25,8 @@ from catalog.models import Aggregation, Enforcement, FeatureKind, Plan, PlanStat
 from core import bounds
 from core.errors import Conflict, DomainError, InvalidInput, PaymentFailed
 from customers import services as customer_services
-from customers.capacity import grant_units
 from customers.engine import Entitlement, entitlement_check, entitlements_resolve
+from customers.engine.arithmetic import grant_units
 from customers.models import Customer, GrantSource, Subscription, SubscriptionStatus
 from customers.periods import billing_period_at, reset_window
 

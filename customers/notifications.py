@@ -27,8 +27,8 @@ from djmoney.money import Money
 from catalog.models import Enforcement
 from catalog.selectors import money_text, quantity_text, topup_packs_available
 
-from . import capacity as capacity_rule
 from . import engine, services, webhooks
+from .engine import arithmetic
 from .models import Customer, Notification, NotificationStatus, Subscription
 
 logger = logging.getLogger(__name__)
@@ -50,14 +50,6 @@ def give_up_after() -> dt.timedelta:
 # --- recording ----------------------------------------------------------------------------
 
 
-def thresholds_crossed(before, after) -> list[int]:
-    """The `notify_at` thresholds that usage went across from `before` to `after`."""
-    if after.percent_used is None or before.percent_used is None:
-        return []
-    low, high = before.percent_used, after.percent_used
-    return [t for t in after.notify_at if low < Decimal(t) <= high]
-
-
 def thresholds_record(*, customer: Customer, feature, before, after) -> Notification | None:
     """Called by the engine inside the usage transaction, with the entitlement before and after
     the usage. Records the highest threshold crossed (several at once send one email) unless
@@ -66,7 +58,7 @@ def thresholds_record(*, customer: Customer, feature, before, after) -> Notifica
 
     Insert-or-nothing under a savepoint: a concurrent transaction recording the same
     threshold makes this insert wait, then fail on the unique constraint, and it is dropped."""
-    crossed = thresholds_crossed(before, after)
+    crossed = arithmetic.thresholds_crossed(before, after)
     if not crossed:
         return None
     now = timezone.now()
@@ -78,7 +70,7 @@ def thresholds_record(*, customer: Customer, feature, before, after) -> Notifica
         to=customer.alert_recipients,
         usage=after.usage,
         limit=after.limit,
-        capacity=capacity_rule.capacity(after),
+        capacity=arithmetic.capacity(after),
         balance=after.balance,
         unit=after.unit or "",
         resets_at=after.resets_at,
@@ -186,8 +178,8 @@ def notification_email_context(notification: Notification) -> dict:
     usage, capacity = n.usage, n.capacity
     allowance = n.limit if n.limit is not None else capacity
     # A crossing at zero capacity only happens when nothing is left: 100%.
-    percent = int(capacity_rule.percent_of(usage, capacity, blocked=True))  # down, as the dashboard
-    over = capacity_rule.overage_of(usage, capacity)
+    percent = int(arithmetic.percent_of(usage, capacity, blocked=True))  # down, as the dashboard
+    over = arithmetic.overage_of(usage, capacity)
     left = n.balance if n.balance is not None else max(ZERO, capacity - usage)
     terms = engine.entitlement_check(customer, feature)
     subscription = services.subscription_active(customer)

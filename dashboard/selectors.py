@@ -26,8 +26,7 @@ from catalog.models import (
     TopUpPack,
 )
 from catalog.selectors import plan_comparison, price_text, topup_packs_available
-from customers import capacity as capacity_rule
-from customers.engine import Entitlement, entitlements_resolve
+from customers.engine import Entitlement, arithmetic, entitlements_resolve
 from customers.models import (
     Customer,
     CustomerUser,
@@ -288,7 +287,7 @@ def usage_chart(
     future = [day > today for day in days]
     values = [ZERO if is_future else v for v, is_future in zip(values, future, strict=True)]
 
-    capacity = capacity_rule.capacity(e)  # the limit line: allowance plus grants
+    capacity = arithmetic.capacity(e)  # the limit line: allowance plus grants
     peak = max([float(v) for v in values] + [float(capacity or 0)] + [0.0])
     top, step = _nice_top(peak * 1.05 if peak else 0)
     plot_w, plot_h = PLOT_RIGHT - PLOT_LEFT, PLOT_BOTTOM - PLOT_TOP

@@ -13,8 +13,7 @@ from django.utils import timezone
 
 from catalog.models import FeatureKind, Plan, PlanStatus
 from catalog.selectors import entitlement_overage_text, entitlement_summary, quantity_text
-from customers import capacity as capacity_rule
-from customers.engine import Entitlement, entitlements_resolve
+from customers.engine import Entitlement, arithmetic, entitlements_resolve
 from customers.models import (
     Customer,
     EntitlementOverride,
@@ -78,7 +77,7 @@ class EntitlementRow:
     @property
     def capacity(self) -> Decimal | None:
         """What 100% is: the allowance plus the grants in force."""
-        return capacity_rule.capacity(self.e)
+        return arithmetic.capacity(self.e)
 
     def q(self, value) -> str:
         return quantity_text(value, self.e.unit)
