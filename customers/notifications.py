@@ -26,6 +26,7 @@ from djmoney.money import Money
 
 from catalog.models import Enforcement
 from catalog.selectors import money_text, quantity_text, topup_packs_available
+from core.outbox import Outbox, Undeliverable, message_id
 
 from . import engine, services, webhooks
 from .engine import arithmetic
@@ -86,14 +87,8 @@ def thresholds_record(*, customer: Customer, feature, before, after) -> Notifica
     webhooks.event_record(
         webhooks.THRESHOLD_CROSSED, partial(threshold_event_data, notification, after)
     )
-    transaction.on_commit(partial(_queue_send, notification.pk))
+    OUTBOX.queue_on_commit([notification.pk])
     return notification
-
-
-def _queue_send(notification_id: int) -> None:
-    from . import tasks  # tasks import this module
-
-    tasks.enqueue(tasks.notification_send, notification_id)
 
 
 def threshold_event_data(notification: Notification, entitlement) -> dict:
@@ -229,7 +224,11 @@ def notification_email(notification: Notification, recipients: list[str]) -> Ema
         body=render_to_string("customers/email/threshold.txt", context),
         from_email=settings.DEFAULT_FROM_EMAIL,
         to=recipients,
-        headers={"X-Entitlements-Notification": str(notification.pk)},
+        headers={
+            "X-Entitlements-Notification": str(notification.pk),
+            # The same at every try: a receiver drops a resend after a crash (core.outbox).
+            "Message-ID": message_id("notification", notification.pk, notification.created_at),
+        },
     )
     message.attach_alternative(
         render_to_string("customers/email/threshold.html", context), "text/html"
@@ -239,88 +238,44 @@ def notification_email(notification: Notification, recipients: list[str]) -> Ema
 
 # --- sending ------------------------------------------------------------------------------
 
+# Alert emails go through the outbox (core.outbox: the claim, the retries, what "sent once"
+# means); tasks.py attaches the task that sends one.
+OUTBOX = Outbox(
+    model=Notification,
+    done=NotificationStatus.SENT,
+    done_at="sent_at",
+    sweep_delay=sweep_delay,
+    give_up_after=give_up_after,
+    related=("customer", "feature"),
+)
+
 
 def notification_email_send(*, notification_id: int) -> bool:
     """Sends one notification's email if it is still pending; True if sent now.
 
-    Locks the row for the send (SKIP LOCKED: if another worker is sending it, this call does
-    nothing), and marks it sent in the same transaction, so a notification marked sent is never
-    sent again. Each try counts in `attempts`; a failure keeps the error in `last_error` and
-    leaves the row pending (the task's quick retries, then the sweep with backoff, try again:
-    `webhooks.retry_at`) or, `give_up_after()` the crossing, marks it failed; then re-raises
-    the error."""
-    error = None
-    with transaction.atomic():
-        notification = (
-            Notification.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("customer", "feature")
-            .filter(pk=notification_id, status=NotificationStatus.PENDING)
-            .first()
-        )
-        if notification is None:
-            return False
-        now = timezone.now()
-        notification.attempts += 1
-        notification.last_attempt_at = now
-        recipients = notification.to or notification.customer.alert_recipients
-        if not recipients:
-            notification.status = NotificationStatus.FAILED
-            notification.last_error = "No recipient: the customer has no email address."
-        else:
-            try:
-                notification_email(notification, recipients).send()
-            except Exception as exc:
-                error = exc
-                notification.last_error = f"{type(exc).__name__}: {exc}"[:2000]
-                notification.next_attempt_at = webhooks.retry_at(
-                    attempts=notification.attempts, now=now, delay=sweep_delay()
-                )
-                if now - notification.created_at >= give_up_after():
-                    notification.status = NotificationStatus.FAILED
-            else:
-                notification.status = NotificationStatus.SENT
-                notification.sent_at = now
-                notification.to = recipients
-                notification.last_error = ""
-        notification.save(
-            update_fields=[
-                "attempts",
-                "last_attempt_at",
-                "next_attempt_at",
-                "status",
-                "sent_at",
-                "to",
-                "last_error",
-            ]
-        )
-    if error is not None:
-        raise error
-    return notification.status == NotificationStatus.SENT
+    The outbox's loop (core.outbox): the attempt is counted before the send, the row is locked
+    during it (another worker skips it) and marked sent in the same transaction; the email's
+    Message-ID is derived from the row, so a resend after a crash is recognisable. A failure
+    keeps the error in `last_error` and leaves the row pending (the task's quick retries, then
+    the sweep with backoff) or, `give_up_after()` the crossing, marks it failed; then
+    re-raises the error."""
+    return OUTBOX.send(notification_id, _email_deliver)
+
+
+def _email_deliver(notification: Notification) -> dict:
+    recipients = notification.to or notification.customer.alert_recipients
+    if not recipients:
+        raise Undeliverable("No recipient: the customer has no email address.")
+    notification_email(notification, recipients).send()
+    return {"to": recipients}
 
 
 def notifications_due(*, within: dt.timedelta = dt.timedelta(0), limit: int = 500) -> list[int]:
-    """Ids of pending notifications due for another try (`within` from now): their task was
-    lost, or failed `sweep_delay()` or more ago (with backoff: `webhooks.retry_at`)."""
-    due = timezone.now() + within
-    return list(
-        Notification.objects.filter(status=NotificationStatus.PENDING, next_attempt_at__lte=due)
-        .order_by("next_attempt_at", "pk")
-        .values_list("pk", flat=True)[:limit]
-    )
+    """Ids of pending notifications due for another try (core.outbox: `Outbox.due`)."""
+    return OUTBOX.due(within=within, limit=limit)
 
 
-@transaction.atomic
 def notifications_resend(*, notifications: QuerySet) -> int:
     """Pending or failed notifications back to pending and queued on commit (the admin's
     "resend"). Sent ones are left alone. Returns how many."""
-    ids = list(
-        notifications.filter(
-            status__in=[NotificationStatus.PENDING, NotificationStatus.FAILED]
-        ).values_list("pk", flat=True)
-    )
-    Notification.objects.filter(pk__in=ids).update(
-        status=NotificationStatus.PENDING, next_attempt_at=timezone.now()
-    )
-    for pk in ids:
-        transaction.on_commit(partial(_queue_send, pk))
-    return len(ids)
+    return OUTBOX.again(notifications)

@@ -97,11 +97,18 @@ def retrying_deadlocks(attempt):
                 raise
 
 
-def usage_after(state: CustomerState, feature: Feature, before, after) -> None:
-    """Hook for what follows recorded usage in the same transaction (threshold notifications
-    are written here by the notifications module)."""
-    from .. import notifications
+# What follows recorded usage in the same transaction, registered at start-up (apps.py: the
+# threshold notifications), so that the engine imports none of its listeners.
+_usage_hooks: list = []
 
-    notifications.thresholds_record(
-        customer=state.customer, feature=feature, before=before, after=after
-    )
+
+def on_usage_recorded(hook) -> None:
+    """`hook(customer=, feature=, before=, after=)` runs in every usage transaction, with the
+    entitlement before and after the usage."""
+    if hook not in _usage_hooks:
+        _usage_hooks.append(hook)
+
+
+def usage_after(state: CustomerState, feature: Feature, before, after) -> None:
+    for hook in _usage_hooks:
+        hook(customer=state.customer, feature=feature, before=before, after=after)
