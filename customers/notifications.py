@@ -22,11 +22,12 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.formats import date_format
-from djmoney.money import Money
 
 from catalog.models import Enforcement
-from catalog.selectors import money_text, quantity_text, topup_packs_available
+from catalog.selectors import topup_packs_available
+from core.api import decimal_str, time_str
 from core.outbox import Outbox, Undeliverable, message_id
+from core.text import money_round, money_text, quantity_text
 
 from . import engine, services, webhooks
 from .engine import arithmetic
@@ -39,13 +40,13 @@ ZERO = Decimal("0")
 
 def sweep_delay() -> dt.timedelta:
     """How long a notification may stay pending before the sweep queues it again."""
-    return dt.timedelta(seconds=getattr(settings, "NOTIFICATION_SWEEP_DELAY_SECONDS", 120))
+    return dt.timedelta(seconds=settings.NOTIFICATION_SWEEP_DELAY_SECONDS)
 
 
 def give_up_after() -> dt.timedelta:
     """A notification still failing this long after the crossing is marked failed (a day); the
     admin can resend it."""
-    return dt.timedelta(seconds=getattr(settings, "NOTIFICATION_GIVE_UP_AFTER_SECONDS", 86400))
+    return dt.timedelta(seconds=settings.NOTIFICATION_GIVE_UP_AFTER_SECONDS)
 
 
 # --- recording ----------------------------------------------------------------------------
@@ -97,35 +98,20 @@ def threshold_event_data(notification: Notification, entitlement) -> dict:
         "customer": notification.customer.external_id,
         "feature": notification.feature.key,
         "threshold": notification.threshold,
-        "percent_used": _decimal(entitlement.percent_used.quantize(Decimal("0.01"))),
-        "usage": _decimal(notification.usage),
-        "limit": _decimal(notification.limit),
-        "granted": _decimal(entitlement.granted),
-        "capacity": _decimal(notification.capacity),
-        "balance": _decimal(notification.balance),
+        "percent_used": decimal_str(entitlement.percent_used.quantize(Decimal("0.01"))),
+        "usage": decimal_str(notification.usage),
+        "limit": decimal_str(notification.limit),
+        "granted": decimal_str(entitlement.granted),
+        "capacity": decimal_str(notification.capacity),
+        "balance": decimal_str(notification.balance),
         "unit": notification.unit,
-        "period_start": _iso(notification.period_start),
-        "resets_at": _iso(notification.resets_at),
+        "period_start": time_str(notification.period_start),
+        "resets_at": time_str(notification.resets_at),
         "notification_id": notification.pk,
     }
 
 
-def _decimal(value) -> str | None:
-    return None if value is None else _wire_decimal(value)
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
 # --- the email ----------------------------------------------------------------------------
-
-
-def _wire_decimal(value: Decimal) -> str:
-    """`Decimal("87.5000")` -> "87.5": the webhook's plain decimal, no grouping, no exponent."""
-    return f"{value.normalize():f}" if value else "0"
 
 
 def _pack_offered(customer: Customer, subscription: Subscription | None, feature) -> bool:
@@ -183,7 +169,7 @@ def notification_email_context(notification: Notification) -> dict:
     if over > 0 and terms.enforcement == Enforcement.SOFT and terms.overage_price is not None:
         price = terms.overage_price
         overage_price = money_text(price)
-        overage_cost = money_text(Money(over * price.amount, price.currency))
+        overage_cost = money_text(money_round(over * price.amount, price.currency))
 
     site = settings.SITE_URL.rstrip("/")
 

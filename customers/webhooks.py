@@ -53,17 +53,17 @@ class WebhookDeliveryError(DeliveryFailed):
 
 
 def timeout_seconds() -> float:
-    return getattr(settings, "WEBHOOK_TIMEOUT_SECONDS", 5)
+    return settings.WEBHOOK_TIMEOUT_SECONDS
 
 
 def sweep_delay() -> dt.timedelta:
     """How long a delivery may stay pending before the sweep queues it again."""
-    return dt.timedelta(seconds=getattr(settings, "WEBHOOK_SWEEP_DELAY_SECONDS", 120))
+    return dt.timedelta(seconds=settings.WEBHOOK_SWEEP_DELAY_SECONDS)
 
 
 def give_up_after() -> dt.timedelta:
     """A delivery still failing this long after its event is marked failed (3 days)."""
-    return dt.timedelta(seconds=getattr(settings, "WEBHOOK_GIVE_UP_AFTER_SECONDS", 3 * 86400))
+    return dt.timedelta(seconds=settings.WEBHOOK_GIVE_UP_AFTER_SECONDS)
 
 
 # Deliveries go through the outbox (core.outbox); tasks.py attaches the task that sends one.

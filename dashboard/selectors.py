@@ -15,7 +15,6 @@ from decimal import Decimal
 from django.utils import timezone
 
 from billing.models import Invoice, InvoicePurpose, InvoiceStatus, TopUpPurchase
-from billing.services import money_text, quantity_text
 from catalog.models import (
     Feature,
     FeatureKind,
@@ -25,7 +24,8 @@ from catalog.models import (
     Reset,
     TopUpPack,
 )
-from catalog.selectors import plan_comparison, price_text, topup_packs_available
+from catalog.selectors import plan_comparison, plan_is_upgrade, price_text, topup_packs_available
+from core.text import day_text, money_text, quantity_text
 from customers.engine import Entitlement, arithmetic, entitlements_resolve
 from customers.models import (
     Customer,
@@ -90,13 +90,6 @@ def _warn_at(e: Entitlement) -> int:
     return min(below_full) if below_full else WARN_AT_DEFAULT
 
 
-def _date_text(at: dt.datetime | None) -> str:
-    if at is None:
-        return ""
-    at = at.astimezone(dt.UTC)
-    return f"{at:%b} {at.day}, {at.year}"
-
-
 def usage_card(e: Entitlement, *, can_buy: bool = False) -> UsageCard:
     if e.kind != FeatureKind.METERED:
         return UsageCard(entitlement=e, state="ok" if e.has_access else "off")
@@ -119,7 +112,7 @@ def usage_card(e: Entitlement, *, can_buy: bool = False) -> UsageCard:
             # A level (storage in use) does not reset: it goes down when they use less.
             warning += " More is blocked until you use less, buy more or upgrade."
         elif e.resets_at:
-            warning += f" More is blocked until it resets on {_date_text(e.resets_at)}."
+            warning += f" More is blocked until it resets on {day_text(e.resets_at)}."
         else:
             warning += " More is blocked."
     elif exact >= _warn_at(e):
@@ -390,7 +383,7 @@ def topup_expiry_text(pack: TopUpPack, subscription: Subscription | None) -> str
     if pack.expiry == "days":
         return f"Expires {pack.expiry_days} days after purchase"
     if subscription is not None:
-        end = _date_text(subscription.current_period_end)
+        end = day_text(subscription.current_period_end)
         return f"Expires at the end of this billing period ({end})"
     return "Expires at the end of the billing period"
 
@@ -471,7 +464,7 @@ def plan_choice(customer: Customer, subscription: Subscription) -> PlanChoice:
         relation = (
             "current"
             if i == current_index
-            else ("upgrade" if plan.rank > subscription.plan.rank else "downgrade")
+            else ("upgrade" if plan_is_upgrade(subscription.plan, plan) else "downgrade")
         )
         option = PlanOption(
             plan=plan,

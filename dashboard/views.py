@@ -25,6 +25,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from billing import selectors as billing_selectors
 from billing.services import proration_preview, subscription_change_plan, topup_purchase
 from catalog.models import Feature, FeatureKind
+from catalog.selectors import plan_is_upgrade
 from core.errors import DomainError, NotFound, PaymentFailed
 
 from . import selectors
@@ -230,7 +231,9 @@ def plan_change(request: HttpRequest, plan_key: str) -> HttpResponse:
         return redirect("dashboard:plans")
 
     relation = (
-        "keep" if current else ("upgrade" if plan.rank > subscription.plan.rank else "downgrade")
+        "keep"
+        if current
+        else ("upgrade" if plan_is_upgrade(subscription.plan, plan) else "downgrade")
     )
     error, status, preview = "", 200, None
     if request.method == "POST":

@@ -197,6 +197,18 @@ SITE_URL = env.str("SITE_URL", default=f"http://127.0.0.1:{env.str('PORT', defau
 # Seconds a portal link (POST /api/v1/customers/{id}/portal-sessions) may be opened, once.
 PORTAL_SESSION_TTL = env.int("PORTAL_SESSION_TTL", default=300)
 
+# The outbox (core/outbox.py): how long a usage alert email or a webhook delivery may stay
+# pending before the sweep queues it again (the task queued on commit goes first), and how
+# long after it was recorded one still failing is marked failed (the admin can resend it).
+NOTIFICATION_SWEEP_DELAY_SECONDS = 120
+NOTIFICATION_GIVE_UP_AFTER_SECONDS = 86400  # a day
+WEBHOOK_SWEEP_DELAY_SECONDS = 120
+WEBHOOK_GIVE_UP_AFTER_SECONDS = 3 * 86400  # three days
+# Seconds a webhook receiver has to answer one POST.
+WEBHOOK_TIMEOUT_SECONDS = 5
+# The payment provider (billing/payments.py): the built-in one records each payment.
+BILLING_PAYMENT_PROVIDER = "billing.payments.BuiltinPaymentProvider"
+
 # Money
 CURRENCIES = ("USD", "EUR", "GBP")
 DEFAULT_CURRENCY = "USD"

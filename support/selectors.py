@@ -12,7 +12,8 @@ from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 
 from catalog.models import FeatureKind, Plan, PlanStatus
-from catalog.selectors import entitlement_overage_text, entitlement_summary, quantity_text
+from catalog.selectors import entitlement_overage_text, entitlement_summary, plan_is_upgrade
+from core.text import quantity_text
 from customers.engine import Entitlement, arithmetic, entitlements_resolve
 from customers.models import (
     Customer,
@@ -247,7 +248,7 @@ def plan_options(customer: Customer, subscription: Subscription | None) -> list[
             if subscription.scheduled_plan_id:
                 options.append(PlanOption(plan, "current"))
             continue
-        direction = "upgrade" if plan.rank > subscription.plan.rank else "downgrade"
+        direction = "upgrade" if plan_is_upgrade(subscription.plan, plan) else "downgrade"
         options.append(PlanOption(plan, direction))
     return options
 

@@ -174,7 +174,7 @@ def _consume_two_trips(pk, feature, quantity, event_id, at, properties) -> Consu
     db = sql.db()
     windows = state.windows(at)
     counted = counted_kinds(feature.pk, state.version[1])  # before any lock is held
-    synchronous = getattr(settings, "USAGE_SYNCHRONOUS_COMMIT", True)
+    synchronous = settings.USAGE_SYNCHRONOUS_COMMIT
     with connection.cursor() as cursor:
         try:
             rows = db.consume_lock(cursor, pk, feature.pk, at, synchronous)

@@ -163,7 +163,7 @@ TURNS_CLASS = 0x75736167  # the advisory locks' first key: "usag"
 
 def turns() -> int:
     """The buckets of customers that batches take turns on (`USAGE_BATCH_TURNS`, 0: none)."""
-    return getattr(settings, "USAGE_BATCH_TURNS", 64)
+    return settings.USAGE_BATCH_TURNS
 
 
 def take_turns(customer_ids: set[int]) -> None:
