@@ -36,6 +36,7 @@ from django.core.exceptions import ObjectDoesNotExist
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from core.api import decimal_str, time_str
 from core.outbox import DeliveryFailed, Outbox, Undeliverable
 
 from .models import WebhookDelivery, WebhookDeliveryStatus, WebhookEndpoint
@@ -124,7 +125,7 @@ def event_record(event_type: str, data: dict | Callable[[], dict]) -> list[Webho
     payload = {
         "id": event_id,
         "type": event_type,
-        "created_at": now.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+        "created_at": time_str(now),
         "data": data() if callable(data) else data,
     }
     deliveries = WebhookDelivery.objects.bulk_create(
@@ -164,14 +165,14 @@ def _text(value) -> str | None:
     if value is None:
         return None
     if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+        return time_str(value)
     if hasattr(value, "amount") and hasattr(value, "currency"):  # Money: "0.10", "0.1234"
         amount = value.amount.normalize()
         if amount.as_tuple().exponent > -2:
             amount = amount.quantize(Decimal("0.01"))
         return {"amount": f"{amount:f}", "currency": str(value.currency)}
-    if hasattr(value, "normalize"):  # Decimal
-        return f"{value.normalize():f}"
+    if isinstance(value, Decimal):
+        return decimal_str(value)
     return value
 
 
