@@ -8,10 +8,10 @@ import logging
 
 from celery import shared_task
 
-from customers.tasks import MAIL_ERRORS, QUICK_RETRIES, enqueue
+from core.outbox import TASK_RETRIES
+from customers.tasks import MAIL_ERRORS
 
-from .services.emails import invoice_email_send as email_send
-from .services.emails import invoice_emails_due
+from .services import emails
 from .services.payments import payments_collect as collect
 from .services.period_close import periods_close
 
@@ -35,12 +35,12 @@ def payments_collect() -> dict:
     name="billing.tasks.invoice_email_send",
     acks_late=True,
     autoretry_for=MAIL_ERRORS,
-    **QUICK_RETRIES,
+    **TASK_RETRIES,
 )
 def invoice_email_send(self, email_id: int) -> bool:
     """Sends one receipt or payment notice (never one already sent)."""
     try:
-        return email_send(email_id=email_id)
+        return emails.invoice_email_send(email_id=email_id)
     except MAIL_ERRORS:
         if self.request.is_eager:
             logger.warning("Invoice email %s not sent; left pending", email_id, exc_info=True)
@@ -51,9 +51,7 @@ def invoice_email_send(self, email_id: int) -> bool:
 @shared_task(name="billing.tasks.invoice_emails_sweep")
 def invoice_emails_sweep(due_within_seconds: float = 0) -> int:
     """Queues the pending invoice emails due for another try. Returns how many."""
-    queued = 0
-    for pk in invoice_emails_due(within=dt.timedelta(seconds=due_within_seconds)):
-        if not enqueue(invoice_email_send, pk):
-            break  # the broker is down: the next sweep tries again
-        queued += 1
-    return queued
+    return emails.OUTBOX.sweep(within=dt.timedelta(seconds=due_within_seconds))
+
+
+emails.OUTBOX.task = invoice_email_send

@@ -1,13 +1,13 @@
 """Reads of the catalog for pages and API answers."""
 
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
-from djmoney.money import Money
 from moneyed.l10n import format_money
+
+from core.text import money_text, quantity_text
 
 from .models import (
     Enforcement,
@@ -20,10 +20,6 @@ from .models import (
     Reset,
     TopUpPack,
 )
-
-
-def feature_get(*, key: str) -> Feature | None:
-    return Feature.objects.filter(key=key).first()
 
 
 def plan_list(*, public_only: bool = False) -> QuerySet[Plan]:
@@ -113,17 +109,10 @@ def features_addable(*, plan: Plan) -> QuerySet[Feature]:
     return Feature.objects.exclude(plan_entitlements__plan=plan).order_by("name")
 
 
-def quantity_text(value: Decimal | None, unit: str = "") -> str:
-    """`87.5 GB`, `1,000 GB`: no trailing zeros, grouped by thousands."""
-    number = format(Decimal(value or 0).normalize(), ",f")
-    return f"{number} {unit}".strip()
-
-
-def money_text(money: Money | None) -> str:
-    """`$50.00`, `$0.0125`: as many decimals as it has, at least the currency's."""
-    if money is None:
-        return ""
-    return format_money(money, locale="en_US", currency_digits=False, decimal_quantization=False)
+def plan_is_upgrade(current: Plan, plan: Plan) -> bool:
+    """Whether moving from `current` to `plan` is an upgrade: a higher rank (DESIGN.md). An
+    upgrade applies at once with proration; any other change waits for the period end."""
+    return plan.rank > current.rank
 
 
 def price_text(plan: Plan) -> str:

@@ -372,7 +372,7 @@ def _query_time(request, name: str) -> dt.datetime | None:
     if not raw:
         return None
     try:
-        return engine._parse_timestamp(raw.replace(" ", "+"))
+        return engine.parse_timestamp(raw.replace(" ", "+"))
     except InvalidInput:
         raise InvalidInput(
             f"{name} must be an ISO 8601 date and time.", code="invalid_time"

@@ -171,7 +171,8 @@ def subscription_cancel(*, subscription: Subscription, at_period_end: bool = Tru
 def subscription_payment_standing(*, subscription: Subscription, past_due: bool) -> Subscription:
     """Marks a current subscription past due (an invoice unpaid past the grace period) or back
     to active (paid up). Billing decides when; the engine reads the status (see
-    `engine.subscription_access_denial`). Locks the subscription; an ended one is left alone."""
+    `engine.state.subscription_access_denial`). Locks the subscription; an ended one is left
+    alone."""
     subscription = Subscription.objects.select_for_update().get(pk=subscription.pk)
     status = SubscriptionStatus.PAST_DUE if past_due else SubscriptionStatus.ACTIVE
     if subscription.status in SUBSCRIPTION_CURRENT and subscription.status != status:

@@ -29,6 +29,7 @@ from billing.services.payments import invoice_pay as billing_invoice_pay
 from billing.services.purchases import topup_purchase
 from billing.services.subscriptions import proration_preview, subscription_change_plan
 from catalog.models import Feature, FeatureKind
+from catalog.selectors import plan_is_upgrade
 from core.errors import DomainError, NotFound, PaymentFailed
 
 from . import selectors
@@ -270,7 +271,9 @@ def plan_change(request: HttpRequest, plan_key: str) -> HttpResponse:
         return redirect("dashboard:plans")
 
     relation = (
-        "keep" if current else ("upgrade" if plan.rank > subscription.plan.rank else "downgrade")
+        "keep"
+        if current
+        else ("upgrade" if plan_is_upgrade(subscription.plan, plan) else "downgrade")
     )
     error, status, preview = "", 200, None
     if request.method == "POST":

@@ -206,6 +206,18 @@ for _origin in DASHBOARD_EMBED_ORIGINS:
             f"DASHBOARD_EMBED_ORIGINS: {_origin!r} is not an origin (https://host[:port])."
         )
 
+# The outbox (core/outbox.py): how long a usage alert email or a webhook delivery may stay
+# pending before the sweep queues it again (the task queued on commit goes first), and how
+# long after it was recorded one still failing is marked failed (the admin can resend it).
+NOTIFICATION_SWEEP_DELAY_SECONDS = 120
+NOTIFICATION_GIVE_UP_AFTER_SECONDS = 86400  # a day
+WEBHOOK_SWEEP_DELAY_SECONDS = 120
+WEBHOOK_GIVE_UP_AFTER_SECONDS = 3 * 86400  # three days
+# Seconds a webhook receiver has to answer one POST.
+WEBHOOK_TIMEOUT_SECONDS = 5
+# The payment provider (billing/payments.py): the built-in one records each payment.
+BILLING_PAYMENT_PROVIDER = "billing.payments.BuiltinPaymentProvider"
+
 # Money
 CURRENCIES = ("USD", "EUR", "GBP")
 DEFAULT_CURRENCY = "USD"

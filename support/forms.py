@@ -7,9 +7,9 @@ from django import forms
 
 from catalog.forms import EntitlementValuesForm, FeatureChoiceField
 from catalog.models import Feature, FeatureKind, TopUpPack
-from catalog.selectors import quantity_text
 from core.bounds import validate_url_safe
 from core.forms import ExactDecimalField, InstantField
+from core.text import quantity_text
 
 from .selectors import PlanOption
 

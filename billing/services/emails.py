@@ -1,17 +1,15 @@
 """Invoice emails: a receipt for every paid invoice and a notice for every declined charge.
 
 Written as an outbox row (InvoiceEmail) in the transaction that pays or records the decline,
-and sent by a Celery task queued when it commits; `invoice_emails_sweep` (beat, every minute)
-queues again whatever is still pending, with the same backoff as the usage alerts
-(customers.webhooks.retry_at). A row marked sent is never sent again; each message carries a
-Message-ID derived from its row, so a receiver can drop a duplicate.
+and sent through the platform's one outbox (core.outbox: the claim, the retries, the sweep,
+what "sent once" means) by a Celery task queued when it commits; `invoice_emails_sweep` (beat,
+every minute) queues again whatever is still pending. Each message carries a Message-ID
+derived from its row, so a receiver can drop a duplicate.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-from functools import partial
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
@@ -28,9 +26,9 @@ from billing.models import (
     InvoiceStatus,
     Payment,
 )
-from billing.text import day_text, money_text
-from customers import webhooks
-from customers.notifications import sweep_delay
+from core.outbox import Outbox, Undeliverable, message_id
+from core.text import day_text, money_text
+from customers.notifications import give_up_after, sweep_delay
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +36,16 @@ SUBJECTS = {
     InvoiceEmailKind.RECEIPT: "Receipt for invoice {number}: {total} paid",
     InvoiceEmailKind.PAYMENT_FAILED: "Payment of invoice {number} failed: please pay {total}",
 }
+
+# billing/tasks.py attaches the task that sends one row.
+OUTBOX = Outbox(
+    model=InvoiceEmail,
+    done=InvoiceEmailStatus.SENT,
+    done_at="sent_at",
+    sweep_delay=sweep_delay,
+    give_up_after=give_up_after,
+    related=("invoice", "invoice__customer", "payment"),
+)
 
 
 def invoice_email_record(
@@ -59,14 +67,8 @@ def invoice_email_record(
             email.save(force_insert=True)
     except IntegrityError:
         return None
-    transaction.on_commit(partial(_queue_send, email.pk))
+    OUTBOX.queue_on_commit([email.pk])
     return email
-
-
-def _queue_send(email_id: int) -> None:
-    from billing import tasks  # the tasks import the services
-
-    tasks.enqueue(tasks.invoice_email_send, email_id)
 
 
 def invoice_page_url(invoice: Invoice) -> str:
@@ -103,14 +105,13 @@ def invoice_email_context(email: InvoiceEmail) -> dict:
 def invoice_email_message(email: InvoiceEmail, recipients: list[str]) -> EmailMultiAlternatives:
     context = invoice_email_context(email)
     subject = SUBJECTS[email.kind].format(number=context["number"], total=context["total"])
-    domain = settings.SITE_URL.split("//", 1)[-1].split("/", 1)[0].split(":", 1)[0]
     message = EmailMultiAlternatives(
         subject=subject,
         body=render_to_string(f"billing/email/{email.kind}.txt", context),
         from_email=settings.DEFAULT_FROM_EMAIL,
         to=recipients,
         headers={
-            "Message-ID": f"<invoice-email-{email.pk}@{domain or 'localhost'}>",
+            "Message-ID": message_id("invoice-email", email.pk, email.created_at),
             "X-Entitlements-Invoice": email.invoice.number,
         },
     )
@@ -121,53 +122,14 @@ def invoice_email_message(email: InvoiceEmail, recipients: list[str]) -> EmailMu
 
 
 def invoice_email_send(*, email_id: int) -> bool:
-    """Sends one pending invoice email; True if sent now. The row is locked for the send (SKIP
-    LOCKED: another worker sending it makes this a no-op) and marked sent in the same
-    transaction. A failure keeps the error, counts the attempt, schedules the next try
-    (backoff) and re-raises; a day after it was written the row is marked failed."""
-    error = None
-    with transaction.atomic():
-        email = (
-            InvoiceEmail.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("invoice", "invoice__customer", "payment")
-            .filter(pk=email_id, status=InvoiceEmailStatus.PENDING)
-            .first()
-        )
-        if email is None:
-            return False
-        now = timezone.now()
-        email.attempts += 1
-        email.last_attempt_at = now
-        recipients = email.to or email.invoice.customer.alert_recipients
-        if not recipients:
-            email.status = InvoiceEmailStatus.FAILED
-            email.last_error = "No recipient: the customer has no email address."
-        else:
-            try:
-                invoice_email_message(email, recipients).send()
-            except Exception as exc:
-                error = exc
-                email.last_error = f"{type(exc).__name__}: {exc}"[:2000]
-                email.next_attempt_at = webhooks.retry_at(
-                    attempts=email.attempts, now=now, delay=sweep_delay()
-                )
-                if now - email.created_at >= dt.timedelta(days=1):
-                    email.status = InvoiceEmailStatus.FAILED
-            else:
-                email.status = InvoiceEmailStatus.SENT
-                email.sent_at = now
-                email.to = recipients
-                email.last_error = ""
-        email.save()
-    if error is not None:
-        raise error
-    return email.status == InvoiceEmailStatus.SENT
+    """Sends one pending invoice email through the outbox (core.outbox.Outbox.send); True if
+    sent now. A failure is recorded, retried by the task and then the sweep, and re-raised."""
+    return OUTBOX.send(email_id, _email_deliver)
 
 
-def invoice_emails_due(*, within: dt.timedelta = dt.timedelta(0), limit: int = 500) -> list[int]:
-    due = timezone.now() + within
-    return list(
-        InvoiceEmail.objects.filter(status=InvoiceEmailStatus.PENDING, next_attempt_at__lte=due)
-        .order_by("next_attempt_at", "pk")
-        .values_list("pk", flat=True)[:limit]
-    )
+def _email_deliver(email: InvoiceEmail) -> dict:
+    recipients = email.to or email.invoice.customer.alert_recipients
+    if not recipients:
+        raise Undeliverable("No recipient: the customer has no email address.")
+    invoice_email_message(email, recipients).send()
+    return {"to": recipients}

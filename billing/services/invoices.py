@@ -23,12 +23,12 @@ from billing.models import (
     InvoiceStatus,
     LineKind,
 )
-from billing.text import money_round, period_text, quantity_text
 from catalog.models import FeatureKind, Plan
 from core.errors import Conflict, InvalidInput
+from core.text import money_round, period_text, quantity_text
 from customers import services as customer_services
-from customers.capacity import grant_units
 from customers.engine import Entitlement, entitlements_resolve
+from customers.engine.arithmetic import grant_units
 from customers.models import Customer, Subscription
 
 ONE = Decimal("1")

@@ -15,12 +15,12 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from billing.models import Invoice, InvoiceLine, InvoicePurpose, InvoiceStatus, LineKind
-from billing.text import period_text, quantity_text
 from catalog.models import Aggregation, Enforcement, FeatureKind, Plan, Reset
 from core.errors import DomainError, InvalidInput
+from core.text import period_text, quantity_text
 from customers import services as customer_services
-from customers.capacity import grant_units
 from customers.engine import Entitlement, entitlement_check, entitlements_resolve
+from customers.engine.arithmetic import grant_units
 from customers.models import SUBSCRIPTION_CURRENT, Customer, Subscription
 from customers.periods import billing_period_at, reset_window
 

@@ -11,10 +11,10 @@ from django.utils import timezone
 
 from billing.models import InvoicePurpose, LineKind, TopUpPurchase
 from billing.providers import PaymentProvider, payment_provider_default
-from billing.text import day_text, quantity_text
 from catalog.models import TopUpPack
 from core import bounds
 from core.errors import Conflict, InvalidInput
+from core.text import day_text, quantity_text
 from customers import services as customer_services
 from customers.models import Customer, GrantSource, Subscription
 

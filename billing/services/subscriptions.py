@@ -13,9 +13,9 @@ from django.utils import timezone
 from djmoney.money import Money
 
 from billing.models import Invoice, InvoiceLine, InvoicePurpose, InvoiceStatus, LineKind
-from billing.text import day_text, money_round
 from catalog.models import Plan, PlanStatus
 from core.errors import Conflict, InvalidInput
+from core.text import day_text, money_round
 from customers import services as customer_services
 from customers.models import SUBSCRIPTION_CURRENT, Customer, Subscription
 
