@@ -1,13 +1,13 @@
 """Reads of the catalog for pages and API answers."""
 
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
-from djmoney.money import Money
 from moneyed.l10n import format_money
+
+from core.text import money_text, quantity_text
 
 from .models import (
     Enforcement,
@@ -20,10 +20,6 @@ from .models import (
     Reset,
     TopUpPack,
 )
-
-
-def feature_get(*, key: str) -> Feature | None:
-    return Feature.objects.filter(key=key).first()
 
 
 def plan_list(*, public_only: bool = False) -> QuerySet[Plan]:
@@ -52,7 +48,7 @@ def topup_packs_available(*, plan: Plan | None, feature: Feature | None = None):
 # The catalog imports nothing from customers; the editor still has to say how many subscribers
 # a change reaches. It reads them through the reverse relations customers declares on Plan and
 # Feature ("subscriptions", "overrides"), by name, without importing the customers app.
-_ACTIVE_SUBSCRIPTION = "active"
+_CURRENT_SUBSCRIPTION = ["active", "past_due"]  # customers.models.SUBSCRIPTION_CURRENT
 
 
 def plan_list_for_editor() -> QuerySet[Plan]:
@@ -67,7 +63,9 @@ def plan_list_for_editor() -> QuerySet[Plan]:
     return Plan.objects.annotate(
         entitlement_count=Coalesce(Subquery(entitlements), 0),
         subscriber_count=Count(
-            "subscriptions", filter=Q(subscriptions__status=_ACTIVE_SUBSCRIPTION), distinct=True
+            "subscriptions",
+            filter=Q(subscriptions__status__in=_CURRENT_SUBSCRIPTION),
+            distinct=True,
         ),
     ).order_by("rank", "name")
 
@@ -87,7 +85,7 @@ class Reach:
 
 def plan_change_reach(*, plan: Plan, feature: Feature | None = None) -> Reach:
     """How many active subscribers a change to `plan` (to its `feature`) applies to at once."""
-    subscriptions = plan.subscriptions.filter(status=_ACTIVE_SUBSCRIPTION)
+    subscriptions = plan.subscriptions.filter(status__in=_CURRENT_SUBSCRIPTION)
     total = subscriptions.count()
     if feature is None or total == 0:
         return Reach(subscribers=total)
@@ -111,17 +109,10 @@ def features_addable(*, plan: Plan) -> QuerySet[Feature]:
     return Feature.objects.exclude(plan_entitlements__plan=plan).order_by("name")
 
 
-def quantity_text(value: Decimal | None, unit: str = "") -> str:
-    """`87.5 GB`, `1,000 GB`: no trailing zeros, grouped by thousands."""
-    number = format(Decimal(value or 0).normalize(), ",f")
-    return f"{number} {unit}".strip()
-
-
-def money_text(money: Money | None) -> str:
-    """`$50.00`, `$0.0125`: as many decimals as it has, at least the currency's."""
-    if money is None:
-        return ""
-    return format_money(money, locale="en_US", currency_digits=False, decimal_quantization=False)
+def plan_is_upgrade(current: Plan, plan: Plan) -> bool:
+    """Whether moving from `current` to `plan` is an upgrade: a higher rank (DESIGN.md). An
+    upgrade applies at once with proration; any other change waits for the period end."""
+    return plan.rank > current.rank
 
 
 def price_text(plan: Plan) -> str:

@@ -15,6 +15,7 @@ from core.errors import Conflict, InvalidInput
 
 from . import snapshots
 from .models import (
+    SUBSCRIPTION_CURRENT,
     Customer,
     CustomerUser,
     EntitlementOverride,
@@ -65,8 +66,9 @@ def customer_user_link(*, user, customer: Customer) -> CustomerUser:
 
 
 def subscription_active(customer: Customer) -> Subscription | None:
+    """The customer's current subscription (active or past due), or None."""
     return (
-        Subscription.objects.filter(customer=customer, status=SubscriptionStatus.ACTIVE)
+        Subscription.objects.filter(customer=customer, status__in=SUBSCRIPTION_CURRENT)
         .select_related("plan", "scheduled_plan")
         .first()
     )
@@ -104,7 +106,7 @@ def subscription_start(
 
 
 def _check_active(subscription: Subscription) -> None:
-    if subscription.status != SubscriptionStatus.ACTIVE:
+    if subscription.status not in SUBSCRIPTION_CURRENT:
         raise InvalidInput("This subscription has ended.", code="subscription_ended")
 
 
@@ -162,6 +164,20 @@ def subscription_cancel(*, subscription: Subscription, at_period_end: bool = Tru
         subscription.status = SubscriptionStatus.CANCELED
         subscription.ended_at = timezone.now()
         subscription.save(update_fields=["status", "ended_at", "updated_at"])
+    return subscription
+
+
+@transaction.atomic
+def subscription_payment_standing(*, subscription: Subscription, past_due: bool) -> Subscription:
+    """Marks a current subscription past due (an invoice unpaid past the grace period) or back
+    to active (paid up). Billing decides when; the engine reads the status (see
+    `engine.state.subscription_access_denial`). Locks the subscription; an ended one is left
+    alone."""
+    subscription = Subscription.objects.select_for_update().get(pk=subscription.pk)
+    status = SubscriptionStatus.PAST_DUE if past_due else SubscriptionStatus.ACTIVE
+    if subscription.status in SUBSCRIPTION_CURRENT and subscription.status != status:
+        subscription.status = status
+        subscription.save(update_fields=["status", "updated_at"])
     return subscription
 
 

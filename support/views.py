@@ -11,16 +11,19 @@ place. Errors: the form again, with them.
 
 from functools import wraps
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import reswap, retarget
 
 from billing import selectors as billing_selectors
+from billing.models import InvoiceStatus
+from billing.services.payments import invoice_refund_void
 from billing.services.purchases import topup_purchase
 from billing.services.subscriptions import (
     proration_preview,
@@ -30,7 +33,7 @@ from billing.services.subscriptions import (
 from catalog.forms import errors_to_form
 from catalog.models import Feature, Plan
 from catalog.selectors import entitlement_summary, topup_packs_available
-from core.errors import DomainError
+from core.errors import DomainError, NotFound
 from core.roles import is_support
 from customers import services as customer_services
 from customers.models import Customer, EntitlementOverride, Grant, GrantSource
@@ -38,6 +41,7 @@ from customers.models import Customer, EntitlementOverride, Grant, GrantSource
 from . import selectors
 from .forms import (
     GrantForm,
+    InvoiceVoidForm,
     OverrideForm,
     PlanChoiceForm,
     SearchForm,
@@ -112,6 +116,7 @@ def _page_context(request, customer: Customer, **forms) -> dict:
         "notifications_available": selectors.Notification is not None,
         "invoices": billing_selectors.invoice_list(customer=customer)[:20],
         "history": selectors.customer_history(customer),
+        "past_due_denies": settings.BILLING_PAST_DUE_ACCESS == "deny",
         "plan_form": PlanChoiceForm(options=selectors.plan_options(customer, subscription)),
         "grant_form": GrantForm(prefix="grant"),
         "topup_form": TopUpForm(prefix="topup", packs=packs),
@@ -375,3 +380,38 @@ def override_end(request: HttpRequest, pk: int, override_pk: int) -> HttpRespons
         f"Ended the override of {override.feature.name}; the plan's terms apply again.",
         "overrides",
     )
+
+
+# --- invoices -------------------------------------------------------------------------------
+
+
+@support_required
+@require_http_methods(["GET", "POST"])
+def invoice_void(request: HttpRequest, pk: int, number: str) -> HttpResponse:
+    """GET: the invoice and a confirmation form (the reason is required). POST: voids it,
+    refunding a paid invoice through the payment provider first (billing's
+    invoice_refund_void); voiding twice answers 409 with why, a refused refund 402."""
+    customer = _customer_get(pk)
+    try:
+        invoice = billing_selectors.invoice_get(number=number)
+    except NotFound:
+        raise Http404("No such invoice.") from None
+    if invoice.customer_id != customer.pk:
+        raise Http404("No such invoice for this customer.")
+    form = InvoiceVoidForm(request.POST or None)
+    error, status = "", 200
+    if request.method == "POST" and form.is_valid():
+        try:
+            invoice_refund_void(invoice=invoice, reason=form.cleaned_data["reason"])
+        except DomainError as failure:
+            error, status = failure.message, failure.status
+            invoice = billing_selectors.invoice_get(number=number)
+        else:
+            refunded = " and refunded" if invoice.status == InvoiceStatus.PAID else ""
+            messages.success(request, f"Invoice {number} is void{refunded}.")
+            return redirect(_customer_url(customer, "invoices"))
+    elif request.method == "POST":
+        status = 400
+    context = billing_selectors.invoice_page_context(invoice)
+    context.update({"customer": customer, "form": form, "error": error})
+    return render(request, "support/invoice_void.html", context, status=status)

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
@@ -22,12 +23,12 @@ from billing.models import (
     InvoiceStatus,
     LineKind,
 )
-from billing.text import money_round, period_text, quantity_text
 from catalog.models import FeatureKind, Plan
 from core.errors import Conflict, InvalidInput
+from core.text import money_round, period_text, quantity_text
 from customers import services as customer_services
-from customers.capacity import grant_units
 from customers.engine import Entitlement, entitlements_resolve
+from customers.engine.arithmetic import grant_units
 from customers.models import Customer, Subscription
 
 ONE = Decimal("1")
@@ -263,7 +264,9 @@ def _number_next(year: int) -> str:
 
 @transaction.atomic
 def invoice_issue(*, invoice: Invoice, at: dt.datetime | None = None) -> Invoice:
-    """Issues a draft: total = sum of lines, then the next number of the issue year (UTC).
+    """Issues a draft: total = sum of lines, then the next number of the issue year (UTC); due
+    BILLING_GRACE_DAYS later and due for collection at once (payments.invoice_collect charges
+    it; callers queue that for after commit, else the beat's `payments_collect` does).
 
     Locks the invoice, then the year's InvoiceSequence row until commit, so concurrent issues
     get distinct consecutive numbers and a rolled-back issue leaves no gap. Raises Conflict
@@ -277,7 +280,19 @@ def invoice_issue(*, invoice: Invoice, at: dt.datetime | None = None) -> Invoice
     invoice.number = _number_next(at.year)
     invoice.status = InvoiceStatus.ISSUED
     invoice.issued_at = at
-    invoice.save(update_fields=["number", "status", "issued_at", "total", "currency"])
+    invoice.due_at = at + dt.timedelta(days=settings.BILLING_GRACE_DAYS)
+    invoice.next_payment_at = at
+    invoice.save(
+        update_fields=[
+            "number",
+            "status",
+            "issued_at",
+            "due_at",
+            "next_payment_at",
+            "total",
+            "currency",
+        ]
+    )
     return invoice
 
 

@@ -15,16 +15,17 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from billing.models import Invoice, InvoiceLine, InvoicePurpose, InvoiceStatus, LineKind
-from billing.text import period_text, quantity_text
 from catalog.models import Aggregation, Enforcement, FeatureKind, Plan, Reset
 from core.errors import DomainError, InvalidInput
+from core.text import period_text, quantity_text
 from customers import services as customer_services
-from customers.capacity import grant_units
 from customers.engine import Entitlement, entitlement_check, entitlements_resolve
-from customers.models import Customer, Subscription, SubscriptionStatus
+from customers.engine.arithmetic import grant_units
+from customers.models import SUBSCRIPTION_CURRENT, Customer, Subscription
 from customers.periods import billing_period_at, reset_window
 
-from .invoices import LineDraft, entitlement_lines, invoice_issue_new, plan_line
+from .invoices import LineDraft, entitlement_lines, plan_line
+from .payments import invoice_issue_charged
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def _period_close_one(subscription_id: int, now: dt.datetime) -> PeriodClosed | 
     a concurrent or repeated close finds nothing to do (and the database refuses a second
     period invoice for the same period)."""
     subscription = subscription_lock(subscription_id)
-    if subscription.status != SubscriptionStatus.ACTIVE or subscription.current_period_end > now:
+    if subscription.status not in SUBSCRIPTION_CURRENT or subscription.current_period_end > now:
         return None
     customer = subscription.customer
     start, end = subscription.current_period_start, subscription.current_period_end
@@ -180,7 +181,7 @@ def _period_close_one(subscription_id: int, now: dt.datetime) -> PeriodClosed | 
         subscription = customer_services.subscription_roll_period(subscription=subscription)
         invoice = None
         if overage:
-            invoice = invoice_issue_new(
+            invoice = invoice_issue_charged(
                 customer=customer,
                 purpose=InvoicePurpose.CLOSING,
                 subscription=subscription,
@@ -195,7 +196,7 @@ def _period_close_one(subscription_id: int, now: dt.datetime) -> PeriodClosed | 
     )
     plan = subscription.plan
     next_start, next_end = subscription.current_period_start, subscription.current_period_end
-    invoice = invoice_issue_new(
+    invoice = invoice_issue_charged(
         customer=customer,
         purpose=InvoicePurpose.PERIOD,
         subscription=subscription,
@@ -236,7 +237,7 @@ def periods_close(*, now: dt.datetime | None = None) -> PeriodCloseResult:
     now = (now or timezone.now()).astimezone(dt.UTC)
     result = PeriodCloseResult()
     due = (
-        Subscription.objects.filter(status=SubscriptionStatus.ACTIVE, current_period_end__lte=now)
+        Subscription.objects.filter(status__in=SUBSCRIPTION_CURRENT, current_period_end__lte=now)
         .order_by("pk")
         .values_list("pk", flat=True)
     )

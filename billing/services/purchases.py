@@ -4,16 +4,17 @@ the customer's purchase key."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing.models import InvoicePurpose, LineKind, TopUpPurchase
-from billing.payments import PaymentProvider, payment_provider_default
-from billing.text import day_text, quantity_text
+from billing.providers import PaymentProvider, payment_provider_default
 from catalog.models import TopUpPack
 from core import bounds
 from core.errors import Conflict, InvalidInput
+from core.text import day_text, quantity_text
 from customers import services as customer_services
 from customers.models import Customer, GrantSource, Subscription
 
@@ -38,6 +39,15 @@ def _idempotency_key_clean(key) -> str:
             details={"idempotency_key": [f"The idempotency key {refused}."]},
         ) from None
     return key
+
+
+def _charge_key(customer: Customer, key: str) -> str:
+    """The provider's idempotency key of a purchase: the same double click, the same key (the
+    draft invoice has no number yet, and a declined purchase leaves no invoice behind)."""
+    charge_key = f"topup:{customer.pk}:{key}"
+    if len(charge_key) > 255:
+        charge_key = f"topup:{customer.pk}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+    return charge_key
 
 
 def _pack_check(customer: Customer, pack: TopUpPack, subscription: Subscription | None) -> None:
@@ -130,7 +140,9 @@ def topup_purchase(
         ],
     )
     # Charged before numbering, so the numbering lock is not held while a gateway answers.
-    payment_charge(invoice, provider or payment_provider_default(), pack.name)
+    payment_charge(
+        invoice, provider or payment_provider_default(), pack.name, _charge_key(customer, key)
+    )
     invoice = invoice_mark_paid(invoice_issue(invoice=invoice, at=at), at)
     purchase = TopUpPurchase(
         customer=customer, idempotency_key=key, pack=pack, invoice=invoice, grant=grant

@@ -13,13 +13,14 @@ from django.utils import timezone
 from djmoney.money import Money
 
 from billing.models import Invoice, InvoiceLine, InvoicePurpose, InvoiceStatus, LineKind
-from billing.text import day_text, money_round
 from catalog.models import Plan, PlanStatus
 from core.errors import Conflict, InvalidInput
+from core.text import day_text, money_round
 from customers import services as customer_services
-from customers.models import Customer, Subscription, SubscriptionStatus
+from customers.models import SUBSCRIPTION_CURRENT, Customer, Subscription
 
-from .invoices import LineDraft, entitlement_lines, invoice_issue_new, plan_line
+from .invoices import LineDraft, entitlement_lines, plan_line
+from .payments import invoice_issue_charged
 from .period_close import period_at, subscription_lock, subscription_periods_close
 
 
@@ -34,7 +35,7 @@ def subscription_create(
     at = at or timezone.now()
     subscription = customer_services.subscription_start(customer=customer, plan=plan, started_at=at)
     start, end = subscription.current_period_start, subscription.current_period_end
-    invoice_issue_new(
+    invoice_issue_charged(
         customer=subscription.customer,
         purpose=InvoicePurpose.PERIOD,
         subscription=subscription,
@@ -77,7 +78,7 @@ class PlanChange:
 
 
 def _active_check(subscription: Subscription) -> None:
-    if subscription.status != SubscriptionStatus.ACTIVE:
+    if subscription.status not in SUBSCRIPTION_CURRENT:
         raise Conflict("This subscription has ended.", code="subscription_ended")
 
 
@@ -222,7 +223,7 @@ def subscription_change_plan(
         return PlanChange(subscription=subscription, invoice=None, scheduled=True)
     preview = _proration(subscription, plan, at)
     subscription = customer_services.subscription_set_plan(subscription=subscription, plan=plan)
-    invoice = invoice_issue_new(
+    invoice = invoice_issue_charged(
         customer=subscription.customer,
         purpose=InvoicePurpose.PLAN_CHANGE,
         subscription=subscription,

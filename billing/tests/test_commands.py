@@ -63,3 +63,34 @@ def test_a_subscription_that_cannot_be_billed_is_reported_and_the_others_closed(
     ]
     with pytest.raises(CommandError):
         call_command("close_periods", "--now", "2026-03-01T00:00:00Z")
+
+
+def test_collect_payments_charges_what_is_due_and_reports(customer, basic, capsys, settings):
+    settings.BILLING_PAYMENT_PROVIDER = "billing.providers.TestPaymentProvider"
+    settings.BILLING_TEST_PROVIDER_DECLINE = ["acme"]
+    subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))  # not charged yet
+    number = Invoice.objects.get().number
+
+    call_command("collect_payments", "--now", "2026-02-10T00:00:00Z")
+
+    assert capsys.readouterr().out.strip() == (
+        "Paid 0, declined 1, errors 0; 1 subscription(s) now past due."
+    )
+    settings.BILLING_TEST_PROVIDER_DECLINE = []
+    call_command("collect_payments", "--now", "2026-02-11T00:00:00Z")
+    assert "Paid 1, declined 0" in capsys.readouterr().out
+    assert Invoice.objects.get(number=number).status == "paid"
+    with pytest.raises(CommandError):
+        call_command("collect_payments", "--now", "tomorrow")
+
+
+def test_the_collection_task_is_registered_under_its_beat_name(customer, basic):
+    from django_celery_beat.models import PeriodicTask
+
+    subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
+    schedules = dict(PeriodicTask.objects.values_list("name", "task"))
+
+    assert schedules["Retry failed payments"] == "billing.tasks.payments_collect"
+    assert schedules["Send pending invoice emails"] == "billing.tasks.invoice_emails_sweep"
+    result = tasks.payments_collect.apply().get()
+    assert result["paid"] == [Invoice.objects.get().number]

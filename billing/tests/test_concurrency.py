@@ -9,10 +9,12 @@ from djmoney.money import Money
 
 from billing.models import Invoice, LineKind, Payment, TopUpPurchase
 from billing.services.invoices import LineDraft, invoice_create, invoice_issue
+from billing.services.payments import invoice_collect, invoice_refund_void
 from billing.services.period_close import periods_close
 from billing.services.purchases import topup_purchase
 from billing.services.subscriptions import subscription_create
 from catalog.tests.factories import TopUpPackFactory
+from core.errors import Conflict
 from customers.models import Grant
 
 from .conftest import at
@@ -86,7 +88,9 @@ def test_a_double_submitted_topup_charges_and_grants_once(customer, basic):
     assert not [r for r in results if isinstance(r, Exception)], results
     assert len(set(results)) == 1
     assert provider.charges == 1
-    assert TopUpPurchase.objects.count() == 1 and Payment.objects.count() == 1
+    # (the plan invoice was charged too when the subscription committed)
+    assert TopUpPurchase.objects.count() == 1
+    assert Payment.objects.filter(invoice__purpose="topup").count() == 1
     assert Grant.objects.filter(customer=customer, source="topup").count() == 1
     assert Invoice.objects.filter(customer=customer, purpose="topup").count() == 1
 
@@ -102,3 +106,43 @@ def test_concurrent_period_closes_issue_each_invoice_once(customer, basic):
     assert len(periods) == len(set(periods)) == 13
     numbers = sorted(Invoice.objects.values_list("number", flat=True))
     assert numbers[-12:] == [f"INV-2026-{n:06d}" for n in range(1, 13)]
+
+
+def test_concurrent_collections_of_one_invoice_charge_once(customer):
+    """The beat's retry, the customer's "Pay now" and a second tab at once: one charge."""
+    draft = invoice_create(
+        customer=customer,
+        lines=[LineDraft(kind=LineKind.PLAN, description="Plan", unit_price=Money("30", "USD"))],
+    )
+    invoice = invoice_issue(invoice=draft, at=at(2026, 6, 1))  # issued, not charged yet
+    provider = CountingProvider()
+
+    def pay(i):
+        try:
+            return invoice_collect(invoice=Invoice(pk=invoice.pk), provider=provider).paid
+        except Conflict:
+            return "already paid"
+
+    results = run_at_once(8, pay)
+
+    assert sorted(map(str, results)) == ["True"] + ["already paid"] * 7
+    assert provider.charges == 1
+    assert Payment.objects.filter(invoice=invoice, status="succeeded").count() == 1
+    assert Invoice.objects.get(pk=invoice.pk).status == "paid"
+
+
+def test_concurrent_voids_refund_once(customer, basic):
+    subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))  # charged on commit
+    invoice = Invoice.objects.get(customer=customer)
+    assert invoice.status == "paid"
+
+    def void(i):
+        try:
+            return invoice_refund_void(invoice=Invoice(pk=invoice.pk), reason=f"click {i}").status
+        except Conflict as error:
+            return error.code
+
+    results = run_at_once(6, void)
+
+    assert sorted(results) == ["invoice_void"] * 5 + ["void"]
+    assert Payment.objects.filter(invoice=invoice, kind="refund").count() == 1

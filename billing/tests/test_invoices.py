@@ -16,8 +16,8 @@ from billing.services.invoices import (
     invoice_void,
 )
 from billing.services.payments import invoice_pay
-from billing.text import money_round, quantity_text
 from core.errors import Conflict, InvalidInput
+from core.text import money_round, quantity_text
 from customers.tests.factories import CustomerFactory
 
 from .conftest import at

@@ -6,7 +6,7 @@ import pytest
 from djmoney.money import Money
 
 from billing.models import Invoice, InvoiceStatus, Payment, TopUpPurchase
-from billing.payments import FailingPaymentProvider
+from billing.providers import FailingPaymentProvider
 from billing.services.invoices import invoice_void
 from billing.services.purchases import topup_purchase
 from billing.services.subscriptions import subscription_create
