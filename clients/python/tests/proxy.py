@@ -46,6 +46,10 @@ class Proxy:
         """Answer the next `n` requests 502 without forwarding them (an upstream down)."""
         self._bad_gateways = n
 
+    def heal(self) -> None:
+        """No more faults: every request is forwarded and answered."""
+        self._drops, self._delays, self._bad_gateways = 0, [], 0
+
     # --- plumbing ------------------------------------------------------------------------
 
     def _accept(self) -> None:

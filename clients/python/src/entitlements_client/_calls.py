@@ -212,7 +212,7 @@ def commit(hold: HoldState, quantity: Decimal | int | str | None) -> Call:
     text = None if quantity is None else quantity_text(quantity)
     if not hold.allowed:
         raise ValueError(f"nothing is held: the reservation was denied ({hold.reason})")
-    if hold.status == UNAVAILABLE:
+    if hold.reason == UNAVAILABLE:  # held nowhere: the fail policy allowed it
         event = {"event_id": hold.id, "customer": hold.customer, "feature": hold.feature}
         event["quantity"] = text if text is not None else str(hold.quantity)
         (call,) = report([event])
@@ -235,7 +235,7 @@ def commit(hold: HoldState, quantity: Decimal | int | str | None) -> Call:
 def release(hold: HoldState) -> Call | None:
     """Release on the server; None when nothing is held there (denied, or decided by the
     fail policy: any hold the server did make expires by itself)."""
-    if not hold.allowed or hold.status == UNAVAILABLE:
+    if not hold.allowed or hold.reason == UNAVAILABLE:
         return None
     return Call(
         "DELETE",
