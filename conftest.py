@@ -14,8 +14,8 @@ def _outbox_cache_and_eager_tasks(request, settings):
     from customers.engine import caches_clear
 
     caches_clear()  # the engine's per-process caches: each test has its own database rows
-    from entitlements_site import key_changes
-    from entitlements_site.api import api_keys_forget
+    from core import key_changes
+    from core.api_keys import api_keys_forget
 
     api_keys_forget()
     if "db" in request.fixturenames or "transactional_db" in request.fixturenames:
@@ -32,6 +32,6 @@ def _api_key_listener_stopped(django_db_setup):
     """The API key change listener holds a connection to the test database: it is closed
     before the database is dropped."""
     yield
-    from entitlements_site import key_changes
+    from core import key_changes
 
     key_changes.listener_stop()

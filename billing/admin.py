@@ -5,8 +5,8 @@ from django.utils.html import format_html
 from djmoney.money import Money
 from simple_history.admin import SimpleHistoryAdmin
 
-from entitlements_site.errors import DomainError
-from entitlements_site.forms import admin_decimal_overrides
+from core.errors import DomainError
+from core.forms import admin_decimal_overrides
 
 from . import services
 from .models import Invoice, InvoiceLine, InvoiceStatus, Payment, TopUpPurchase

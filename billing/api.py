@@ -8,12 +8,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from catalog.models import Plan, TopUpPack
+from core import bounds
+from core.api import decimal_str, money_json, time_str
+from core.errors import InvalidInput, NotFound
 from customers.api import ErrorOut, customer_by_external_id
 from customers.models import Subscription
 from customers.services import subscription_active
-from entitlements_site import bounds
-from entitlements_site.api import decimal_str, money_json, time_str
-from entitlements_site.errors import InvalidInput, NotFound
 
 from . import selectors, services
 from .models import Invoice, InvoiceStatus, TopUpPurchase

@@ -9,8 +9,8 @@ from djmoney.models.fields import MoneyField
 from simple_history.models import HistoricalRecords
 
 from catalog.models import Feature, Plan, TopUpPack
+from core.bounds import validate_url_safe
 from customers.models import Customer, Grant, Subscription
-from entitlements_site.bounds import validate_url_safe
 
 CURRENCY_CHOICES = [(code, code) for code in settings.CURRENCIES]
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 from django.db.models import Prefetch, QuerySet
 
+from core.errors import NotFound
+from core.roles import is_product_manager, is_support
 from customers.models import Customer
-from entitlements_site.errors import NotFound
-from entitlements_site.roles import is_product_manager, is_support
 
 from .models import Invoice, InvoiceLine, InvoiceStatus, LineKind, TopUpPurchase
 

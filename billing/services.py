@@ -22,13 +22,13 @@ from moneyed import get_currency
 from moneyed.l10n import format_money
 
 from catalog.models import Aggregation, Enforcement, FeatureKind, Plan, PlanStatus, Reset, TopUpPack
+from core import bounds
+from core.errors import Conflict, DomainError, InvalidInput, PaymentFailed
 from customers import services as customer_services
 from customers.capacity import grant_units
 from customers.engine import Entitlement, entitlement_check, entitlements_resolve
 from customers.models import Customer, GrantSource, Subscription, SubscriptionStatus
 from customers.periods import billing_period_at, reset_window
-from entitlements_site import bounds
-from entitlements_site.errors import Conflict, DomainError, InvalidInput, PaymentFailed
 
 from .models import (
     Invoice,

@@ -4,8 +4,8 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from entitlements_site.errors import NotFound
-from entitlements_site.roles import is_product_manager, is_support
+from core.errors import NotFound
+from core.roles import is_product_manager, is_support
 
 from . import selectors
 

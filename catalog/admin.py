@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.db.models import Count
 from simple_history.admin import SimpleHistoryAdmin
 
-from entitlements_site.forms import admin_decimal_overrides
+from core.forms import admin_decimal_overrides
 
 from .models import Feature, Plan, PlanEntitlement, TopUpPack
 

@@ -5,7 +5,7 @@ from django.db import transaction
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
 from rest_framework import generics, serializers
 
-from entitlements_site.api import DecimalStringField, MoneyJSONField
+from core.api_fields import DecimalStringField, MoneyJSONField
 
 from . import services
 from .models import (

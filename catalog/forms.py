@@ -12,7 +12,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 from djmoney.money import Money
 
-from entitlements_site.forms import ExactDecimalField
+from core.forms import ExactDecimalField
 
 from .models import DEFAULT_NOTIFY_AT, Enforcement, Feature, FeatureKind, Reset
 

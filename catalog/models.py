@@ -10,7 +10,7 @@ from djmoney.models.fields import MoneyField
 from djmoney.models.validators import MinMoneyValidator
 from simple_history.models import HistoricalRecords
 
-from entitlements_site.bounds import decimal_bound_q, validate_decimal
+from core.bounds import decimal_bound_q, validate_decimal
 
 DEFAULT_NOTIFY_AT = [80, 100]
 

@@ -16,7 +16,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from entitlements_site.roles import is_product_manager
+from core.roles import is_product_manager
 
 from . import selectors, services
 from .forms import AddFeatureForm, EntitlementValuesForm, errors_to_form

@@ -13,8 +13,8 @@ from django.core.exceptions import ValidationError
 from django.db.models import OuterRef, Subquery
 from simple_history.admin import SimpleHistoryAdmin
 
-from entitlements_site.errors import DomainError
-from entitlements_site.forms import admin_decimal_overrides, future_validate
+from core.errors import DomainError
+from core.forms import admin_decimal_overrides, future_validate
 
 from . import services
 from .models import (

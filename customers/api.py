@@ -20,15 +20,11 @@ from rest_framework.views import APIView
 
 from catalog.api import ENTITLEMENT_VALUE_FIELDS, EntitlementValuesSerializer
 from catalog.models import Enforcement, Feature
-from entitlements_site.api import (
-    DecimalStringField,
-    InstantField,
-    UrlSafeIdField,
-    decimal_str,
-    time_str,
-)
-from entitlements_site.errors import InvalidInput, NotFound
-from entitlements_site.openapi import ErrorOut
+from core.api import decimal_str, time_str
+from core.api_fields import DecimalStringField, InstantField, UrlSafeIdField
+from core.errors import InvalidInput, NotFound
+from core.hot import Lean
+from core.openapi import ErrorOut
 
 from . import engine, selectors, services
 from .models import Customer, EntitlementOverride, Grant, GrantSource
@@ -129,7 +125,7 @@ ERRORS = {
 
 # --- the hot endpoints --------------------------------------------------------------------
 # Each answer is built by one function from the path values and the parsed body, called by the
-# lean views of `entitlements_site.hot` (what serves these paths) and by the DRF views below
+# lean path of `core.hot` (what serves these paths: each view's `lean`) and by the DRF views below
 # (which document them in the schema and serve them if the lean views are switched off).
 
 
@@ -201,6 +197,7 @@ def usage_batch_answer(data) -> dict:
 
 class EntitlementsView(APIView):
     runtime_endpoint = True
+    lean = Lean("GET", entitlements_answer)
 
     @extend_schema(
         summary="Check all entitlements of a customer",
@@ -220,6 +217,7 @@ class EntitlementsView(APIView):
 
 class EntitlementView(APIView):
     runtime_endpoint = True
+    lean = Lean("GET", check_answer)
 
     @extend_schema(
         summary="Check one entitlement: may this customer use this feature now?",
@@ -233,6 +231,7 @@ class EntitlementView(APIView):
 
 class ConsumeView(APIView):
     runtime_endpoint = True
+    lean = Lean("POST", consume_answer)
 
     @extend_schema(
         summary="Consume units of a metered feature (atomic check-and-record)",
@@ -279,6 +278,7 @@ class UsageBatchOut(serializers.Serializer):
 
 class UsageBatchView(APIView):
     runtime_endpoint = True
+    lean = Lean("POST", usage_batch_answer)
 
     @extend_schema(
         summary="Report usage: up to 1000 events, each idempotent on its event_id",

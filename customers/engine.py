@@ -40,8 +40,8 @@ from catalog.models import (
     PlanEntitlement,
     Reset,
 )
-from entitlements_site import bounds
-from entitlements_site.errors import Conflict, InvalidInput, NotFound
+from core import bounds
+from core.errors import Conflict, InvalidInput, NotFound
 
 from . import capacity as capacity_rule
 from . import snapshots

@@ -21,7 +21,7 @@ from catalog.models import (
     entitlement_values_bounds,
     entitlement_values_clean,
 )
-from entitlements_site.bounds import (
+from core.bounds import (
     decimal_bound_q,
     validate_decimal,
     validate_instant,

@@ -9,7 +9,7 @@ from django.db.models.functions import TruncDay, TruncHour, TruncMonth
 from django.utils import timezone
 
 from catalog.models import Feature
-from entitlements_site.errors import InvalidInput
+from core.errors import InvalidInput
 
 from . import engine
 from .models import Customer, UsageEvent

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from catalog.models import Feature, Plan, PlanStatus, TopUpExpiry, TopUpPack
 from catalog.services import version_next
-from entitlements_site.errors import Conflict, InvalidInput
+from core.errors import Conflict, InvalidInput
 
 from . import snapshots
 from .models import (

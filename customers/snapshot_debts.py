@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from django.db import DatabaseError, transaction
 
-from entitlements_site import shared_redis
+from core import shared_redis
 
 from .models import SnapshotDebt
 

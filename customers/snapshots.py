@@ -43,7 +43,7 @@ import orjson
 from django.conf import settings
 from django.db import transaction
 
-from entitlements_site import shared_redis
+from core import shared_redis
 
 from . import snapshot_debts
 

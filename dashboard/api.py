@@ -6,9 +6,9 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api import time_str
+from core.errors import InvalidInput
 from customers.api import customer_by_external_id
-from entitlements_site.api import time_str
-from entitlements_site.errors import InvalidInput
 
 from .portal import portal_session_create
 

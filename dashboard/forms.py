@@ -1,6 +1,6 @@
 from django import forms
 
-from entitlements_site.bounds import validate_url_safe
+from core.bounds import validate_url_safe
 
 
 class TopUpConfirmForm(forms.Form):

@@ -16,8 +16,8 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from core.errors import InvalidInput
 from customers.models import Customer, CustomerUser
-from entitlements_site.errors import InvalidInput
 
 from .models import PortalSession, portal_token_hash
 

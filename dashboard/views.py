@@ -25,7 +25,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from billing import selectors as billing_selectors
 from billing.services import proration_preview, subscription_change_plan, topup_purchase
 from catalog.models import Feature, FeatureKind
-from entitlements_site.errors import DomainError, NotFound, PaymentFailed
+from core.errors import DomainError, NotFound, PaymentFailed
 
 from . import selectors
 from .forms import PlanChangeConfirmForm, TopUpConfirmForm

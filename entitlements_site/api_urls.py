@@ -5,10 +5,9 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from billing import api as billing_api
 from catalog import api as catalog_api
+from core.api import FastJSONRenderer, api_not_found
 from customers import api as customers_api
 from dashboard import api as dashboard_api
-
-from .api import FastJSONRenderer, api_not_found
 
 # The schema and its docs page are public: they describe the API, not anyone's data.
 PUBLIC = {"authentication_classes": [], "permission_classes": [], "throttle_classes": []}

@@ -2,8 +2,7 @@ from django.apps import AppConfig
 
 
 class EntitlementsSiteConfig(AppConfig):
+    """The site: settings, URLs, the Celery app, auth pages and the demo data command."""
+
     name = "entitlements_site"
     verbose_name = "Site"
-
-    def ready(self) -> None:
-        from . import stored_values  # noqa: F401 (registers its database check)

@@ -1,6 +1,6 @@
 from django.contrib.auth.models import AnonymousUser
 
-from .roles import is_product_manager, is_support
+from core.roles import is_product_manager, is_support
 
 
 def roles(request):

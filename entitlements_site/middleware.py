@@ -12,7 +12,7 @@ from django.core.exceptions import SuspiciousOperation
 from django.http import JsonResponse
 from django.utils.cache import add_never_cache_headers
 
-from .api import error_body
+from core.api import error_body
 
 _MESSAGE = "The request contains a NUL character, which no field accepts."
 

@@ -17,7 +17,7 @@ import environ
 from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
-from entitlements_site.client_ip import trusted_proxies
+from core.client_ip import trusted_proxies
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "csp",
     "axes",
+    "core",
     "entitlements_site",
     "catalog",
     "customers",
@@ -81,7 +82,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "entitlements_site.middleware.UnstorableInputMiddleware",  # NUL bytes: 400, never a 500
-    "entitlements_site.hot.HotPathMiddleware",  # the hot API paths skip the page middleware
+    "core.hot.HotPathMiddleware",  # the hot API paths skip the page middleware
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -227,19 +228,19 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 
 # API
-# The hot endpoints answer through entitlements_site.hot (no DRF, no page middleware).
+# The hot endpoints answer through core.hot (no DRF, no page middleware).
 API_LEAN_VIEWS = env.bool("API_LEAN_VIEWS", default=True)
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["entitlements_site.api.ApiKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["entitlements_site.api.HasApiKey"],
-    "DEFAULT_THROTTLE_CLASSES": ["entitlements_site.api.ApiKeyRateThrottle"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["core.api_keys.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["core.api_keys.HasApiKey"],
+    "DEFAULT_THROTTLE_CLASSES": ["core.api_keys.ApiKeyRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"api_key": env.str("API_RATE_LIMIT", default="20000/min")},
-    "DEFAULT_RENDERER_CLASSES": ["entitlements_site.api.FastJSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["core.api.FastJSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "EXCEPTION_HANDLER": "entitlements_site.api.api_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "entitlements_site.openapi.ApiAutoSchema",
-    "DEFAULT_FILTER_BACKENDS": ["entitlements_site.pagination.StrictFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "entitlements_site.pagination.BoundedLimitOffsetPagination",
+    "EXCEPTION_HANDLER": "core.api.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "core.openapi.ApiAutoSchema",
+    "DEFAULT_FILTER_BACKENDS": ["core.pagination.StrictFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "core.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "COERCE_DECIMAL_TO_STRING": True,
     "DATETIME_FORMAT": "iso-8601",
@@ -255,7 +256,7 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "entitlements_site.openapi.error_schema_hook",
+        "core.openapi.error_schema_hook",
     ],
 }
 
@@ -296,12 +297,12 @@ AXES_RESET_ON_SUCCESS = True
 # A refused attempt is not counted again: the cool-off runs from the tenth failure, so "try
 # again in N minutes" holds, and retrying while locked does not push the unlock further away.
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
-AXES_CLIENT_IP_CALLABLE = "entitlements_site.client_ip.client_ip"
+AXES_CLIENT_IP_CALLABLE = "core.client_ip.client_ip"
 AXES_LOCKOUT_CALLABLE = "entitlements_site.lockout.lockout_response"
 # No row per successful sign-in (portal links sign customers in all day); failures only.
 AXES_DISABLE_ACCESS_LOG = True
 # The reverse proxies whose X-Forwarded-For is believed (IPs or CIDRs, comma-separated; none
-# by default: the app server's peer is the client). See entitlements_site/client_ip.py.
+# by default: the app server's peer is the client). See core/client_ip.py.
 TRUSTED_PROXIES = env.list("DJANGO_TRUSTED_PROXIES", default=[])
 trusted_proxies(tuple(TRUSTED_PROXIES))  # a malformed entry stops the start, not a sign-in
 # DJANGO_PROXY_COUNT (replaced by DJANGO_TRUSTED_PROXIES) believed the header from whoever

@@ -8,8 +8,8 @@ from django import forms
 from catalog.forms import EntitlementValuesForm, FeatureChoiceField
 from catalog.models import Feature, FeatureKind, TopUpPack
 from catalog.selectors import quantity_text
-from entitlements_site.bounds import validate_url_safe
-from entitlements_site.forms import ExactDecimalField, InstantField
+from core.bounds import validate_url_safe
+from core.forms import ExactDecimalField, InstantField
 
 from .selectors import PlanOption
 

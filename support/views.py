@@ -25,10 +25,10 @@ from billing import services as billing
 from catalog.forms import errors_to_form
 from catalog.models import Feature, Plan
 from catalog.selectors import entitlement_summary, topup_packs_available
+from core.errors import DomainError
+from core.roles import is_support
 from customers import services as customer_services
 from customers.models import Customer, EntitlementOverride, Grant, GrantSource
-from entitlements_site.errors import DomainError
-from entitlements_site.roles import is_support
 
 from . import selectors
 from .forms import (

@@ -8,8 +8,8 @@ from djmoney.money import Money
 
 from billing import services
 from billing.models import Invoice, InvoiceStatus
+from core.roles import PRODUCT_MANAGERS, SUPPORT
 from customers.tests.factories import CustomerFactory, UserFactory
-from entitlements_site.roles import PRODUCT_MANAGERS, SUPPORT
 
 from .conftest import at
 

@@ -7,8 +7,8 @@ from djmoney.money import Money
 
 from billing import services
 from billing.models import Invoice, InvoiceStatus, LineKind
+from core.errors import Conflict, InvalidInput
 from customers.tests.factories import CustomerFactory
-from entitlements_site.errors import Conflict, InvalidInput
 
 from .conftest import at
 

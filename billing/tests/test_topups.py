@@ -9,10 +9,10 @@ from billing import services
 from billing.models import Invoice, InvoiceStatus, Payment, TopUpPurchase
 from billing.payments import FailingPaymentProvider
 from catalog.tests.factories import PlanFactory, TopUpPackFactory
+from core.errors import Conflict, InvalidInput, PaymentFailed
 from customers.engine import entitlement_check
 from customers.models import Grant
 from customers.tests.factories import CustomerFactory
-from entitlements_site.errors import Conflict, InvalidInput, PaymentFailed
 
 from .conftest import at
 from .factories import CountingProvider

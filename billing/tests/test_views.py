@@ -9,8 +9,8 @@ from django.urls import reverse
 
 from billing import services
 from billing.models import Invoice
+from core.roles import PRODUCT_MANAGERS, SUPPORT
 from customers.tests.factories import CustomerFactory, CustomerUserFactory, UserFactory
-from entitlements_site.roles import PRODUCT_MANAGERS, SUPPORT
 
 from .conftest import at
 from .factories import report_usage

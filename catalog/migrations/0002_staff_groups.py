@@ -1,6 +1,6 @@
 from django.db import migrations
 
-from entitlements_site.roles import (
+from core.roles import (
     PRODUCT_MANAGERS,
     SUPPORT,
     grant_group_permissions,

@@ -3,11 +3,11 @@
 import django.core.validators
 import djmoney.models.fields
 import djmoney.models.validators
-import entitlements_site.bounds
+import core.bounds
 from decimal import Decimal
 from django.db import migrations, models
 
-from entitlements_site.stored_values import stop_if_out_of_bounds
+from core.stored_values import stop_if_out_of_bounds
 
 
 class Migration(migrations.Migration):
@@ -18,57 +18,57 @@ class Migration(migrations.Migration):
 
     operations = [
         # Rows stored before these checks that break them: stop with what to do, not a
-        # database error (entitlements_site/stored_values.py).
+        # database error (core/stored_values.py).
         migrations.RunPython(stop_if_out_of_bounds("catalog"), migrations.RunPython.noop),
         migrations.AlterField(
             model_name='historicalplan',
             name='price',
-            field=djmoney.models.fields.MoneyField(decimal_places=2, max_digits=12, validators=[djmoney.models.validators.MinMoneyValidator(0), entitlements_site.bounds.validate_decimal]),
+            field=djmoney.models.fields.MoneyField(decimal_places=2, max_digits=12, validators=[djmoney.models.validators.MinMoneyValidator(0), core.bounds.validate_decimal]),
         ),
         migrations.AlterField(
             model_name='historicalplanentitlement',
             name='limit',
-            field=models.DecimalField(blank=True, decimal_places=4, max_digits=20, null=True, validators=[django.core.validators.MinValueValidator(Decimal('0')), entitlements_site.bounds.validate_decimal]),
+            field=models.DecimalField(blank=True, decimal_places=4, max_digits=20, null=True, validators=[django.core.validators.MinValueValidator(Decimal('0')), core.bounds.validate_decimal]),
         ),
         migrations.AlterField(
             model_name='historicalplanentitlement',
             name='overage_price',
-            field=djmoney.models.fields.MoneyField(blank=True, decimal_places=4, help_text='Price per unit past the allowance; soft limits only.', max_digits=12, null=True, validators=[djmoney.models.validators.MinMoneyValidator(0), entitlements_site.bounds.validate_decimal]),
+            field=djmoney.models.fields.MoneyField(blank=True, decimal_places=4, help_text='Price per unit past the allowance; soft limits only.', max_digits=12, null=True, validators=[djmoney.models.validators.MinMoneyValidator(0), core.bounds.validate_decimal]),
         ),
         migrations.AlterField(
             model_name='historicaltopuppack',
             name='price',
-            field=djmoney.models.fields.MoneyField(decimal_places=2, max_digits=12, validators=[djmoney.models.validators.MinMoneyValidator(0), entitlements_site.bounds.validate_decimal]),
+            field=djmoney.models.fields.MoneyField(decimal_places=2, max_digits=12, validators=[djmoney.models.validators.MinMoneyValidator(0), core.bounds.validate_decimal]),
         ),
         migrations.AlterField(
             model_name='historicaltopuppack',
             name='quantity',
-            field=models.DecimalField(decimal_places=4, max_digits=20, validators=[django.core.validators.MinValueValidator(Decimal('0.0001')), entitlements_site.bounds.validate_decimal]),
+            field=models.DecimalField(decimal_places=4, max_digits=20, validators=[django.core.validators.MinValueValidator(Decimal('0.0001')), core.bounds.validate_decimal]),
         ),
         migrations.AlterField(
             model_name='plan',
             name='price',
-            field=djmoney.models.fields.MoneyField(decimal_places=2, max_digits=12, validators=[djmoney.models.validators.MinMoneyValidator(0), entitlements_site.bounds.validate_decimal]),
+            field=djmoney.models.fields.MoneyField(decimal_places=2, max_digits=12, validators=[djmoney.models.validators.MinMoneyValidator(0), core.bounds.validate_decimal]),
         ),
         migrations.AlterField(
             model_name='planentitlement',
             name='limit',
-            field=models.DecimalField(blank=True, decimal_places=4, max_digits=20, null=True, validators=[django.core.validators.MinValueValidator(Decimal('0')), entitlements_site.bounds.validate_decimal]),
+            field=models.DecimalField(blank=True, decimal_places=4, max_digits=20, null=True, validators=[django.core.validators.MinValueValidator(Decimal('0')), core.bounds.validate_decimal]),
         ),
         migrations.AlterField(
             model_name='planentitlement',
             name='overage_price',
-            field=djmoney.models.fields.MoneyField(blank=True, decimal_places=4, help_text='Price per unit past the allowance; soft limits only.', max_digits=12, null=True, validators=[djmoney.models.validators.MinMoneyValidator(0), entitlements_site.bounds.validate_decimal]),
+            field=djmoney.models.fields.MoneyField(blank=True, decimal_places=4, help_text='Price per unit past the allowance; soft limits only.', max_digits=12, null=True, validators=[djmoney.models.validators.MinMoneyValidator(0), core.bounds.validate_decimal]),
         ),
         migrations.AlterField(
             model_name='topuppack',
             name='price',
-            field=djmoney.models.fields.MoneyField(decimal_places=2, max_digits=12, validators=[djmoney.models.validators.MinMoneyValidator(0), entitlements_site.bounds.validate_decimal]),
+            field=djmoney.models.fields.MoneyField(decimal_places=2, max_digits=12, validators=[djmoney.models.validators.MinMoneyValidator(0), core.bounds.validate_decimal]),
         ),
         migrations.AlterField(
             model_name='topuppack',
             name='quantity',
-            field=models.DecimalField(decimal_places=4, max_digits=20, validators=[django.core.validators.MinValueValidator(Decimal('0.0001')), entitlements_site.bounds.validate_decimal]),
+            field=models.DecimalField(decimal_places=4, max_digits=20, validators=[django.core.validators.MinValueValidator(Decimal('0.0001')), core.bounds.validate_decimal]),
         ),
         migrations.AddConstraint(
             model_name='plan',

@@ -12,7 +12,7 @@ from django.urls import reverse
 from djmoney.money import Money
 
 from catalog.models import Plan, PlanEntitlement
-from entitlements_site.roles import PRODUCT_MANAGERS, SUPPORT
+from core.roles import PRODUCT_MANAGERS, SUPPORT
 
 from .factories import FeatureFactory, PlanEntitlementFactory, PlanFactory, TopUpPackFactory
 

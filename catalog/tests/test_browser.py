@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from catalog.models import PlanEntitlement
-from entitlements_site.testing import (
+from core.testing import (
     DESKTOP,
     PHONE,
     browser_login,

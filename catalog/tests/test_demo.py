@@ -12,7 +12,7 @@ from django.core.management import call_command
 from djmoney.money import Money
 
 from catalog.models import Plan, TopUpPack
-from entitlements_site.roles import PRODUCT_MANAGERS, SUPPORT
+from core.roles import PRODUCT_MANAGERS, SUPPORT
 
 pytestmark = pytest.mark.django_db
 

@@ -13,9 +13,9 @@ from djmoney.money import Money
 from billing import services as billing
 from catalog import selectors
 from catalog.models import Plan, PlanEntitlement
+from core.roles import PRODUCT_MANAGERS, SUPPORT
 from customers import services as customer_services
 from customers.engine import entitlement_check
-from entitlements_site.roles import PRODUCT_MANAGERS, SUPPORT
 
 from .factories import FeatureFactory, PlanEntitlementFactory, PlanFactory
 

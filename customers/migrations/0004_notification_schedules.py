@@ -3,7 +3,7 @@ groups' permissions on notifications. Task names match the explicit `name=` of e
 
 from django.db import migrations
 
-from entitlements_site.roles import PRODUCT_MANAGERS, SUPPORT, grant_group_permissions
+from core.roles import PRODUCT_MANAGERS, SUPPORT, grant_group_permissions
 
 SCHEDULES = [
     # (periodic task name, task, every, period)

@@ -4,12 +4,12 @@ import django.core.validators
 import django.utils.timezone
 import djmoney.models.fields
 import djmoney.models.validators
-import entitlements_site.bounds
+import core.bounds
 from decimal import Decimal
 from django.conf import settings
 from django.db import migrations, models
 
-from entitlements_site.stored_values import stop_if_out_of_bounds
+from core.stored_values import stop_if_out_of_bounds
 
 
 class Migration(migrations.Migration):
@@ -22,97 +22,97 @@ class Migration(migrations.Migration):
 
     operations = [
         # Rows stored before these checks that break them: stop with what to do, not a
-        # database error (entitlements_site/stored_values.py).
+        # database error (core/stored_values.py).
         migrations.RunPython(stop_if_out_of_bounds("customers"), migrations.RunPython.noop),
         migrations.AlterField(
             model_name='customer',
             name='external_id',
-            field=models.CharField(help_text='Your own id for this customer; used in the API and in page addresses (letters, digits and - _ . ~ : @).', max_length=255, unique=True, validators=[entitlements_site.bounds.validate_url_safe]),
+            field=models.CharField(help_text='Your own id for this customer; used in the API and in page addresses (letters, digits and - _ . ~ : @).', max_length=255, unique=True, validators=[core.bounds.validate_url_safe]),
         ),
         migrations.AlterField(
             model_name='entitlementoverride',
             name='ends_at',
-            field=models.DateTimeField(blank=True, null=True, validators=[entitlements_site.bounds.validate_instant]),
+            field=models.DateTimeField(blank=True, null=True, validators=[core.bounds.validate_instant]),
         ),
         migrations.AlterField(
             model_name='entitlementoverride',
             name='limit',
-            field=models.DecimalField(blank=True, decimal_places=4, max_digits=20, null=True, validators=[django.core.validators.MinValueValidator(Decimal('0')), entitlements_site.bounds.validate_decimal]),
+            field=models.DecimalField(blank=True, decimal_places=4, max_digits=20, null=True, validators=[django.core.validators.MinValueValidator(Decimal('0')), core.bounds.validate_decimal]),
         ),
         migrations.AlterField(
             model_name='entitlementoverride',
             name='overage_price',
-            field=djmoney.models.fields.MoneyField(blank=True, decimal_places=4, help_text='Price per unit past the allowance; soft limits only.', max_digits=12, null=True, validators=[djmoney.models.validators.MinMoneyValidator(0), entitlements_site.bounds.validate_decimal]),
+            field=djmoney.models.fields.MoneyField(blank=True, decimal_places=4, help_text='Price per unit past the allowance; soft limits only.', max_digits=12, null=True, validators=[djmoney.models.validators.MinMoneyValidator(0), core.bounds.validate_decimal]),
         ),
         migrations.AlterField(
             model_name='entitlementoverride',
             name='starts_at',
-            field=models.DateTimeField(blank=True, null=True, validators=[entitlements_site.bounds.validate_instant]),
+            field=models.DateTimeField(blank=True, null=True, validators=[core.bounds.validate_instant]),
         ),
         migrations.AlterField(
             model_name='grant',
             name='effective_at',
-            field=models.DateTimeField(default=django.utils.timezone.now, validators=[entitlements_site.bounds.validate_instant]),
+            field=models.DateTimeField(default=django.utils.timezone.now, validators=[core.bounds.validate_instant]),
         ),
         migrations.AlterField(
             model_name='grant',
             name='expires_at',
-            field=models.DateTimeField(blank=True, null=True, validators=[entitlements_site.bounds.validate_instant]),
+            field=models.DateTimeField(blank=True, null=True, validators=[core.bounds.validate_instant]),
         ),
         migrations.AlterField(
             model_name='grant',
             name='quantity',
-            field=models.DecimalField(decimal_places=4, max_digits=20, validators=[django.core.validators.MinValueValidator(Decimal('0.0001')), entitlements_site.bounds.validate_decimal]),
+            field=models.DecimalField(decimal_places=4, max_digits=20, validators=[django.core.validators.MinValueValidator(Decimal('0.0001')), core.bounds.validate_decimal]),
         ),
         migrations.AlterField(
             model_name='historicalcustomer',
             name='external_id',
-            field=models.CharField(db_index=True, help_text='Your own id for this customer; used in the API and in page addresses (letters, digits and - _ . ~ : @).', max_length=255, validators=[entitlements_site.bounds.validate_url_safe]),
+            field=models.CharField(db_index=True, help_text='Your own id for this customer; used in the API and in page addresses (letters, digits and - _ . ~ : @).', max_length=255, validators=[core.bounds.validate_url_safe]),
         ),
         migrations.AlterField(
             model_name='historicalentitlementoverride',
             name='ends_at',
-            field=models.DateTimeField(blank=True, null=True, validators=[entitlements_site.bounds.validate_instant]),
+            field=models.DateTimeField(blank=True, null=True, validators=[core.bounds.validate_instant]),
         ),
         migrations.AlterField(
             model_name='historicalentitlementoverride',
             name='limit',
-            field=models.DecimalField(blank=True, decimal_places=4, max_digits=20, null=True, validators=[django.core.validators.MinValueValidator(Decimal('0')), entitlements_site.bounds.validate_decimal]),
+            field=models.DecimalField(blank=True, decimal_places=4, max_digits=20, null=True, validators=[django.core.validators.MinValueValidator(Decimal('0')), core.bounds.validate_decimal]),
         ),
         migrations.AlterField(
             model_name='historicalentitlementoverride',
             name='overage_price',
-            field=djmoney.models.fields.MoneyField(blank=True, decimal_places=4, help_text='Price per unit past the allowance; soft limits only.', max_digits=12, null=True, validators=[djmoney.models.validators.MinMoneyValidator(0), entitlements_site.bounds.validate_decimal]),
+            field=djmoney.models.fields.MoneyField(blank=True, decimal_places=4, help_text='Price per unit past the allowance; soft limits only.', max_digits=12, null=True, validators=[djmoney.models.validators.MinMoneyValidator(0), core.bounds.validate_decimal]),
         ),
         migrations.AlterField(
             model_name='historicalentitlementoverride',
             name='starts_at',
-            field=models.DateTimeField(blank=True, null=True, validators=[entitlements_site.bounds.validate_instant]),
+            field=models.DateTimeField(blank=True, null=True, validators=[core.bounds.validate_instant]),
         ),
         migrations.AlterField(
             model_name='historicalgrant',
             name='effective_at',
-            field=models.DateTimeField(default=django.utils.timezone.now, validators=[entitlements_site.bounds.validate_instant]),
+            field=models.DateTimeField(default=django.utils.timezone.now, validators=[core.bounds.validate_instant]),
         ),
         migrations.AlterField(
             model_name='historicalgrant',
             name='expires_at',
-            field=models.DateTimeField(blank=True, null=True, validators=[entitlements_site.bounds.validate_instant]),
+            field=models.DateTimeField(blank=True, null=True, validators=[core.bounds.validate_instant]),
         ),
         migrations.AlterField(
             model_name='historicalgrant',
             name='quantity',
-            field=models.DecimalField(decimal_places=4, max_digits=20, validators=[django.core.validators.MinValueValidator(Decimal('0.0001')), entitlements_site.bounds.validate_decimal]),
+            field=models.DecimalField(decimal_places=4, max_digits=20, validators=[django.core.validators.MinValueValidator(Decimal('0.0001')), core.bounds.validate_decimal]),
         ),
         migrations.AlterField(
             model_name='usageevent',
             name='quantity',
-            field=models.DecimalField(decimal_places=4, max_digits=20, validators=[entitlements_site.bounds.validate_decimal]),
+            field=models.DecimalField(decimal_places=4, max_digits=20, validators=[core.bounds.validate_decimal]),
         ),
         migrations.AlterField(
             model_name='usageevent',
             name='timestamp',
-            field=models.DateTimeField(default=django.utils.timezone.now, validators=[entitlements_site.bounds.validate_instant]),
+            field=models.DateTimeField(default=django.utils.timezone.now, validators=[core.bounds.validate_instant]),
         ),
         migrations.AddConstraint(
             model_name='entitlementoverride',

@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.urls import reverse
 
+from core.roles import PRODUCT_MANAGERS, SUPPORT
 from customers import engine
 from customers.models import (
     Customer,
@@ -29,7 +30,6 @@ from customers.tests.factories import (
     SubscriptionFactory,
     UserFactory,
 )
-from entitlements_site.roles import PRODUCT_MANAGERS, SUPPORT
 
 pytestmark = pytest.mark.django_db
 

@@ -13,6 +13,7 @@ from decimal import Decimal
 import pytest
 
 from catalog.models import Enforcement, Reset
+from core.errors import Conflict, InvalidInput, NotFound
 from customers import engine, services
 from customers.models import Grant, UsageCounter, UsageEvent
 from customers.tests.factories import (
@@ -24,7 +25,6 @@ from customers.tests.factories import (
     PlanFactory,
     SubscriptionFactory,
 )
-from entitlements_site.errors import Conflict, InvalidInput, NotFound
 
 pytestmark = pytest.mark.django_db
 

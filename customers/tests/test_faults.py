@@ -38,13 +38,13 @@ import requests
 from django.conf import settings
 from django.db import connection, transaction
 
+from core.services import api_key_create
 from customers import tasks
 from customers.engine import entitlement_consume
 from customers.models import Notification, NotificationStatus, UsageCounter, UsageEvent
 from customers.tests.notification_helpers import storage_given
 from customers.tests.test_notifications_integration import outbox_texts, point_web_at, wait_for
 from entitlements_site.celery import app as celery_app
-from entitlements_site.services import api_key_create
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "")
 REDIS_SERVER = shutil.which("redis-server")

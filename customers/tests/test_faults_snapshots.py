@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
+from core.services import api_key_create
 from customers.models import UsageEvent
 from customers.tests.notification_helpers import storage_given
 from customers.tests.test_faults import REDIS_SERVER, TEST_REDIS_URL, Api, Gunicorn, RedisServer
 from customers.tests.test_notifications_integration import wait_for
-from entitlements_site.services import api_key_create
 
 pytestmark = [
     pytest.mark.integration,

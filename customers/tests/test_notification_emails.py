@@ -20,6 +20,7 @@ from rest_framework.test import APIClient
 
 from catalog.models import Enforcement
 from catalog.selectors import money_text, quantity_text
+from core.services import api_key_create
 from customers.models import CustomerUser, Notification
 from customers.notifications import notification_email
 from customers.services import grant_create
@@ -31,7 +32,6 @@ from customers.tests.factories import (
     SubscriptionFactory,
     TopUpPackFactory,
 )
-from entitlements_site.services import api_key_create
 
 pytestmark = pytest.mark.django_db
 

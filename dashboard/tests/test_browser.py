@@ -9,8 +9,7 @@ import pytest
 from django.db import connection
 
 from billing.models import Invoice, InvoicePurpose, TopUpPurchase
-from customers.models import Grant
-from entitlements_site.testing import (
+from core.testing import (
     DESKTOP,
     PHONE,
     browser_login,
@@ -18,6 +17,7 @@ from entitlements_site.testing import (
     chromium_browser,
     screenshot,
 )
+from customers.models import Grant
 
 from .conftest import PASSWORD, report
 

@@ -9,9 +9,9 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from core.services import api_key_create
+from core.testing import DESKTOP, chromium_available, chromium_browser, screenshot
 from dashboard.models import PortalSession
-from entitlements_site.services import api_key_create
-from entitlements_site.testing import DESKTOP, chromium_available, chromium_browser, screenshot
 
 
 @pytest.fixture

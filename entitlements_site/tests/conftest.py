@@ -6,8 +6,8 @@ from djmoney.money import Money
 from rest_framework.test import APIClient
 
 from catalog import services as catalog_services
+from core.services import api_key_create
 from customers import services as customer_services
-from entitlements_site.services import api_key_create
 
 # The live test server accepts bursts of parallel connections (socketserver's backlog is 5).
 basehttp.WSGIServer.request_queue_size = 256

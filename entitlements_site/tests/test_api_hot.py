@@ -8,10 +8,10 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from core.models import ApiKey
+from core.services import api_key_revoke
 from customers import services as customer_services
 from customers.models import UsageCounter, UsageEvent
-from entitlements_site.models import ApiKey
-from entitlements_site.services import api_key_revoke
 
 pytestmark = pytest.mark.django_db
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")

@@ -13,9 +13,9 @@ from urllib.request import Request, urlopen
 import pytest
 from django.db import connection
 
-from entitlements_site import api, key_changes
-from entitlements_site.models import ApiKey
-from entitlements_site.services import api_key_create, api_key_revoke
+from core import api_keys, key_changes
+from core.models import ApiKey
+from core.services import api_key_create, api_key_revoke
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,18 +27,18 @@ def test_a_key_is_cached_until_another_process_announces_a_change(db, tmp_path, 
     marker = tmp_path / "db.sqlite3.keys-changed"
     monkeypatch.setattr(key_changes, "_marker_path", lambda: str(marker))
     _, key = api_key_create(name="app")
-    assert api.api_key_lookup(key) is not None
+    assert api_keys.api_key_lookup(key) is not None
     ApiKey.objects.update(revoked_at="2026-01-01T00:00:00Z")  # behind this process's back
 
     # While nothing was announced, this process still answers from its cache
-    assert api.api_key_lookup(key).revoked_at is None
+    assert api_keys.api_key_lookup(key).revoked_at is None
 
     # When another process announces a change (it touches the marker after its commit)
     time.sleep(0.01)
     marker.touch()
 
     # Then the very next lookup reads the key again, revoked
-    assert api.api_key_lookup(key).revoked_at is not None
+    assert api_keys.api_key_lookup(key).revoked_at is not None
 
 
 def _free_port() -> int:

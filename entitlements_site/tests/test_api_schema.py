@@ -5,9 +5,9 @@ answers against the schema."""
 
 import pytest
 
-from entitlements_site.openapi import operation_id
+from core.openapi import operation_id
 
-# The operationId scheme (entitlements_site/openapi.py), endpoint by endpoint.
+# The operationId scheme (core/openapi.py), endpoint by endpoint.
 OPERATION_IDS = {
     ("GET", "/api/v1/customers"): "customers_list",
     ("POST", "/api/v1/customers"): "customer_create",

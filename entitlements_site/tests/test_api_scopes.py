@@ -8,9 +8,9 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
 from catalog.models import Plan
+from core.models import ApiKey
+from core.services import api_key_create
 from customers.models import UsageEvent
-from entitlements_site.models import ApiKey
-from entitlements_site.services import api_key_create
 
 RUNTIME_VIEWS = {
     "entitlements",

@@ -9,10 +9,10 @@ from decimal import Decimal
 
 import pytest
 
+from core import shared_redis
 from customers import services as customer_services
 from customers import snapshot_debts, snapshots, tasks
 from customers.models import SnapshotDebt
-from entitlements_site import shared_redis
 from entitlements_site.tests import test_api_snapshots
 from entitlements_site.tests.test_api_snapshots import REDIS, check, consume
 

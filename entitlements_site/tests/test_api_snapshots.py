@@ -17,10 +17,10 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from catalog import services as catalog_services
+from core import shared_redis
 from customers import services as customer_services
 from customers import snapshots
 from customers.engine import entitlement_check
-from entitlements_site import shared_redis
 
 ENTITLEMENT = "/api/v1/customers/acme/entitlements/data-transfer"
 

@@ -10,7 +10,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import RequestFactory
 
-from entitlements_site.client_ip import client_ip, trusted_proxies
+from core.client_ip import client_ip, trusted_proxies
 
 ROOT = Path(__file__).resolve().parents[2]
 PROXIES = ["10.0.0.0/24", "2001:db8:ffff::1"]

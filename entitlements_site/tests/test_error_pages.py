@@ -11,9 +11,9 @@ from django.db import OperationalError
 from django.test import Client
 from django.urls import path
 
+from core.roles import SUPPORT
 from customers import services as customer_services
 from entitlements_site import urls as site_urls
-from entitlements_site.roles import SUPPORT
 
 
 def _database_down(request):

@@ -33,11 +33,11 @@ from catalog.tests.factories import (
     PlanFactory,
     TopUpPackFactory,
 )
+from core.bounds import INSTANT_RULE
+from core.roles import PRODUCT_MANAGERS, SUPPORT
+from core.services import api_key_create
 from customers import services as customer_services
 from customers.models import Customer, EntitlementOverride, Grant, UsageEvent
-from entitlements_site.bounds import INSTANT_RULE
-from entitlements_site.roles import PRODUCT_MANAGERS, SUPPORT
-from entitlements_site.services import api_key_create
 from support.tests.conftest import report, user_in
 
 ACME = "acme-001"

@@ -56,6 +56,8 @@ from catalog.tests.factories import (
     PlanFactory,
     TopUpPackFactory,
 )
+from core.roles import PRODUCT_MANAGERS, SUPPORT
+from core.services import api_key_create
 from customers import services as customer_services
 from customers.engine import usage_record_batch
 from customers.models import (
@@ -64,8 +66,6 @@ from customers.models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
-from entitlements_site.roles import PRODUCT_MANAGERS, SUPPORT
-from entitlements_site.services import api_key_create
 
 LOGIN = "LOGIN"
 ADMIN_LOGIN = "ADMIN_LOGIN"
@@ -221,7 +221,7 @@ ADMIN_APPS = {
     "auth": (404, 404),
     "axes": (404, 404),
     "django_celery_beat": (404, 404),
-    "entitlements_site": (404, 404),
+    "core": (404, 404),
     "catalog": (200, 200),
     "customers": (200, 200),
     "billing": (200, 200),
@@ -246,7 +246,7 @@ ADMIN_MODELS = {
     "django_celery_beat.crontabschedule": (NO_ACCESS, NO_ACCESS),
     "django_celery_beat.solarschedule": (NO_ACCESS, NO_ACCESS),
     "django_celery_beat.clockedschedule": (NO_ACCESS, NO_ACCESS),
-    "entitlements_site.apikey": (NO_ACCESS, NO_ACCESS),
+    "core.apikey": (NO_ACCESS, NO_ACCESS),
     "catalog.feature": (VIEW_HISTORY, (200, 200, 200, 200, 200, 200)),
     "catalog.plan": (VIEW_HISTORY, (200, 200, 200, 200, 200, 200)),
     "catalog.planentitlement": (VIEW_HISTORY, (200, 200, 200, 200, 200, 200)),

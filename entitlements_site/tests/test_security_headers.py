@@ -17,11 +17,11 @@ from djmoney.money import Money
 from billing.models import Invoice
 from billing.services import subscription_create
 from catalog.tests.factories import FeatureFactory, PlanEntitlementFactory, PlanFactory
+from core.roles import PRODUCT_MANAGERS, SUPPORT
+from core.services import api_key_create
+from core.testing import DESKTOP, browser_login, chromium_available, chromium_browser
 from customers import services as customer_services
 from customers.engine import usage_record_batch
-from entitlements_site.roles import PRODUCT_MANAGERS, SUPPORT
-from entitlements_site.services import api_key_create
-from entitlements_site.testing import DESKTOP, browser_login, chromium_available, chromium_browser
 
 PASSWORD = "headers-test-password"
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,10 +11,10 @@ import time
 import pytest
 from rest_framework.test import APIClient
 
+from core import api_keys
+from core.api_keys import ApiKeyRateThrottle
+from core.services import api_key_create
 from customers.models import UsageEvent
-from entitlements_site import api
-from entitlements_site.api import ApiKeyRateThrottle
-from entitlements_site.services import api_key_create
 
 RATE = "5/min"
 LIMIT = 5
@@ -33,7 +33,7 @@ def five_a_minute(settings, monkeypatch):
     # fixed windows (which would let the sixth through).
     now = time.time()
     frozen = now - now % 60 + 1
-    monkeypatch.setattr(api, "throttle_clock", lambda: frozen)
+    monkeypatch.setattr(api_keys, "throttle_clock", lambda: frozen)
 
 
 def client_for(key: str) -> APIClient:
@@ -110,7 +110,7 @@ def test_the_key_may_call_again_in_the_next_window(customer, api_key, monkeypatc
 
     later = time.time() + 61
     monkeypatch.setattr(time, "time", lambda: later)
-    monkeypatch.setattr(api, "throttle_clock", lambda: later)
+    monkeypatch.setattr(api_keys, "throttle_clock", lambda: later)
     assert client.get(ENTITLEMENTS).status_code == 200
 
 

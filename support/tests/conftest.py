@@ -24,10 +24,10 @@ from catalog.tests.factories import (
     PlanFactory,
     TopUpPackFactory,
 )
+from core.roles import PRODUCT_MANAGERS, SUPPORT
 from customers import services as customer_services
 from customers.engine import usage_record_batch
 from customers.models import Customer
-from entitlements_site.roles import PRODUCT_MANAGERS, SUPPORT
 
 PASSWORD = "support-test-password"
 _events = itertools.count(1)

@@ -6,9 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from customers.engine import entitlement_check
-from customers.models import Grant
-from entitlements_site.testing import (
+from core.testing import (
     DESKTOP,
     PHONE,
     browser_login,
@@ -16,6 +14,8 @@ from entitlements_site.testing import (
     chromium_browser,
     screenshot,
 )
+from customers.engine import entitlement_check
+from customers.models import Grant
 
 from .conftest import PASSWORD
 

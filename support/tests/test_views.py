@@ -415,7 +415,7 @@ def test_an_unknown_plan_is_a_form_error(support_client, world):
 
 
 def test_plan_change_is_refused_with_the_services_reason(support_client, world, monkeypatch):
-    from entitlements_site.errors import InvalidInput
+    from core.errors import InvalidInput
     from support import views
 
     def refuse(**kwargs):

@@ -4,8 +4,8 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from catalog.demo import seed_catalog
+from core.roles import PRODUCT_MANAGERS, SUPPORT
 from customers.demo import seed_customers
-from entitlements_site.roles import PRODUCT_MANAGERS, SUPPORT
 
 # username -> (password, first name, staff group or None)
 DEMO_USERS = {

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand
 
-from entitlements_site.models import ApiScope
-from entitlements_site.services import api_key_create
+from core.models import ApiScope
+from core.services import api_key_create
 
 
 class Command(BaseCommand):

@@ -1,46 +1,77 @@
-"""The lean path of the hot endpoints: check, check all, consume and batch usage.
+"""The lean path of the hot endpoints (check, check all, consume and batch usage).
 
 They sit in the request path of our users' own products, so they skip what only the pages
-need: Django REST framework's request wrapping and negotiation, URL resolving, and the page
-middleware (sessions, messages, CSRF, CSP, htmx, history). `HotPathMiddleware` stands right
-after SecurityMiddleware; for one of these paths it authenticates the API key, counts the rate
-limit, parses the JSON body and calls the same answer functions as the DRF views (which stay
-in the URL configuration to document the endpoints and to serve them if this is switched off
-with `API_LEAN_VIEWS=false`). The contract is the same: the error JSON, 401, 415, 429.
+need: Django REST framework's request wrapping and negotiation, Django's URL resolving, and
+the page middleware (sessions, messages, CSRF, CSP, htmx, history). `HotPathMiddleware` stands
+right after SecurityMiddleware; for one of these paths it authenticates the API key, counts the
+rate limit, parses the JSON body and calls the same answer function as the DRF view. The
+routes come from the API's own URL table: a DRF view declares its lean answer with
+`lean = Lean(method, answer)`, and the middleware compiles the paths of those views once
+(the views stay to document the endpoints and to serve them if this is switched off with
+`API_LEAN_VIEWS=false`). The contract is the same: the error JSON, 401, 415, 429.
 """
 
 import contextlib
 import logging
+import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import orjson
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.http import HttpResponse
+from django.urls import URLPattern, URLResolver, get_resolver
+from django.urls.converters import StringConverter
 from rest_framework import exceptions
 
-from customers import api as customers_api
-
 from . import shared_redis
-from .api import (
-    _json_default,
-    api_error,
-    api_key_authenticate,
-    api_key_rate,
-    api_key_scope_check,
-    error_body,
-)
+from .api import _json_default, api_error, error_body
+from .api_keys import api_key_authenticate, api_key_rate, api_key_scope_check
 
 logger = logging.getLogger(__name__)
-_SEGMENT = r"(?P<%s>[^/]+)"
-_CUSTOMER = "^/api/v1/customers/" + _SEGMENT % "external_id"
-_FEATURE = _CUSTOMER + "/entitlements/" + _SEGMENT % "feature_key"
-ROUTES = (
-    ("GET", re.compile(_FEATURE + "$"), customers_api.check_answer, False),
-    ("GET", re.compile(_CUSTOMER + "/entitlements$"), customers_api.entitlements_answer, False),
-    ("POST", re.compile(_FEATURE + "/consume$"), customers_api.consume_answer, True),
-    ("POST", re.compile("^/api/v1/usage$"), customers_api.usage_batch_answer, True),
-)
+
+
+@dataclass(frozen=True)
+class Lean:
+    """A DRF view's lean answer: `answer(*path_values)`, or `answer(*path_values, body)` for a
+    method that takes a JSON body (POST)."""
+
+    method: str
+    answer: Callable
+
+    @property
+    def with_body(self) -> bool:
+        return self.method == "POST"
+
+
+_SPECIAL = re.compile(r"[\\(\[.?*+^$]")
+
+
+@dataclass(frozen=True)
+class _Route:
+    method: str
+    pattern: re.Pattern
+    answer: Callable
+    with_body: bool
+
+
+def lean_routes(patterns, prefix: str = "^/") -> list[_Route]:
+    """The routes of every view in the URL table that declares `lean`, in table order."""
+    routes = []
+    for entry in patterns:
+        regex = prefix + entry.pattern.regex.pattern.removeprefix("^")
+        converters = getattr(entry.pattern, "converters", {})
+        if any(not isinstance(c, StringConverter) for c in converters.values()):
+            continue  # path values are passed on as strings, unconverted
+        if isinstance(entry, URLResolver):
+            routes += lean_routes(entry.url_patterns, regex)
+        elif isinstance(entry, URLPattern):
+            lean = getattr(getattr(entry.callback, "cls", None), "lean", None)
+            if isinstance(lean, Lean):
+                routes.append(_Route(lean.method, re.compile(regex), lean.answer, lean.with_body))
+    return routes
 
 
 class _Refused(Exception):
@@ -157,13 +188,30 @@ class HotPathMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response
         self.enabled = getattr(settings, "API_LEAN_VIEWS", True)
+        self._resolver = None
+        self._routes: list[_Route] = []
+        self._prefix = ""
+
+    def _routes_of(self, resolver) -> list[_Route]:
+        # Compiled once per URL configuration (tests may swap it).
+        if resolver is not self._resolver:
+            self._routes = lean_routes(resolver.url_patterns)
+            # The literal start the paths share ("/api/v1/"): other paths skip the loop.
+            literal = [_SPECIAL.split(r.pattern.pattern[1:], maxsplit=1)[0] for r in self._routes]
+            self._prefix = os.path.commonprefix(literal)
+            self._resolver = resolver
+        return self._routes
 
     def __call__(self, request):
-        if self.enabled and request.path_info.startswith("/api/v1/"):
-            method = request.method
-            for route_method, pattern, handler, with_body in ROUTES:
-                if method == route_method:
-                    match = pattern.match(request.path_info)
-                    if match:
-                        return _answer(request, handler, list(match.groups()), with_body)
+        if self.enabled:
+            routes = self._routes_of(get_resolver())
+            path = request.path_info
+            if routes and path.startswith(self._prefix):
+                method = request.method
+                for route in routes:
+                    if method == route.method:
+                        match = route.pattern.match(path)
+                        if match:
+                            values = list(match.groups())
+                            return _answer(request, route.answer, values, route.with_body)
         return self.get_response(request)

@@ -1,9 +1,9 @@
 """Lists the rows stored before the decimal bounds that a read can no longer load (see
-entitlements_site/stored_values.py); exits 1 when there are any."""
+core/stored_values.py); exits 1 when there are any."""
 
 from django.core.management.base import BaseCommand, CommandError
 
-from entitlements_site.stored_values import stored_values_out_of_bounds
+from core.stored_values import stored_values_out_of_bounds
 
 
 class Command(BaseCommand):

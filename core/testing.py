@@ -1,6 +1,6 @@
 """Test helpers shared by the apps' browser tests (Playwright driving Debian's chromium).
 
-    from entitlements_site.testing import chromium_browser, CHROMIUM, browser_login
+    from core.testing import chromium_browser, CHROMIUM, browser_login
 
     @pytest.mark.browser
     @pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium is not installed")
