@@ -12,8 +12,8 @@ from entitlements_client import Client
 from pytest_django.live_server_helper import LiveServer
 
 from catalog.tests.factories import FeatureFactory, PlanEntitlementFactory, PlanFactory
+from core.services import api_key_create
 from customers.tests.factories import CustomerFactory, SubscriptionFactory
-from entitlements_site.services import api_key_create
 
 from .proxy import Proxy
 
