@@ -20,6 +20,7 @@ class Proxy:
         self.upstream = (parts.hostname, parts.port)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections = 0  # connections accepted from clients
         self.requests = 0  # requests received from clients (forwarded or answered 502)
         self.forwarded = 0  # requests that reached the server
         self._drops = 0
@@ -58,6 +59,8 @@ class Proxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            with self._lock:
+                self.connections += 1
             try:
                 server = socket.create_connection(self.upstream, timeout=5)
             except OSError:

@@ -26,64 +26,56 @@ def transfer(client):
 
 @pytest.mark.usefixtures("reservations")
 class TestOnTheServer:
-    def test_a_hold_counts_against_the_balance_until_committed(self, client):
+    def test_a_hold_counts_against_the_balance_until_committed_once(self, client):
+        # Given a hold of 4 GB
         hold = client.reserve("acme", "transfer", "4", ttl_seconds=60)
-
         assert isinstance(hold, Reservation)
         assert (hold.allowed, hold.reason, hold.status, hold.quantity) == (
             True, None, "held", Decimal("4")
         )  # fmt: skip
         assert hold.expires_at.tzinfo is not None
         assert (transfer(client).reserved, transfer(client).balance) == (4, 6)
+        # and the same reservation_id again holds nothing more
+        again = client.reserve("acme", "transfer", "4", reservation_id=hold.id)
+        assert again.allowed and transfer(client).reserved == 4
 
+        # When 2.5 GB of it is committed (twice: the same answer)
         hold.commit("2.5")
+        assert hold.commit("2.5").status == "committed"
 
-        assert hold.status == "committed"
+        # Then 2.5 GB is used, under the reservation id, and nothing is held any more
         assert (transfer(client).usage, transfer(client).reserved) == (Decimal("2.5"), 0)
         assert UsageEvent.objects.get(event_id=hold.id).quantity == Decimal("2.5")
-        assert hold.commit("2.5").status == "committed"  # again: the same answer
-        assert transfer(client).usage == Decimal("2.5")
 
-    def test_leaving_the_block_without_commit_releases_the_hold(self, client):
+    def test_the_block_releases_unless_committed_and_denies_what_does_not_fit(self, client):
         with client.reserve("acme", "transfer", "4") as hold:
             assert transfer(client).reserved == 4
-        assert hold.status == "unavailable"  # nothing was held, nothing released
-        assert (transfer(client).reserved, transfer(client).usage) == (0, 0)
+        assert hold.status == "released" and transfer(client).reserved == 0
 
-    def test_an_exception_in_the_block_releases_the_hold_and_propagates(self, client):
         with pytest.raises(RuntimeError), client.reserve("acme", "transfer", "4"):
             raise RuntimeError("the work failed")
         assert transfer(client).reserved == 0
 
-    def test_commit_in_the_block_records_the_usage(self, client):
-        with client.reserve("acme", "transfer", "4") as hold:
+        with client.reserve("acme", "transfer", "3") as hold:
             hold.commit()
-        assert (transfer(client).usage, transfer(client).reserved) == (4, 0)
+        assert (transfer(client).usage, transfer(client).reserved) == (3, 0)
 
-    def test_what_does_not_fit_is_denied_and_nothing_is_held(self, client):
-        with client.reserve("acme", "transfer", "11") as hold:
+        with client.reserve("acme", "transfer", "8") as hold:
             assert (hold.allowed, hold.reason) == (False, "limit_exceeded")
-        assert transfer(client).reserved == 0
+        assert (transfer(client).usage, transfer(client).reserved) == (3, 0)
 
-    def test_the_same_reservation_id_again_holds_once(self, client):
-        first = client.reserve("acme", "transfer", "3", reservation_id="job-7")
-        second = client.reserve("acme", "transfer", "3", reservation_id="job-7")
-        assert first.allowed and second.allowed and second.id == "job-7"
-        assert transfer(client).reserved == 3
-
-    def test_a_dropped_answer_is_retried_and_holds_once(self, api_key, catalog, proxy, client):
+    def test_a_dropped_answer_holds_once_and_a_late_commit_is_a_409(self, api_key, proxy, client):
         proxy.drop_responses(1)
         with Client(proxy.url, api_key, backoff=0.01) as through_proxy:
-            hold = through_proxy.reserve("acme", "transfer", "3")
-        assert hold.allowed and proxy.forwarded == 2
-        assert transfer(client).reserved == 3
+            hold = through_proxy.reserve("acme", "transfer", "3", ttl_seconds=1)
+            assert hold.allowed and proxy.forwarded == 2
+            assert transfer(client).reserved == 3
 
-    def test_a_commit_after_expiry_is_a_409(self, client):
-        hold = client.reserve("acme", "transfer", "3", ttl_seconds=1)
-        time.sleep(1.2)
-        with pytest.raises(EntitlementsError) as e:
-            hold.commit()
+            time.sleep(1.2)
+            with pytest.raises(EntitlementsError) as e:
+                hold.commit()
         assert (e.value.status, e.value.code) == (409, "reservation_expired")
+        assert transfer(client).reserved == 0
 
     def test_the_async_client_holds_commits_and_releases(self, server_url, api_key, client):
         async def story():

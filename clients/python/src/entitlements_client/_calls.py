@@ -13,6 +13,7 @@ from ._models import (
     BatchResult,
     CustomerEntitlements,
     Decision,
+    Entitlement,
     HoldState,
     Rejection,
     UsageEvent,
@@ -26,7 +27,7 @@ from ._wire import Call, Policy, new_id, path, quantity_text, time_text
 MAX_BATCH = 1000  # events per request, the server's limit
 
 
-def check(customer: str, feature: str, policy: Policy) -> Call:
+def check(customer: str, feature: str, policy: Policy) -> Call[Entitlement]:
     return Call(
         "GET",
         path("customers", customer, "entitlements", feature),
@@ -36,8 +37,8 @@ def check(customer: str, feature: str, policy: Policy) -> Call:
     )
 
 
-def check_all(customer: str, policy: Policy) -> Call:
-    def parse(data: dict) -> CustomerEntitlements:
+def check_all(customer: str, policy: Policy) -> Call[CustomerEntitlements]:
+    def parse(data: dict[str, Any]) -> CustomerEntitlements:
         return CustomerEntitlements(
             customer=data["customer"],
             plan=data.get("plan"),
@@ -61,7 +62,7 @@ def consume(
     properties: Mapping[str, Any] | None,
     dry_run: bool,
     policy: Policy,
-) -> Call:
+) -> Call[Decision]:
     """The event_id is chosen here, once: every retry of this call sends the same one, so the
     server counts the consume once however many attempts reach it."""
     event_id = event_id or new_id()
@@ -73,7 +74,7 @@ def consume(
     if dry_run:
         body["dry_run"] = True
 
-    def parse(data: dict) -> Decision:
+    def parse(data: dict[str, Any]) -> Decision:
         entitlement = entitlement_from_json(data["entitlement"])
         return Decision(bool(data["allowed"]), data.get("reason"), entitlement, event_id)
 
@@ -92,10 +93,13 @@ def consume(
 
 def _event_json(event: UsageEvent | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(event, UsageEvent):
-        event = {k: v for k, v in dataclasses.asdict(event).items() if v is not None}
+        event = dataclasses.asdict(event)
     unknown = set(event) - {f.name for f in dataclasses.fields(UsageEvent)}
     if unknown:
         raise ValueError(f"unknown usage event fields: {', '.join(sorted(unknown))}")
+    missing = {"customer", "feature", "quantity"} - set(event)
+    if missing:
+        raise ValueError(f"a usage event needs {', '.join(sorted(missing))}")
     body = {
         "event_id": event.get("event_id") or new_id(),
         "customer": event["customer"],
@@ -109,7 +113,7 @@ def _event_json(event: UsageEvent | Mapping[str, Any]) -> dict[str, Any]:
     return body
 
 
-def report(events: Iterable[UsageEvent | Mapping[str, Any]]) -> list[Call]:
+def report(events: Iterable[UsageEvent | Mapping[str, Any]]) -> list[Call[BatchResult]]:
     """One call per 1000 events. Every event is checked (and given an event_id) before the
     first request: a bad quantity raises and nothing is sent."""
     bodies = [_event_json(e) for e in events]
@@ -117,7 +121,9 @@ def report(events: Iterable[UsageEvent | Mapping[str, Any]]) -> list[Call]:
     for start in range(0, len(bodies), MAX_BATCH):
         chunk = bodies[start : start + MAX_BATCH]
 
-        def parse(data: dict, start: int = start, chunk: list = chunk) -> BatchResult:
+        def parse(
+            data: dict[str, Any], start: int = start, chunk: list[dict[str, Any]] = chunk
+        ) -> BatchResult:
             rejected = tuple(
                 Rejection(
                     index=start + r["index"],
@@ -154,7 +160,7 @@ def _reservations(customer: str, feature: str, *rest: str) -> str:
     return path("customers", customer, "entitlements", feature, "reservations", *rest)
 
 
-def _hold_from_json(hold: HoldState, data: dict) -> HoldState:
+def _hold_from_json(hold: HoldState, data: dict[str, Any]) -> HoldState:
     reservation = data.get("reservation") or {}
     entitlement = data.get("entitlement")
     return dataclasses.replace(
@@ -176,7 +182,7 @@ def reserve(
     ttl_seconds: int,
     reservation_id: str | None,
     policy: Policy,
-) -> Call:
+) -> Call[HoldState]:
     """The reservation_id is chosen here, once, and sent again on every retry."""
     text = quantity_text(quantity)
     if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
@@ -205,7 +211,7 @@ def reserve(
     )
 
 
-def commit(hold: HoldState, quantity: Decimal | int | str | None) -> Call:
+def commit(hold: HoldState, quantity: Decimal | int | str | None) -> Call[HoldState]:
     """Commit on the server. A hold the fail policy allowed (the server could not be asked)
     records its usage as a reported event whose event_id is the reservation id: the id the
     server would have given it, so it counts once either way."""
@@ -232,7 +238,7 @@ def commit(hold: HoldState, quantity: Decimal | int | str | None) -> Call:
     )
 
 
-def release(hold: HoldState) -> Call | None:
+def release(hold: HoldState) -> Call[HoldState] | None:
     """Release on the server; None when nothing is held there (denied, or decided by the
     fail policy: any hold the server did make expires by itself)."""
     if not hold.allowed or hold.reason == UNAVAILABLE:

@@ -92,19 +92,23 @@ def denied_response(feature: str, reason: str | None) -> HttpResponse:
     )
 
 
-def _respond(request: HttpRequest, feature: str, answer: Entitlement | Decision | None):
-    """`request.entitlement`, and the 403 when the answer (None: no customer) denies."""
+def _respond(
+    request: HttpRequest, feature: str, answer: Entitlement | Decision | None
+) -> HttpResponse | None:
+    """Sets `request.entitlement`; the 403 when the answer (None: nobody) denies."""
     if answer is None:
         answer = Entitlement(feature, None, False, reason="no_access")
     if isinstance(answer, Decision):
-        allowed, reason, request.entitlement = answer.allowed, answer.reason, answer.entitlement
+        allowed, reason, entitlement = answer.allowed, answer.reason, answer.entitlement
     else:
-        allowed, reason, request.entitlement = answer.has_access, answer.reason, answer
+        allowed, reason, entitlement = answer.has_access, answer.reason, answer
+    request.entitlement = entitlement  # type: ignore[attr-defined]
     return None if allowed else denied_response(feature, reason)
 
 
-def _unknown_customer(error: EntitlementsError) -> None:
-    """A customer the entitlements server does not know has no access; other errors raise."""
+def _unknown_customer(error: EntitlementsError) -> Entitlement | None:
+    """A customer the entitlements server does not know has no access (None: treated as
+    nobody); any other error raises."""
     if error.code != "customer_not_found":
         raise error
     return None
@@ -116,7 +120,7 @@ def requires(
     customer: Callable[[HttpRequest], str | None],
     client: Client | AsyncClient | None = None,
     quantity: Decimal | int | str | None = None,
-) -> Callable:
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A view decorator: 403 with the deny reason unless `customer(request)` (the customer's
     external_id; None for nobody) may use `feature` now. With `quantity`, the request consumes
     it (counted once, whatever the retries) and is denied past a hard limit. A customer
@@ -128,7 +132,7 @@ def requires(
             return gate.check(external_id, feature)
         return gate.consume(external_id, feature, quantity)
 
-    def decorate(view: Callable) -> Callable:
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.iscoroutinefunction(view):
 
             @functools.wraps(view)
