@@ -223,3 +223,16 @@ def test_a_wrong_key_raises_unauthenticated(server_url, catalog):
 def test_the_base_url_may_name_the_api_root(server_url, api_key, catalog):
     with Client(f"{server_url}/api/v1/", api_key) as client:
         assert client.check("acme", "hd-video").has_access
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"base_url": "127.0.0.1:8000"},  # no scheme: a typo, not an outage
+        {"retries": -1},
+        {"retries": 1.5},
+    ],
+)
+def test_a_misconfigured_client_raises_at_once(arguments):
+    with pytest.raises(ValueError):
+        Client(**{"base_url": "http://127.0.0.1:8000", "api_key": "key", **arguments})

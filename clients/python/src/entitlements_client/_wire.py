@@ -36,6 +36,8 @@ _PLAIN_DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
 
 def api_base_url(base_url: str) -> str:
     """The server's address ("http://127.0.0.1:8000") or its API root (".../api/v1")."""
+    if not base_url.startswith(("http://", "https://")):
+        raise ValueError(f"base_url is an http:// or https:// address, not {base_url!r}")
     base = base_url.rstrip("/")
     if not base.endswith(API_PREFIX):
         base += API_PREFIX
