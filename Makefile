@@ -29,7 +29,12 @@ $(DEV_STAMP): requirements-dev.lock $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-dev.lock
 	touch $(DEV_STAMP)
 
+# The Python client (clients/python) is installed editable from this checkout, so its tests
+# run the code here; installed again only when the one installed is not this checkout's.
+CLIENT := clients/python
 install-dev: $(DEV_STAMP)
+	@$(BIN)/python -c 'import entitlements_client as c, pathlib as p, sys; sys.exit(not p.Path(c.__file__).resolve().is_relative_to(p.Path("$(CLIENT)").resolve()))' 2>/dev/null \
+	  || $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e $(CLIENT)
 
 migrate: install
 	$(BIN)/python manage.py migrate --noinput
@@ -67,7 +72,7 @@ format: install-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+test: lint  # lint installs the development tools and the Python client
 	$(BIN)/python manage.py makemigrations --check --dry-run > /dev/null
 	$(BIN)/pytest $(PYTEST_ARGS)
 

@@ -1,5 +1,6 @@
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 from djmoney.money import Money
@@ -8,8 +9,9 @@ from simple_history.admin import SimpleHistoryAdmin
 from core.errors import DomainError
 from core.forms import admin_decimal_overrides
 
-from . import services
-from .models import Invoice, InvoiceLine, InvoiceStatus, Payment, TopUpPurchase
+from .models import Invoice, InvoiceEmail, InvoiceLine, InvoiceStatus, Payment, TopUpPurchase
+from .services.invoices import invoice_draft_recalculate, invoice_issue
+from .services.payments import invoice_collect_after_commit, invoice_refund_void
 
 
 class InvoiceLineInline(admin.TabularInline):
@@ -45,7 +47,8 @@ class InvoiceLineInline(admin.TabularInline):
 class PaymentInline(admin.TabularInline):
     model = Payment
     extra = 0
-    fields = ["provider", "reference", "amount", "status", "message", "created_at"]
+    fields = ["kind", "provider", "idempotency_key", "reference", "amount", "status", "message"]
+    fields += ["created_at"]
     readonly_fields = fields
     can_delete = False
 
@@ -71,7 +74,10 @@ class InvoiceAdmin(SimpleHistoryAdmin):
         "number",
         "status",
         "issued_at",
+        "due_at",
         "paid_at",
+        "payment_error",
+        "next_payment_at",
         "voided_at",
         "void_reason",
         "total",
@@ -88,7 +94,10 @@ class InvoiceAdmin(SimpleHistoryAdmin):
             "period_start",
             "period_end",
             "issued_at",
+            "due_at",
             "paid_at",
+            "payment_error",
+            "next_payment_at",
             "voided_at",
             "void_reason",
             "total",
@@ -131,7 +140,7 @@ class InvoiceAdmin(SimpleHistoryAdmin):
                     line_form.instance.amount = Money(0, currency)
         super().save_related(request, form, formsets, change)
         try:
-            services.invoice_draft_recalculate(invoice=form.instance)
+            invoice_draft_recalculate(invoice=form.instance)
         except DomainError as error:
             messages.error(request, error.message)
 
@@ -140,19 +149,20 @@ class InvoiceAdmin(SimpleHistoryAdmin):
         issued = 0
         for invoice in queryset.filter(status=InvoiceStatus.DRAFT):
             try:
-                services.invoice_issue(invoice=invoice)
+                with transaction.atomic():
+                    invoice_collect_after_commit(invoice_issue(invoice=invoice))
                 issued += 1
             except (DomainError, ValidationError) as error:
                 messages.error(request, f"{invoice}: {getattr(error, 'message', error)}")
         if issued:
             messages.success(request, f"Issued {issued} invoice(s).")
 
-    @admin.action(description="Void selected invoices", permissions=["void"])
+    @admin.action(description="Void selected invoices (refunding paid ones)", permissions=["void"])
     def void_invoices(self, request, queryset):
         voided = 0
         for invoice in queryset.exclude(status__in=[InvoiceStatus.DRAFT, InvoiceStatus.VOID]):
             try:
-                services.invoice_void(invoice=invoice, reason=f"Voided by {request.user} in admin")
+                invoice_refund_void(invoice=invoice, reason=f"Voided by {request.user} in admin")
                 voided += 1
             except DomainError as error:
                 messages.error(request, f"{invoice}: {error.message}")
@@ -188,10 +198,42 @@ class TopUpPurchaseAdmin(admin.ModelAdmin):
 
 @admin.register(Payment)
 class PaymentAdmin(admin.ModelAdmin):
-    list_display = ["invoice", "provider", "reference", "amount", "status", "created_at"]
-    list_filter = ["status", "provider"]
-    search_fields = ["reference", "invoice__number", "invoice__customer__name"]
+    list_display = ["invoice", "kind", "provider", "reference", "amount", "status", "created_at"]
+    list_filter = ["kind", "status", "provider"]
+    search_fields = ["reference", "idempotency_key", "invoice__number", "invoice__customer__name"]
     list_select_related = ["invoice"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(InvoiceEmail)
+class InvoiceEmailAdmin(admin.ModelAdmin):
+    """Receipts and payment notices: the outbox rows, read-only (the sweep resends pending)."""
+
+    list_display = ["invoice", "kind", "status", "attempts", "sent_at", "created_at"]
+    list_filter = ["kind", "status"]
+    search_fields = ["invoice__number", "invoice__customer__name"]
+    list_select_related = ["invoice"]
+    readonly_fields = [
+        "invoice",
+        "payment",
+        "kind",
+        "to",
+        "status",
+        "attempts",
+        "last_attempt_at",
+        "next_attempt_at",
+        "sent_at",
+        "last_error",
+        "created_at",
+    ]
 
     def has_add_permission(self, request):
         return False

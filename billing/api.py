@@ -15,8 +15,14 @@ from customers.api import ErrorOut, customer_by_external_id
 from customers.models import Subscription
 from customers.services import subscription_active
 
-from . import selectors, services
+from . import selectors
 from .models import Invoice, InvoiceStatus, TopUpPurchase
+from .services.purchases import topup_purchase
+from .services.subscriptions import (
+    subscription_cancel,
+    subscription_change_plan,
+    subscription_create,
+)
 
 
 def invoice_json(invoice: Invoice) -> dict:
@@ -166,9 +172,9 @@ class SubscriptionView(APIView):
         plan = _plan(_string_field(request.data, "plan"))
         current = subscription_active(customer)
         if current is None:
-            subscription = services.subscription_create(customer=customer, plan=plan)
+            subscription = subscription_create(customer=customer, plan=plan)
             return Response(subscription_json(subscription), status=201)
-        change = services.subscription_change_plan(subscription=current, plan=plan)
+        change = subscription_change_plan(subscription=current, plan=plan)
         return Response(subscription_json(change.subscription))
 
     @extend_schema(
@@ -179,7 +185,7 @@ class SubscriptionView(APIView):
     )
     def delete(self, request, external_id: str):
         customer = customer_by_external_id(external_id)
-        subscription = services.subscription_cancel(subscription=self._active(customer))
+        subscription = subscription_cancel(subscription=self._active(customer))
         return Response(subscription_json(subscription))
 
 
@@ -205,7 +211,7 @@ class TopUpView(APIView):
         if pack is None:
             raise NotFound(f"No top-up pack {pack_key!r}.", code="pack_not_found")
         existed = TopUpPurchase.objects.filter(customer=customer, idempotency_key=key).exists()
-        purchase = services.topup_purchase(customer=customer, pack=pack, idempotency_key=key)
+        purchase = topup_purchase(customer=customer, pack=pack, idempotency_key=key)
         return Response(purchase_json(purchase), status=200 if existed else 201)
 
 

@@ -1,10 +1,11 @@
 """Invoices, their lines, payments and top-up purchases (DESIGN.md "Billing"). Fields and
 constraints only: every workflow (numbering, issuing, voiding, purchases, period close) lives
-in services.py."""
+in services/."""
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 from djmoney.models.fields import MoneyField
 from simple_history.models import HistoricalRecords
 
@@ -66,6 +67,11 @@ class Invoice(models.Model):
     paid_at = models.DateTimeField(null=True, blank=True, editable=False)
     voided_at = models.DateTimeField(null=True, blank=True, editable=False)
     void_reason = models.CharField(max_length=500, blank=True, editable=False)
+    # Collection: charged at issue; a decline keeps the provider's reason and a time to retry.
+    # Unpaid past `due_at` (issue + settings.BILLING_GRACE_DAYS), the subscription is past due.
+    due_at = models.DateTimeField(null=True, blank=True, editable=False)
+    payment_error = models.CharField(max_length=500, blank=True, editable=False)
+    next_payment_at = models.DateTimeField(null=True, blank=True, editable=False)
     # The currency column is `currency`: the customer's one billing currency.
     total = MoneyField(
         max_digits=14,
@@ -82,7 +88,10 @@ class Invoice(models.Model):
 
     class Meta:
         ordering = ["-issued_at", "-pk"]
-        indexes = [models.Index(fields=["customer", "-issued_at"])]
+        indexes = [
+            models.Index(fields=["customer", "-issued_at"]),
+            models.Index(fields=["status", "next_payment_at"], name="invoice_collection_due"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=(Q(status="draft") & Q(number__isnull=True) & Q(issued_at__isnull=True))
@@ -114,6 +123,11 @@ class Invoice(models.Model):
     @property
     def is_draft(self) -> bool:
         return self.status == InvoiceStatus.DRAFT
+
+    @property
+    def is_outstanding(self) -> bool:
+        """Issued and not paid: what the customer owes."""
+        return self.status == InvoiceStatus.ISSUED
 
 
 class LineKind(models.TextChoices):
@@ -176,11 +190,21 @@ class PaymentStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+class PaymentKind(models.TextChoices):
+    CHARGE = "charge", "Charge"
+    REFUND = "refund", "Refund"
+
+
 class Payment(models.Model):
-    """A charge made through a payment provider for an invoice."""
+    """One attempt to move money through a payment provider for an invoice: a charge, or the
+    refund of a voided paid invoice. `idempotency_key` is what the provider was called with
+    (derived from the invoice and the attempt); at most one charge and one refund of an invoice
+    succeed."""
 
     invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="payments")
+    kind = models.CharField(max_length=8, choices=PaymentKind.choices, default=PaymentKind.CHARGE)
     provider = models.CharField(max_length=64)
+    idempotency_key = models.CharField(max_length=255, unique=True, null=True, blank=True)
     reference = models.CharField(max_length=255, blank=True)
     amount = MoneyField(
         max_digits=14, decimal_places=2, default_currency="USD", currency_choices=CURRENCY_CHOICES
@@ -188,12 +212,74 @@ class Payment(models.Model):
     status = models.CharField(max_length=16, choices=PaymentStatus.choices)
     message = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    settled_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["invoice", "kind"],
+                condition=Q(status="succeeded"),
+                name="payment_one_succeeded_per_invoice_and_kind",
+            ),
+        ]
 
     def __str__(self) -> str:
-        return f"{self.provider} {self.reference or self.pk}: {self.amount} ({self.status})"
+        what = self.reference or self.idempotency_key or self.pk
+        return f"{self.provider} {self.kind} {what}: {self.amount} ({self.status})"
+
+
+class InvoiceEmailKind(models.TextChoices):
+    RECEIPT = "receipt", "Receipt"
+    PAYMENT_FAILED = "payment_failed", "Payment failed"
+
+
+class InvoiceEmailStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed"
+
+
+class InvoiceEmail(models.Model):
+    """An email about an invoice, written in the transaction that pays it (a receipt) or
+    records a declined charge (a payment-failed notice), then sent by a Celery task after
+    commit; the sweep queues again any left pending. One receipt per invoice; one notice per
+    declined attempt."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="emails")
+    payment = models.ForeignKey(
+        Payment, on_delete=models.CASCADE, null=True, blank=True, related_name="emails"
+    )
+    kind = models.CharField(max_length=16, choices=InvoiceEmailKind.choices)
+    to = models.JSONField(default=list, blank=True)
+    status = models.CharField(
+        max_length=16, choices=InvoiceEmailStatus.choices, default=InvoiceEmailStatus.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["invoice"],
+                condition=Q(kind="receipt"),
+                name="invoice_email_one_receipt",
+            ),
+            models.UniqueConstraint(
+                fields=["payment", "kind"],
+                condition=Q(payment__isnull=False),
+                name="invoice_email_one_per_payment",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "next_attempt_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} for {self.invoice} ({self.status})"
 
 
 class TopUpPurchase(models.Model):

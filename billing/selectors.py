@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.db.models import Prefetch, QuerySet
+from django.utils import timezone
+from djmoney.money import Money
 
 from core.errors import NotFound
 from core.roles import is_product_manager, is_support
 from customers.models import Customer
 
-from .models import Invoice, InvoiceLine, InvoiceStatus, LineKind, TopUpPurchase
+from .models import (
+    Invoice,
+    InvoiceEmail,
+    InvoiceEmailKind,
+    InvoiceLine,
+    InvoiceStatus,
+    LineKind,
+    PaymentKind,
+    PaymentStatus,
+    TopUpPurchase,
+)
 
 
 def invoice_list(*, customer: Customer, include_drafts: bool = False) -> QuerySet[Invoice]:
@@ -95,4 +109,66 @@ def topup_purchase_get(*, customer: Customer, idempotency_key: str) -> TopUpPurc
         TopUpPurchase.objects.filter(customer=customer, idempotency_key=idempotency_key)
         .select_related("invoice", "grant", "pack")
         .first()
+    )
+
+
+@dataclass(frozen=True)
+class InvoiceStanding:
+    """Where an invoice stands for its reader: the badge, what was paid, what is still due."""
+
+    label: str
+    css: str
+    overdue: bool
+    paid_amount: Money | None
+    amount_due: Money
+    refunded: Money | None
+
+
+def invoice_standing(invoice: Invoice, *, now: dt.datetime | None = None) -> InvoiceStanding:
+    """From the invoice and its (prefetched) payments; no query of its own."""
+    now = now or timezone.now()
+    zero = Money(0, invoice.currency)
+    succeeded = [p for p in invoice.payments.all() if p.status == PaymentStatus.SUCCEEDED]
+    paid = next((p.amount for p in succeeded if p.kind == PaymentKind.CHARGE), None)
+    refunded = next((p.amount for p in succeeded if p.kind == PaymentKind.REFUND), None)
+    overdue = invoice.is_outstanding and invoice.due_at is not None and invoice.due_at <= now
+    if invoice.status == InvoiceStatus.PAID:
+        label, css, due = "Paid", "paid", zero
+    elif invoice.status == InvoiceStatus.VOID:
+        label, css, due = ("Void, refunded" if refunded else "Void"), "void", zero
+    elif invoice.status == InvoiceStatus.DRAFT:
+        label, css, due = "Draft", "draft", invoice.total
+    else:
+        label = "Overdue" if overdue else ("Payment failed" if invoice.payment_error else "Due")
+        css, due = ("overdue" if overdue or invoice.payment_error else "issued"), invoice.total
+    if paid is not None and invoice.status == InvoiceStatus.PAID and paid.amount == 0:
+        paid = None
+    return InvoiceStanding(label, css, overdue, paid, due, refunded)
+
+
+def invoice_page_context(invoice: Invoice) -> dict:
+    """What the invoice document template needs (billing/_invoice_document.html)."""
+    return {
+        "invoice": invoice,
+        "groups": invoice_line_groups(invoice),
+        "standing": invoice_standing(invoice),
+        "seller": settings.BILLING_SELLER,
+    }
+
+
+def invoices_outstanding(*, customer: Customer) -> QuerySet[Invoice]:
+    """The customer's issued, unpaid invoices, oldest first: what the dashboard asks to pay."""
+    return (
+        Invoice.objects.filter(customer=customer, status=InvoiceStatus.ISSUED)
+        .select_related("customer")
+        .order_by("issued_at", "pk")
+    )
+
+
+def receipts_of(*, customer: Customer) -> QuerySet[InvoiceEmail]:
+    """The receipts emailed to the customer, newest first, with their invoice."""
+    return (
+        InvoiceEmail.objects.filter(invoice__customer=customer, kind=InvoiceEmailKind.RECEIPT)
+        .select_related("invoice")
+        .order_by("-created_at", "-pk")
     )

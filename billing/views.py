@@ -3,11 +3,13 @@
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.urls import reverse
 
 from core.errors import NotFound
 from core.roles import is_product_manager, is_support
 
 from . import selectors
+from .models import InvoiceStatus
 
 
 @login_required
@@ -29,8 +31,9 @@ def invoice_detail(request: HttpRequest, number: str) -> HttpResponse:
         invoice = selectors.invoice_get_for_user(user=request.user, number=number)
     except NotFound as error:
         raise Http404(error.message) from None
-    return render(
-        request,
-        "billing/invoice_detail.html",
-        {"invoice": invoice, "groups": selectors.invoice_line_groups(invoice)},
-    )
+    context = selectors.invoice_page_context(invoice)
+    if is_support(request.user) and invoice.status in (InvoiceStatus.ISSUED, InvoiceStatus.PAID):
+        context["void_url"] = reverse(
+            "support:invoice_void", args=[invoice.customer_id, invoice.number]
+        )
+    return render(request, "billing/invoice_detail.html", context)

@@ -133,7 +133,10 @@ class PlanVersionInline(admin.TabularInline):
             super()
             .get_queryset(request)
             .annotate(
-                subscriber_count=Count("subscriptions", filter=Q(subscriptions__status="active"))
+                subscriber_count=Count(
+                    "subscriptions",
+                    filter=Q(subscriptions__status__in=selectors.CURRENT_SUBSCRIPTION),
+                )
             )
             .order_by("-number")
         )
@@ -172,7 +175,7 @@ class PlanVersionAdmin(SimpleHistoryAdmin):
     inlines = [VersionEntitlementInline]
 
     def get_queryset(self, request):
-        active = Q(subscriptions__status="active")
+        active = Q(subscriptions__status__in=selectors.CURRENT_SUBSCRIPTION)
         return (
             super()
             .get_queryset(request)

@@ -11,6 +11,7 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 
 from core.roles import is_product_manager
+from core.text import money_text
 
 from . import selectors
 from .forms import (
@@ -226,7 +227,7 @@ def impact_context(impact: selectors.Impact) -> dict:
         revenue_change = "no change"
     else:
         sign = "+" if change.amount > 0 else "−"
-        revenue_change = f"{sign}{selectors.money_text(abs(change))} per {plan.interval}"
+        revenue_change = f"{sign}{money_text(abs(change))} per {plan.interval}"
     return {
         "impact": impact,
         "impact_rows": [

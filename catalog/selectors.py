@@ -9,6 +9,8 @@ from django.utils import timezone
 from djmoney.money import Money
 from moneyed.l10n import format_money
 
+from core.text import money_text, quantity_text
+
 from .models import (
     ENTITLEMENT_VALUE_NAMES,
     Enforcement,
@@ -27,10 +29,6 @@ from .subscribers import subscribers  # a port the customers app provides
 
 # The published version's rows: the plan's terms as offered now.
 CURRENT = Q(version__status=VersionStatus.PUBLISHED)
-
-
-def feature_get(*, key: str) -> Feature | None:
-    return Feature.objects.filter(key=key).first()
 
 
 def plan_list(*, public_only: bool = False) -> QuerySet[Plan]:
@@ -67,10 +65,13 @@ def plan_version_get(*, plan: Plan, number: int) -> PlanVersion | None:
 
 
 def plan_versions(*, plan: Plan) -> QuerySet[PlanVersion]:
-    """Every version, newest first, with `subscriber_count` (active subscriptions on it)."""
+    """Every version, newest first, with `subscriber_count` (current subscriptions on it:
+    active or past due)."""
     return plan.versions.annotate(
         subscriber_count=Count(
-            "subscriptions", filter=Q(subscriptions__status=_ACTIVE_SUBSCRIPTION), distinct=True
+            "subscriptions",
+            filter=Q(subscriptions__status__in=CURRENT_SUBSCRIPTION),
+            distinct=True,
         ),
         entitlement_count=Count("entitlements", distinct=True),
     ).order_by("-number")
@@ -96,7 +97,7 @@ def topup_packs_available(*, plan: Plan | None, feature: Feature | None = None):
 # The catalog imports nothing from customers; the editor still has to say how many subscribers
 # a change reaches. It reads them through the reverse relations customers declares on Plan and
 # Feature ("subscriptions", "overrides"), by name, without importing the customers app.
-_ACTIVE_SUBSCRIPTION = "active"
+CURRENT_SUBSCRIPTION = ["active", "past_due"]  # customers.models.SUBSCRIPTION_CURRENT
 
 
 def plan_list_for_editor() -> QuerySet[Plan]:
@@ -111,7 +112,9 @@ def plan_list_for_editor() -> QuerySet[Plan]:
     return Plan.objects.annotate(
         entitlement_count=Coalesce(Subquery(entitlements), 0),
         subscriber_count=Count(
-            "subscriptions", filter=Q(subscriptions__status=_ACTIVE_SUBSCRIPTION), distinct=True
+            "subscriptions",
+            filter=Q(subscriptions__status__in=CURRENT_SUBSCRIPTION),
+            distinct=True,
         ),
     ).order_by("rank", "name")
 
@@ -130,10 +133,11 @@ class Reach:
 
 
 def plan_change_reach(*, plan: Plan, feature: Feature | None = None) -> Reach:
-    """How many active subscribers a change to `plan`'s published version (to its `feature`)
-    applies to at once: those on that version (the grandfathered keep theirs)."""
+    """How many current subscribers (active or past due) a change to `plan`'s published version
+    (to its `feature`) applies to at once: those on that version (the grandfathered keep
+    theirs)."""
     subscriptions = plan.subscriptions.filter(
-        status=_ACTIVE_SUBSCRIPTION, plan_version__status=VersionStatus.PUBLISHED
+        status__in=CURRENT_SUBSCRIPTION, plan_version__status=VersionStatus.PUBLISHED
     )
     total = subscriptions.count()
     if feature is None or total == 0:
@@ -159,17 +163,10 @@ def features_addable(*, plan: Plan, version: PlanVersion | None = None) -> Query
     return Feature.objects.exclude(plan_entitlements__version=version).order_by("name")
 
 
-def quantity_text(value: Decimal | None, unit: str = "") -> str:
-    """`87.5 GB`, `1,000 GB`: no trailing zeros, grouped by thousands."""
-    number = format(Decimal(value or 0).normalize(), ",f")
-    return f"{number} {unit}".strip()
-
-
-def money_text(money: Money | None) -> str:
-    """`$50.00`, `$0.0125`: as many decimals as it has, at least the currency's."""
-    if money is None:
-        return ""
-    return format_money(money, locale="en_US", currency_digits=False, decimal_quantization=False)
+def plan_is_upgrade(current: Plan, plan: Plan) -> bool:
+    """Whether moving from `current` to `plan` is an upgrade: a higher rank (DESIGN.md). An
+    upgrade applies at once with proration; any other change waits for the period end."""
+    return plan.rank > current.rank
 
 
 def price_text(plan: Plan, price: Money | None = None) -> str:

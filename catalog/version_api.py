@@ -40,9 +40,9 @@ class PlanVersionSerializer(serializers.Serializer):
     rank = serializers.IntegerField(source="plan.rank", read_only=True)
     entitlements = serializers.SerializerMethodField()
 
-    @extend_schema_field(serializers.IntegerField(help_text="Active subscriptions on it."))
+    @extend_schema_field(serializers.IntegerField(help_text="Current subscriptions on it."))
     def get_subscribers(self, version) -> int:
-        return version.subscriptions.filter(status="active").count()
+        return version.subscriptions.filter(status__in=selectors.CURRENT_SUBSCRIPTION).count()
 
     @extend_schema_field(EntitlementSerializer(many=True))
     def get_entitlements(self, version) -> list[dict]:

@@ -17,6 +17,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from core.errors import DomainError
+from core.text import quantity_text
 
 from . import selectors, services
 from .forms import (
@@ -98,11 +99,9 @@ def _lowering(plan: Plan, entitlement: PlanEntitlement, values: dict) -> dict | 
         version=entitlement.version, feature=feature, limit=values["limit"]
     )
     before = (
-        "unlimited"
-        if entitlement.unlimited
-        else selectors.quantity_text(entitlement.limit, feature.unit)
+        "unlimited" if entitlement.unlimited else quantity_text(entitlement.limit, feature.unit)
     )
-    after = selectors.quantity_text(values["limit"], feature.unit)
+    after = quantity_text(values["limit"], feature.unit)
     n = reach.affected
     text = (
         f"Lowering {feature.name} from {before} to {after} applies at once to {n} "

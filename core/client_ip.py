@@ -26,7 +26,7 @@ def client_ip(request: HttpRequest) -> str | None:
     peer = _address(request.META.get("REMOTE_ADDR", ""))
     if peer is None:
         return None
-    networks = trusted_proxies(tuple(getattr(settings, "TRUSTED_PROXIES", ())))
+    networks = trusted_proxies(tuple(settings.TRUSTED_PROXIES))
     client = peer
     if _is_trusted(client, networks):
         forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")

@@ -187,7 +187,7 @@ def _answer_reconnecting(handler, args: list):
 class HotPathMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response
-        self.enabled = getattr(settings, "API_LEAN_VIEWS", True)
+        self.enabled = settings.API_LEAN_VIEWS
         self._resolver = None
         self._routes: list[_Route] = []
         self._prefix = ""

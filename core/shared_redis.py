@@ -33,7 +33,7 @@ _request = threading.local()
 
 
 def url() -> str:
-    return getattr(settings, "HOT_REDIS_URL", "") or ""
+    return settings.HOT_REDIS_URL or ""
 
 
 def client():

@@ -19,12 +19,12 @@ from core.forms import admin_decimal_overrides, future_validate
 
 from . import services
 from .models import (
+    SUBSCRIPTION_CURRENT,
     Customer,
     CustomerUser,
     EntitlementOverride,
     Grant,
     Subscription,
-    SubscriptionStatus,
     UsageCounter,
     UsageEvent,
 )
@@ -194,7 +194,7 @@ class CustomerAdmin(SimpleHistoryAdmin):
 
     def get_queryset(self, request):
         plan = Subscription.objects.filter(
-            customer=OuterRef("pk"), status=SubscriptionStatus.ACTIVE
+            customer=OuterRef("pk"), status__in=SUBSCRIPTION_CURRENT
         ).values("plan__name")[:1]
         return super().get_queryset(request).annotate(current_plan=Subquery(plan))
 

@@ -27,7 +27,7 @@ from core.hot import Lean
 from core.openapi import ErrorOut
 
 from . import engine, selectors, services
-from .models import Customer, EntitlementOverride, Grant, GrantSource
+from .models import SUBSCRIPTION_CURRENT, Customer, EntitlementOverride, Grant, GrantSource
 
 # --- representations ----------------------------------------------------------------------
 
@@ -95,7 +95,9 @@ class ConsumeIn(serializers.Serializer):
 
 class ConsumeOut(serializers.Serializer):
     allowed = serializers.BooleanField()
-    reason = serializers.ChoiceField(["limit_exceeded", "no_access"], allow_null=True)
+    reason = serializers.ChoiceField(
+        ["limit_exceeded", "no_access", "payment_overdue"], allow_null=True
+    )
     entitlement = EntitlementOut()
 
 
@@ -370,7 +372,7 @@ def _query_time(request, name: str) -> dt.datetime | None:
     if not raw:
         return None
     try:
-        return engine._parse_timestamp(raw.replace(" ", "+"))
+        return engine.parse_timestamp(raw.replace(" ", "+"))
     except InvalidInput:
         raise InvalidInput(
             f"{name} must be an ISO 8601 date and time.", code="invalid_time"
@@ -391,7 +393,7 @@ class CustomerSerializer(serializers.ModelSerializer):
         extra_kwargs = {"email": {"required": False}}
 
     def get_plan(self, customer) -> str | None:
-        active = [s for s in customer.subscriptions.all() if s.status == "active"]
+        active = [s for s in customer.subscriptions.all() if s.status in SUBSCRIPTION_CURRENT]
         return active[0].plan.key if active else None
 
 

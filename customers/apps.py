@@ -6,6 +6,12 @@ class CustomersConfig(AppConfig):
     verbose_name = "Customers"
 
     def ready(self) -> None:
+        # Usage transactions record threshold notifications; the send tasks join their outboxes.
+        from . import notifications, tasks  # noqa: F401
+        from .engine import ledger
+
+        ledger.on_usage_recorded(notifications.thresholds_record)
+
         # catalog never imports customers, so customers listens to the catalog's entitlements.
         from django.db.models.signals import post_delete, post_save, pre_save
 

@@ -20,7 +20,7 @@ from django.utils import timezone
 from catalog.models import Feature, Plan, TopUpPack
 
 from . import engine, services
-from .models import Customer, GrantSource, SubscriptionStatus
+from .models import SUBSCRIPTION_CURRENT, Customer, GrantSource
 from .periods import add_months
 
 DAYS = 30  # of usage, ending yesterday
@@ -85,7 +85,7 @@ def seed_customers(*, login=None, created_by=None) -> list[Customer]:
     customers = {}
     for demo in CUSTOMERS:
         customer = _customer(demo)
-        if not customer.subscriptions.filter(status=SubscriptionStatus.ACTIVE).exists():
+        if not customer.subscriptions.filter(status__in=SUBSCRIPTION_CURRENT).exists():
             months, days = demo.subscribed
             started_at = add_months(today - dt.timedelta(days=days), -months)
             _subscribe(customer, plans[demo.plan], started_at)

@@ -84,7 +84,13 @@ class CustomerUser(models.Model):
 
 class SubscriptionStatus(models.TextChoices):
     ACTIVE = "active", "Active"
+    # An invoice stayed unpaid past the grace period (billing sets it and clears it on payment).
+    PAST_DUE = "past_due", "Past due"
     CANCELED = "canceled", "Canceled"
+
+
+# The statuses of a customer's one current subscription: running, paid up or not.
+SUBSCRIPTION_CURRENT = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE)
 
 
 class Subscription(models.Model):
@@ -120,8 +126,8 @@ class Subscription(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["customer"],
-                condition=Q(status="active"),
-                name="subscription_one_active_per_customer",
+                condition=Q(status__in=["active", "past_due"]),
+                name="subscription_one_current_per_customer",
                 violation_error_message="This customer already has an active subscription.",
             ),
             models.CheckConstraint(

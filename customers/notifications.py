@@ -22,13 +22,15 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.formats import date_format
-from djmoney.money import Money
 
 from catalog.models import Enforcement
-from catalog.selectors import money_text, quantity_text, topup_packs_available
+from catalog.selectors import topup_packs_available
+from core.api import decimal_str, time_str
+from core.outbox import Outbox, Undeliverable, message_id
+from core.text import money_round, money_text, quantity_text
 
-from . import capacity as capacity_rule
 from . import engine, services, webhooks
+from .engine import arithmetic
 from .models import Customer, Notification, NotificationStatus, Subscription
 
 logger = logging.getLogger(__name__)
@@ -38,24 +40,16 @@ ZERO = Decimal("0")
 
 def sweep_delay() -> dt.timedelta:
     """How long a notification may stay pending before the sweep queues it again."""
-    return dt.timedelta(seconds=getattr(settings, "NOTIFICATION_SWEEP_DELAY_SECONDS", 120))
+    return dt.timedelta(seconds=settings.NOTIFICATION_SWEEP_DELAY_SECONDS)
 
 
 def give_up_after() -> dt.timedelta:
     """A notification still failing this long after the crossing is marked failed (a day); the
     admin can resend it."""
-    return dt.timedelta(seconds=getattr(settings, "NOTIFICATION_GIVE_UP_AFTER_SECONDS", 86400))
+    return dt.timedelta(seconds=settings.NOTIFICATION_GIVE_UP_AFTER_SECONDS)
 
 
 # --- recording ----------------------------------------------------------------------------
-
-
-def thresholds_crossed(before, after) -> list[int]:
-    """The `notify_at` thresholds that usage went across from `before` to `after`."""
-    if after.percent_used is None or before.percent_used is None:
-        return []
-    low, high = before.percent_used, after.percent_used
-    return [t for t in after.notify_at if low < Decimal(t) <= high]
 
 
 def thresholds_record(*, customer: Customer, feature, before, after) -> Notification | None:
@@ -66,7 +60,7 @@ def thresholds_record(*, customer: Customer, feature, before, after) -> Notifica
 
     Insert-or-nothing under a savepoint: a concurrent transaction recording the same
     threshold makes this insert wait, then fail on the unique constraint, and it is dropped."""
-    crossed = thresholds_crossed(before, after)
+    crossed = arithmetic.thresholds_crossed(before, after)
     if not crossed:
         return None
     now = timezone.now()
@@ -78,7 +72,7 @@ def thresholds_record(*, customer: Customer, feature, before, after) -> Notifica
         to=customer.alert_recipients,
         usage=after.usage,
         limit=after.limit,
-        capacity=capacity_rule.capacity(after),
+        capacity=arithmetic.capacity(after),
         balance=after.balance,
         unit=after.unit or "",
         resets_at=after.resets_at,
@@ -94,14 +88,8 @@ def thresholds_record(*, customer: Customer, feature, before, after) -> Notifica
     webhooks.event_record(
         webhooks.THRESHOLD_CROSSED, partial(threshold_event_data, notification, after)
     )
-    transaction.on_commit(partial(_queue_send, notification.pk))
+    OUTBOX.queue_on_commit([notification.pk])
     return notification
-
-
-def _queue_send(notification_id: int) -> None:
-    from . import tasks  # tasks import this module
-
-    tasks.enqueue(tasks.notification_send, notification_id)
 
 
 def threshold_event_data(notification: Notification, entitlement) -> dict:
@@ -110,35 +98,20 @@ def threshold_event_data(notification: Notification, entitlement) -> dict:
         "customer": notification.customer.external_id,
         "feature": notification.feature.key,
         "threshold": notification.threshold,
-        "percent_used": _decimal(entitlement.percent_used.quantize(Decimal("0.01"))),
-        "usage": _decimal(notification.usage),
-        "limit": _decimal(notification.limit),
-        "granted": _decimal(entitlement.granted),
-        "capacity": _decimal(notification.capacity),
-        "balance": _decimal(notification.balance),
+        "percent_used": decimal_str(entitlement.percent_used.quantize(Decimal("0.01"))),
+        "usage": decimal_str(notification.usage),
+        "limit": decimal_str(notification.limit),
+        "granted": decimal_str(entitlement.granted),
+        "capacity": decimal_str(notification.capacity),
+        "balance": decimal_str(notification.balance),
         "unit": notification.unit,
-        "period_start": _iso(notification.period_start),
-        "resets_at": _iso(notification.resets_at),
+        "period_start": time_str(notification.period_start),
+        "resets_at": time_str(notification.resets_at),
         "notification_id": notification.pk,
     }
 
 
-def _decimal(value) -> str | None:
-    return None if value is None else _wire_decimal(value)
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
 # --- the email ----------------------------------------------------------------------------
-
-
-def _wire_decimal(value: Decimal) -> str:
-    """`Decimal("87.5000")` -> "87.5": the webhook's plain decimal, no grouping, no exponent."""
-    return f"{value.normalize():f}" if value else "0"
 
 
 def _pack_offered(customer: Customer, subscription: Subscription | None, feature) -> bool:
@@ -186,8 +159,8 @@ def notification_email_context(notification: Notification) -> dict:
     usage, capacity = n.usage, n.capacity
     allowance = n.limit if n.limit is not None else capacity
     # A crossing at zero capacity only happens when nothing is left: 100%.
-    percent = int(capacity_rule.percent_of(usage, capacity, blocked=True))  # down, as the dashboard
-    over = capacity_rule.overage_of(usage, capacity)
+    percent = int(arithmetic.percent_of(usage, capacity, blocked=True))  # down, as the dashboard
+    over = arithmetic.overage_of(usage, capacity)
     left = n.balance if n.balance is not None else max(ZERO, capacity - usage)
     terms = engine.entitlement_check(customer, feature)
     subscription = services.subscription_active(customer)
@@ -196,7 +169,7 @@ def notification_email_context(notification: Notification) -> dict:
     if over > 0 and terms.enforcement == Enforcement.SOFT and terms.overage_price is not None:
         price = terms.overage_price
         overage_price = money_text(price)
-        overage_cost = money_text(Money(over * price.amount, price.currency))
+        overage_cost = money_text(money_round(over * price.amount, price.currency))
 
     site = settings.SITE_URL.rstrip("/")
 
@@ -237,7 +210,11 @@ def notification_email(notification: Notification, recipients: list[str]) -> Ema
         body=render_to_string("customers/email/threshold.txt", context),
         from_email=settings.DEFAULT_FROM_EMAIL,
         to=recipients,
-        headers={"X-Entitlements-Notification": str(notification.pk)},
+        headers={
+            "X-Entitlements-Notification": str(notification.pk),
+            # The same at every try: a receiver drops a resend after a crash (core.outbox).
+            "Message-ID": message_id("notification", notification.pk, notification.created_at),
+        },
     )
     message.attach_alternative(
         render_to_string("customers/email/threshold.html", context), "text/html"
@@ -247,88 +224,44 @@ def notification_email(notification: Notification, recipients: list[str]) -> Ema
 
 # --- sending ------------------------------------------------------------------------------
 
+# Alert emails go through the outbox (core.outbox: the claim, the retries, what "sent once"
+# means); tasks.py attaches the task that sends one.
+OUTBOX = Outbox(
+    model=Notification,
+    done=NotificationStatus.SENT,
+    done_at="sent_at",
+    sweep_delay=sweep_delay,
+    give_up_after=give_up_after,
+    related=("customer", "feature"),
+)
+
 
 def notification_email_send(*, notification_id: int) -> bool:
     """Sends one notification's email if it is still pending; True if sent now.
 
-    Locks the row for the send (SKIP LOCKED: if another worker is sending it, this call does
-    nothing), and marks it sent in the same transaction, so a notification marked sent is never
-    sent again. Each try counts in `attempts`; a failure keeps the error in `last_error` and
-    leaves the row pending (the task's quick retries, then the sweep with backoff, try again:
-    `webhooks.retry_at`) or, `give_up_after()` the crossing, marks it failed; then re-raises
-    the error."""
-    error = None
-    with transaction.atomic():
-        notification = (
-            Notification.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("customer", "feature")
-            .filter(pk=notification_id, status=NotificationStatus.PENDING)
-            .first()
-        )
-        if notification is None:
-            return False
-        now = timezone.now()
-        notification.attempts += 1
-        notification.last_attempt_at = now
-        recipients = notification.to or notification.customer.alert_recipients
-        if not recipients:
-            notification.status = NotificationStatus.FAILED
-            notification.last_error = "No recipient: the customer has no email address."
-        else:
-            try:
-                notification_email(notification, recipients).send()
-            except Exception as exc:
-                error = exc
-                notification.last_error = f"{type(exc).__name__}: {exc}"[:2000]
-                notification.next_attempt_at = webhooks.retry_at(
-                    attempts=notification.attempts, now=now, delay=sweep_delay()
-                )
-                if now - notification.created_at >= give_up_after():
-                    notification.status = NotificationStatus.FAILED
-            else:
-                notification.status = NotificationStatus.SENT
-                notification.sent_at = now
-                notification.to = recipients
-                notification.last_error = ""
-        notification.save(
-            update_fields=[
-                "attempts",
-                "last_attempt_at",
-                "next_attempt_at",
-                "status",
-                "sent_at",
-                "to",
-                "last_error",
-            ]
-        )
-    if error is not None:
-        raise error
-    return notification.status == NotificationStatus.SENT
+    The outbox's loop (core.outbox): the attempt is counted before the send, the row is locked
+    during it (another worker skips it) and marked sent in the same transaction; the email's
+    Message-ID is derived from the row, so a resend after a crash is recognisable. A failure
+    keeps the error in `last_error` and leaves the row pending (the task's quick retries, then
+    the sweep with backoff) or, `give_up_after()` the crossing, marks it failed; then
+    re-raises the error."""
+    return OUTBOX.send(notification_id, _email_deliver)
+
+
+def _email_deliver(notification: Notification) -> dict:
+    recipients = notification.to or notification.customer.alert_recipients
+    if not recipients:
+        raise Undeliverable("No recipient: the customer has no email address.")
+    notification_email(notification, recipients).send()
+    return {"to": recipients}
 
 
 def notifications_due(*, within: dt.timedelta = dt.timedelta(0), limit: int = 500) -> list[int]:
-    """Ids of pending notifications due for another try (`within` from now): their task was
-    lost, or failed `sweep_delay()` or more ago (with backoff: `webhooks.retry_at`)."""
-    due = timezone.now() + within
-    return list(
-        Notification.objects.filter(status=NotificationStatus.PENDING, next_attempt_at__lte=due)
-        .order_by("next_attempt_at", "pk")
-        .values_list("pk", flat=True)[:limit]
-    )
+    """Ids of pending notifications due for another try (core.outbox: `Outbox.due`)."""
+    return OUTBOX.due(within=within, limit=limit)
 
 
-@transaction.atomic
 def notifications_resend(*, notifications: QuerySet) -> int:
     """Pending or failed notifications back to pending and queued on commit (the admin's
     "resend"). Sent ones are left alone. Returns how many."""
-    ids = list(
-        notifications.filter(
-            status__in=[NotificationStatus.PENDING, NotificationStatus.FAILED]
-        ).values_list("pk", flat=True)
-    )
-    Notification.objects.filter(pk__in=ids).update(
-        status=NotificationStatus.PENDING, next_attempt_at=timezone.now()
-    )
-    for pk in ids:
-        transaction.on_commit(partial(_queue_send, pk))
-    return len(ids)
+    return OUTBOX.again(notifications)

@@ -12,7 +12,7 @@ from catalog.models import Feature
 from core.errors import InvalidInput
 
 from . import engine
-from .models import Customer, Subscription, SubscriptionStatus, UsageEvent
+from .models import SUBSCRIPTION_CURRENT, Customer, Subscription, UsageEvent
 from .periods import add_months
 
 BUCKET_WINDOWS = {"hour": TruncHour, "day": TruncDay, "month": TruncMonth}
@@ -38,7 +38,7 @@ def subscribers_over_limit(*, version_ids, feature_id: int, limit: Decimal) -> f
     path)."""
     feature = Feature.objects.get(pk=feature_id)
     subscriptions = Subscription.objects.filter(
-        plan_version_id__in=list(version_ids), status=SubscriptionStatus.ACTIVE
+        plan_version_id__in=list(version_ids), status__in=SUBSCRIPTION_CURRENT
     ).select_related("customer")
     over = set()
     for subscription in subscriptions.iterator():

@@ -17,6 +17,7 @@ from core.errors import Conflict, InvalidInput
 
 from . import snapshots
 from .models import (
+    SUBSCRIPTION_CURRENT,
     Customer,
     CustomerUser,
     EntitlementOverride,
@@ -71,8 +72,9 @@ def customer_user_link(*, user, customer: Customer) -> CustomerUser:
 
 
 def subscription_active(customer: Customer) -> Subscription | None:
+    """The customer's current subscription (active or past due), or None."""
     return (
-        Subscription.objects.filter(customer=customer, status=SubscriptionStatus.ACTIVE)
+        Subscription.objects.filter(customer=customer, status__in=SUBSCRIPTION_CURRENT)
         .select_related("plan", "scheduled_plan")
         .first()
     )
@@ -84,7 +86,8 @@ def subscription_start(
 ) -> Subscription:
     """Starts the customer's one active subscription; its first period begins now. Raises
     Conflict if one is active, InvalidInput for a plan not active or in another currency.
-    (billing.services.subscription_create wraps this and invoices the first period.)"""
+    (billing.services.subscriptions.subscription_create wraps this and invoices the first
+    period.)"""
     customer = Customer.objects.select_for_update().get(pk=customer.pk)
     _check_plan_for(customer, plan)
     if subscription_active(customer):
@@ -118,7 +121,7 @@ def _version_for_new(plan: Plan) -> PlanVersion:
 
 
 def _check_active(subscription: Subscription) -> None:
-    if subscription.status != SubscriptionStatus.ACTIVE:
+    if subscription.status not in SUBSCRIPTION_CURRENT:
         raise InvalidInput("This subscription has ended.", code="subscription_ended")
 
 
@@ -181,6 +184,20 @@ def subscription_cancel(*, subscription: Subscription, at_period_end: bool = Tru
 
 
 @transaction.atomic
+def subscription_payment_standing(*, subscription: Subscription, past_due: bool) -> Subscription:
+    """Marks a current subscription past due (an invoice unpaid past the grace period) or back
+    to active (paid up). Billing decides when; the engine reads the status (see
+    `engine.state.subscription_access_denial`). Locks the subscription; an ended one is left
+    alone."""
+    subscription = Subscription.objects.select_for_update().get(pk=subscription.pk)
+    status = SubscriptionStatus.PAST_DUE if past_due else SubscriptionStatus.ACTIVE
+    if subscription.status in SUBSCRIPTION_CURRENT and subscription.status != status:
+        subscription.status = status
+        subscription.save(update_fields=["status", "updated_at"])
+    return subscription
+
+
+@transaction.atomic
 def subscription_resume(*, subscription: Subscription) -> Subscription:
     subscription = Subscription.objects.select_for_update().get(pk=subscription.pk)
     subscription.cancel_at_period_end = False
@@ -238,13 +255,14 @@ def subscription_version_move(*, subscription: Subscription) -> Subscription:
 
 @transaction.atomic
 def subscriptions_version_migrate(*, version: PlanVersion) -> int:
-    """Moves every active subscription of `version.plan` to `version` at once: their
+    """Moves every current subscription (active or past due) of `version.plan` to `version` at
+    once: their
     entitlements change now, their prices from their next period. Locks the subscriptions in
     id order; one history row each (who and when); the engine's cached states of those
     customers are out of date from the commit. Answers how many moved."""
     moving = list(
         Subscription.objects.select_for_update()
-        .filter(plan_id=version.plan_id, status=SubscriptionStatus.ACTIVE)
+        .filter(plan_id=version.plan_id, status__in=SUBSCRIPTION_CURRENT)
         .exclude(plan_version=version)
         .order_by("pk")
     )

@@ -96,7 +96,7 @@ def forget() -> None:
 
 
 def enabled() -> bool:
-    return bool(shared_redis.url()) and getattr(settings, "USAGE_SNAPSHOTS", True)
+    return bool(shared_redis.url()) and settings.USAGE_SNAPSHOTS
 
 
 def _redis():

@@ -44,10 +44,10 @@ from catalog.services import catalog_version_bump
 from . import snapshots
 from .engine import COUNTED_ALWAYS, counted_windows
 from .models import (
+    SUBSCRIPTION_CURRENT,
     CountedWindow,
     Customer,
     Subscription,
-    SubscriptionStatus,
     UsageCounter,
     UsageEvent,
 )
@@ -323,7 +323,7 @@ def _timeline(customer_id: int, subs: list[Subscription], lo: dt.datetime, hi: d
     cursor = lo
     for i, sub in enumerate(subs):
         ends = sub.ended_at
-        if ends is None and sub.status != SubscriptionStatus.ACTIVE:
+        if ends is None and sub.status not in SUBSCRIPTION_CURRENT:
             ends = sub.current_period_end
         ends = min(ends or FOREVER, subs[i + 1].started_at if i + 1 < len(subs) else FOREVER)
         if ends <= sub.started_at:

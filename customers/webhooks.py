@@ -13,7 +13,9 @@ delivery is POSTed with
     X-Entitlements-Timestamp: <unix seconds>
     X-Entitlements-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>" with the secret>
 
-and retried until the receiver answers 2xx. `webhook_signature_verify` is what a receiver does.
+and retried until the receiver answers 2xx (core.outbox: the same loop as the emails; every
+try of one event carries its `X-Entitlements-Event-Id`, so a receiver drops a duplicate).
+`webhook_signature_verify` is what a receiver does.
 """
 
 import datetime as dt
@@ -31,9 +33,11 @@ from functools import partial
 
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
-from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
+
+from core.api import decimal_str, time_str
+from core.outbox import DeliveryFailed, Outbox, Undeliverable
 
 from .models import WebhookDelivery, WebhookDeliveryStatus, WebhookEndpoint
 
@@ -45,29 +49,33 @@ SIGNATURE_HEADER = "X-Entitlements-Signature"
 TIMESTAMP_HEADER = "X-Entitlements-Timestamp"
 
 
-class WebhookDeliveryError(Exception):
+class WebhookDeliveryError(DeliveryFailed):
     """The receiver could not be reached or did not answer 2xx; the task retries."""
 
 
 def timeout_seconds() -> float:
-    return getattr(settings, "WEBHOOK_TIMEOUT_SECONDS", 5)
+    return settings.WEBHOOK_TIMEOUT_SECONDS
 
 
 def sweep_delay() -> dt.timedelta:
     """How long a delivery may stay pending before the sweep queues it again."""
-    return dt.timedelta(seconds=getattr(settings, "WEBHOOK_SWEEP_DELAY_SECONDS", 120))
+    return dt.timedelta(seconds=settings.WEBHOOK_SWEEP_DELAY_SECONDS)
 
 
 def give_up_after() -> dt.timedelta:
     """A delivery still failing this long after its event is marked failed (3 days)."""
-    return dt.timedelta(seconds=getattr(settings, "WEBHOOK_GIVE_UP_AFTER_SECONDS", 3 * 86400))
+    return dt.timedelta(seconds=settings.WEBHOOK_GIVE_UP_AFTER_SECONDS)
 
 
-def retry_at(*, attempts: int, now: dt.datetime, delay: dt.timedelta) -> dt.datetime:
-    """When an outbox row that failed `attempts` times is due for the sweep again: `delay`
-    after the last try, doubling every 4 tries (one task and its own quick retries), at most
-    an hour apart. The task's own retries come sooner than `delay`, so the two never overlap."""
-    return now + min(delay * 2 ** min(attempts // 4, 8), dt.timedelta(hours=1))
+# Deliveries go through the outbox (core.outbox); tasks.py attaches the task that sends one.
+OUTBOX = Outbox(
+    model=WebhookDelivery,
+    done=WebhookDeliveryStatus.DELIVERED,
+    done_at="delivered_at",
+    sweep_delay=sweep_delay,
+    give_up_after=give_up_after,
+    related=("endpoint",),
+)
 
 
 # --- signing ------------------------------------------------------------------------------
@@ -117,7 +125,7 @@ def event_record(event_type: str, data: dict | Callable[[], dict]) -> list[Webho
     payload = {
         "id": event_id,
         "type": event_type,
-        "created_at": now.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+        "created_at": time_str(now),
         "data": data() if callable(data) else data,
     }
     deliveries = WebhookDelivery.objects.bulk_create(
@@ -134,16 +142,8 @@ def event_record(event_type: str, data: dict | Callable[[], dict]) -> list[Webho
             for e in endpoints
         ]
     )
-    transaction.on_commit(partial(_queue_deliveries, [d.pk for d in deliveries]))
+    OUTBOX.queue_on_commit(d.pk for d in deliveries)
     return deliveries
-
-
-def _queue_deliveries(delivery_ids: list[int]) -> None:
-    from . import tasks  # tasks import this module
-
-    for pk in delivery_ids:
-        if not tasks.enqueue(tasks.webhook_deliver, pk):
-            break  # the broker is down: the sweep queues the rest
 
 
 def entitlement_updated_record(*, instance, action: str) -> list[WebhookDelivery]:
@@ -165,14 +165,14 @@ def _text(value) -> str | None:
     if value is None:
         return None
     if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+        return time_str(value)
     if hasattr(value, "amount") and hasattr(value, "currency"):  # Money: "0.10", "0.1234"
         amount = value.amount.normalize()
         if amount.as_tuple().exponent > -2:
             amount = amount.quantize(Decimal("0.01"))
         return {"amount": f"{amount:f}", "currency": str(value.currency)}
-    if hasattr(value, "normalize"):  # Decimal
-        return f"{value.normalize():f}"
+    if isinstance(value, Decimal):
+        return decimal_str(value)
     return value
 
 
@@ -210,56 +210,21 @@ def entitlement_event_data(instance, action: str) -> dict:
 def webhook_delivery_send(*, delivery_id: int) -> bool:
     """POSTs one pending delivery; True if the receiver answered 2xx now.
 
-    Locks the row (SKIP LOCKED: a worker already sending it wins) and marks it delivered in the
-    same transaction, so a delivered event is never POSTed again. Records attempts, the
-    response code, the last error and when the sweep may try again (`retry_at`); a delivery
-    still failing `give_up_after()` after its event is marked failed.
-    Raises WebhookDeliveryError on failure so that the task retries with backoff."""
-    error = None
-    with transaction.atomic():
-        delivery = (
-            WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("endpoint")
-            .filter(pk=delivery_id, status=WebhookDeliveryStatus.PENDING)
-            .first()
-        )
-        if delivery is None:
-            return False
-        now = timezone.now()
-        delivery.attempts += 1
-        delivery.last_attempt_at = now
-        endpoint = delivery.endpoint
-        if not endpoint.active:
-            delivery.status = WebhookDeliveryStatus.FAILED
-            delivery.last_error = "The endpoint was deactivated."
-        else:
-            code, error = _post(endpoint, delivery)
-            delivery.response_code = code
-            if error is None:
-                delivery.status = WebhookDeliveryStatus.DELIVERED
-                delivery.delivered_at = timezone.now()
-                delivery.last_error = ""
-            else:
-                delivery.last_error = error[:2000]
-                delivery.next_attempt_at = retry_at(
-                    attempts=delivery.attempts, now=now, delay=sweep_delay()
-                )
-                if now - delivery.created_at >= give_up_after():
-                    delivery.status = WebhookDeliveryStatus.FAILED
-        delivery.save(
-            update_fields=[
-                "attempts",
-                "last_attempt_at",
-                "next_attempt_at",
-                "status",
-                "response_code",
-                "delivered_at",
-                "last_error",
-            ]
-        )
+    The outbox's loop (core.outbox): the attempt is counted before the POST, the row is locked
+    during it (another worker skips it) and marked delivered in the same transaction; every
+    try carries the same event id. Records the response code, the last error and when the
+    sweep may try again; a delivery still failing `give_up_after()` after its event is marked
+    failed. Raises WebhookDeliveryError on failure so that the task retries with backoff."""
+    return OUTBOX.send(delivery_id, _deliver)
+
+
+def _deliver(delivery: WebhookDelivery) -> dict:
+    if not delivery.endpoint.active:
+        raise Undeliverable("The endpoint was deactivated.")
+    code, error = _post(delivery.endpoint, delivery)
     if error is not None:
-        raise WebhookDeliveryError(error)
-    return delivery.status == WebhookDeliveryStatus.DELIVERED
+        raise WebhookDeliveryError(error, response_code=code)
+    return {"response_code": code}
 
 
 def _post(endpoint: WebhookEndpoint, delivery: WebhookDelivery) -> tuple[int | None, str | None]:
@@ -292,29 +257,11 @@ def _post(endpoint: WebhookEndpoint, delivery: WebhookDelivery) -> tuple[int | N
 
 
 def deliveries_due(*, within: dt.timedelta = dt.timedelta(0), limit: int = 500) -> list[int]:
-    """Ids of pending deliveries due for another try (`within` from now): their task was lost,
-    or failed `sweep_delay()` or more ago (see `retry_at`)."""
-    due = timezone.now() + within
-    return list(
-        WebhookDelivery.objects.filter(
-            status=WebhookDeliveryStatus.PENDING, next_attempt_at__lte=due
-        )
-        .order_by("next_attempt_at", "pk")
-        .values_list("pk", flat=True)[:limit]
-    )
+    """Ids of pending deliveries due for another try (core.outbox: `Outbox.due`)."""
+    return OUTBOX.due(within=within, limit=limit)
 
 
-@transaction.atomic
 def deliveries_retry(*, deliveries: QuerySet) -> int:
     """Pending or failed deliveries back to pending and queued on commit (the admin's
     "retry"). Delivered ones are left alone. Returns how many."""
-    ids = list(
-        deliveries.filter(
-            status__in=[WebhookDeliveryStatus.PENDING, WebhookDeliveryStatus.FAILED]
-        ).values_list("pk", flat=True)
-    )
-    WebhookDelivery.objects.filter(pk__in=ids).update(
-        status=WebhookDeliveryStatus.PENDING, next_attempt_at=timezone.now()
-    )
-    transaction.on_commit(partial(_queue_deliveries, ids))
-    return len(ids)
+    return OUTBOX.again(deliveries)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from django.utils import timezone
 
 from billing.models import Invoice, InvoicePurpose, InvoiceStatus, TopUpPurchase
-from billing.services import money_text, quantity_text
 from catalog.models import (
     Feature,
     FeatureKind,
@@ -25,15 +24,21 @@ from catalog.models import (
     Reset,
     TopUpPack,
 )
-from catalog.selectors import CURRENT, plan_comparison, price_text, topup_packs_available
-from customers import capacity as capacity_rule
-from customers.engine import Entitlement, entitlements_resolve
+from catalog.selectors import (
+    CURRENT,
+    plan_comparison,
+    plan_is_upgrade,
+    price_text,
+    topup_packs_available,
+)
+from core.text import day_text, money_text, quantity_text
+from customers.engine import Entitlement, arithmetic, entitlements_resolve
 from customers.models import (
+    SUBSCRIPTION_CURRENT,
     Customer,
     CustomerUser,
     Notification,
     Subscription,
-    SubscriptionStatus,
 )
 from customers.selectors import usage_buckets
 
@@ -52,7 +57,7 @@ def customer_of(user) -> Customer | None:
 
 def subscription_of(customer: Customer) -> Subscription | None:
     return (
-        Subscription.objects.filter(customer=customer, status=SubscriptionStatus.ACTIVE)
+        Subscription.objects.filter(customer=customer, status__in=SUBSCRIPTION_CURRENT)
         .select_related("plan", "scheduled_plan")
         .first()
     )
@@ -63,7 +68,8 @@ def subscription_of(customer: Customer) -> Subscription | None:
 
 @dataclass(frozen=True)
 class UsageCard:
-    """One entitlement as a card shows it. `state`: ok | warn | danger | unlimited | off."""
+    """One entitlement as a card shows it. `state`: ok | warn | danger | unlimited | off |
+    paused (payment overdue)."""
 
     entitlement: Entitlement
     state: str
@@ -91,16 +97,17 @@ def _warn_at(e: Entitlement) -> int:
     return min(below_full) if below_full else WARN_AT_DEFAULT
 
 
-def _date_text(at: dt.datetime | None) -> str:
-    if at is None:
-        return ""
-    at = at.astimezone(dt.UTC)
-    return f"{at:%b} {at.day}, {at.year}"
+PAUSED_WARNING = "Paused until the overdue invoice is paid."
 
 
 def usage_card(e: Entitlement, *, can_buy: bool = False) -> UsageCard:
     if e.kind != FeatureKind.METERED:
-        return UsageCard(entitlement=e, state="ok" if e.has_access else "off")
+        state = "paused" if e.denied else ("ok" if e.has_access else "off")
+        return UsageCard(entitlement=e, state=state)
+    if e.denied:
+        # The numbers stand; access waits for the payment (BILLING_PAST_DUE_ACCESS=deny).
+        card = usage_card(replace(e, denied=None, has_access=True))
+        return replace(card, state="paused", warning=PAUSED_WARNING, can_buy=False)
     if e.unlimited:
         return UsageCard(entitlement=e, state="unlimited", can_buy=can_buy)
     exact = e.percent_used if e.percent_used is not None else ZERO
@@ -120,7 +127,7 @@ def usage_card(e: Entitlement, *, can_buy: bool = False) -> UsageCard:
             # A level (storage in use) does not reset: it goes down when they use less.
             warning += " More is blocked until you use less, buy more or upgrade."
         elif e.resets_at:
-            warning += f" More is blocked until it resets on {_date_text(e.resets_at)}."
+            warning += f" More is blocked until it resets on {day_text(e.resets_at)}."
         else:
             warning += " More is blocked."
     elif exact >= _warn_at(e):
@@ -288,7 +295,7 @@ def usage_chart(
     future = [day > today for day in days]
     values = [ZERO if is_future else v for v, is_future in zip(values, future, strict=True)]
 
-    capacity = capacity_rule.capacity(e)  # the limit line: allowance plus grants
+    capacity = arithmetic.capacity(e)  # the limit line: allowance plus grants
     peak = max([float(v) for v in values] + [float(capacity or 0)] + [0.0])
     top, step = _nice_top(peak * 1.05 if peak else 0)
     plot_w, plot_h = PLOT_RIGHT - PLOT_LEFT, PLOT_BOTTOM - PLOT_TOP
@@ -391,7 +398,7 @@ def topup_expiry_text(pack: TopUpPack, subscription: Subscription | None) -> str
     if pack.expiry == "days":
         return f"Expires {pack.expiry_days} days after purchase"
     if subscription is not None:
-        end = _date_text(subscription.current_period_end)
+        end = day_text(subscription.current_period_end)
         return f"Expires at the end of this billing period ({end})"
     return "Expires at the end of the billing period"
 
@@ -475,7 +482,7 @@ def plan_choice(customer: Customer, subscription: Subscription) -> PlanChoice:
         relation = (
             "current"
             if i == current_index
-            else ("upgrade" if plan.rank > subscription.plan.rank else "downgrade")
+            else ("upgrade" if plan_is_upgrade(subscription.plan, plan) else "downgrade")
         )
         own = subscription.plan_version.price if relation == "current" else None
         option = PlanOption(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import secrets
 from functools import wraps
 
+from csp.constants import NONE
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
@@ -23,8 +25,11 @@ from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect
 
 from billing import selectors as billing_selectors
-from billing.services import proration_preview, subscription_change_plan, topup_purchase
+from billing.services.payments import invoice_pay as billing_invoice_pay
+from billing.services.purchases import topup_purchase
+from billing.services.subscriptions import proration_preview, subscription_change_plan
 from catalog.models import Feature, FeatureKind
+from catalog.selectors import plan_is_upgrade
 from core.errors import DomainError, NotFound, PaymentFailed
 
 from . import selectors
@@ -59,10 +64,38 @@ def customer_required(view):
 @require_http_methods(["GET"])
 def portal_enter(request: HttpRequest, token: str) -> HttpResponse:
     """A portal link from the business's own app: signs the visitor in to that one customer's
-    dashboard, once; a used, expired or unknown link is a 403 page that says so."""
+    dashboard, once; a used, expired or unknown link is a 403 page that says so. With
+    `?view=embed` it lands on the compact usage page made for an iframe."""
+    embed = request.GET.get("view") == "embed"
     if portal_session_open(request, token) is None:
-        return render(request, "dashboard/portal_expired.html", status=403)
-    return redirect("dashboard:overview")
+        response = render(request, "dashboard/portal_expired.html", status=403)
+        return _frameable(response) if embed else response
+    return redirect("dashboard:embed" if embed else "dashboard:overview")
+
+
+def _frameable(response: HttpResponse) -> HttpResponse:
+    """Lets the origins in settings.DASHBOARD_EMBED_ORIGINS (and only those) frame this
+    response: CSP frame-ancestors names them, and no X-Frame-Options header refuses them.
+    With none configured the response stays unframeable, like every other page."""
+    origins = settings.DASHBOARD_EMBED_ORIGINS
+    response._csp_replace = {"frame-ancestors": list(origins) or [NONE]}
+    response.xframe_options_exempt = bool(origins)
+    return response
+
+
+@never_cache
+@vary_on_headers("HX-Request")
+def embed(request: HttpRequest) -> HttpResponse:
+    """The compact usage page for an iframe in the business's own app: a card per allowance
+    and what the plan includes, refreshed every 15 seconds; links open the full dashboard in
+    a new tab. Needs the customer's session (a portal link opened with ?view=embed)."""
+    customer = selectors.customer_of(request.user)
+    if customer is None:
+        return _frameable(render(request, "dashboard/embed_signed_out.html", status=403))
+    data = selectors.overview(customer)
+    context = {"customer": customer, "overview": data, "subscription": data.subscription}
+    template = "dashboard/embed.html#cards" if request.htmx else "dashboard/embed.html"
+    return _frameable(render(request, template, context))
 
 
 def _page(request: HttpRequest, template: str, context: dict, *, status: int = 200):
@@ -73,7 +106,12 @@ def _page(request: HttpRequest, template: str, context: dict, *, status: int = 2
     return render(
         request,
         template,
-        {"customer": request.customer, "subscription": subscription, **context},
+        {
+            "customer": request.customer,
+            "subscription": subscription,
+            "past_due_denies": settings.BILLING_PAST_DUE_ACCESS == "deny",
+            **context,
+        },
         status=status,
     )
 
@@ -141,6 +179,9 @@ def topup_confirm(request: HttpRequest, pack_key: str) -> HttpResponse:
                 purchase = topup_purchase(customer=customer, pack=pack, idempotency_key=key)
             except PaymentFailed as failure:
                 error, error_title, status = failure.message, "The payment failed.", 402
+                # Nothing was bought: the next try is a new purchase, with a key the payment
+                # processor has not seen (it would answer a reused key with the same decline).
+                form = TopUpConfirmForm(initial={"idempotency_key": secrets.token_urlsafe(24)})
             except DomainError as failure:
                 error, status = failure.message, failure.status
                 error_title = "The purchase could not be completed."
@@ -230,7 +271,9 @@ def plan_change(request: HttpRequest, plan_key: str) -> HttpResponse:
         return redirect("dashboard:plans")
 
     relation = (
-        "keep" if current else ("upgrade" if plan.rank > subscription.plan.rank else "downgrade")
+        "keep"
+        if current
+        else ("upgrade" if plan_is_upgrade(subscription.plan, plan) else "downgrade")
     )
     error, status, preview = "", 200, None
     if request.method == "POST":
@@ -313,14 +356,54 @@ def plan_changed(request: HttpRequest, number: str) -> HttpResponse:
 
 @customer_required
 def invoices(request: HttpRequest) -> HttpResponse:
+    """Every invoice, the outstanding ones first with "Pay now", and the receipts emailed."""
+    customer = request.customer
     return _page(
         request,
         "dashboard/invoices.html",
         {
             "section": "invoices",
-            "invoices": billing_selectors.invoice_list(customer=request.customer)[:200],
+            "outstanding": list(billing_selectors.invoices_outstanding(customer=customer)),
+            "invoices": billing_selectors.invoice_list(customer=customer)[:200],
+            "receipts": billing_selectors.receipts_of(customer=customer)[:50],
         },
     )
+
+
+def _own_invoice(request: HttpRequest, number: str):
+    # The login is the customer's: another customer's invoice is a 404, like an unknown one.
+    try:
+        return billing_selectors.invoice_get_for_user(user=request.user, number=number)
+    except NotFound:
+        raise Http404("No such invoice.") from None
+
+
+def _invoice_page(request: HttpRequest, invoice, *, error: str = "", status: int = 200):
+    context = billing_selectors.invoice_page_context(invoice)
+    context.update({"section": "invoices", "error": error})
+    return _page(request, "dashboard/invoice_detail.html", context, status=status)
+
+
+@customer_required
+def invoice_detail(request: HttpRequest, number: str) -> HttpResponse:
+    """One invoice as a printable document, with "Pay now" while it is outstanding."""
+    return _invoice_page(request, _own_invoice(request, number))
+
+
+@customer_required
+@require_http_methods(["POST"])
+def invoice_pay(request: HttpRequest, number: str) -> HttpResponse:
+    """Charges an outstanding invoice again through the payment provider (idempotent: an
+    invoice paid meanwhile is not charged twice). A decline or an invoice that is not payable
+    shows why on the invoice page."""
+    invoice = _own_invoice(request, number)
+    try:
+        billing_invoice_pay(invoice=invoice)
+    except DomainError as failure:
+        invoice = _own_invoice(request, number)  # as it stands now, with the failed attempt
+        return _invoice_page(request, invoice, error=failure.message, status=failure.status)
+    messages.success(request, f"Thank you: invoice {number} is paid. A receipt is on its way.")
+    return redirect("dashboard:invoice_detail", number=number)
 
 
 @customer_required

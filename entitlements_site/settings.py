@@ -10,6 +10,7 @@ and pytest-django then answers requests with DEBUG off, so they see the producti
 pages. `make run` (entitlements_site/gunicorn_conf.py) and production turn it off.
 """
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -196,10 +197,57 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Entitlements <norepl
 SITE_URL = env.str("SITE_URL", default=f"http://127.0.0.1:{env.str('PORT', default='8000')}")
 # Seconds a portal link (POST /api/v1/customers/{id}/portal-sessions) may be opened, once.
 PORTAL_SESSION_TTL = env.int("PORTAL_SESSION_TTL", default=300)
+# Origins (scheme://host[:port], comma-separated) whose pages may frame the compact usage page
+# /dashboard/embed/ (CSP frame-ancestors). None by default: every page refuses to be framed.
+DASHBOARD_EMBED_ORIGINS = env.list("DASHBOARD_EMBED_ORIGINS", default=[])
+for _origin in DASHBOARD_EMBED_ORIGINS:
+    if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", _origin):
+        raise ImproperlyConfigured(
+            f"DASHBOARD_EMBED_ORIGINS: {_origin!r} is not an origin (https://host[:port])."
+        )
+
+# The outbox (core/outbox.py): how long a usage alert email or a webhook delivery may stay
+# pending before the sweep queues it again (the task queued on commit goes first), and how
+# long after it was recorded one still failing is marked failed (the admin can resend it).
+NOTIFICATION_SWEEP_DELAY_SECONDS = 120
+NOTIFICATION_GIVE_UP_AFTER_SECONDS = 86400  # a day
+WEBHOOK_SWEEP_DELAY_SECONDS = 120
+WEBHOOK_GIVE_UP_AFTER_SECONDS = 3 * 86400  # three days
+# Seconds a webhook receiver has to answer one POST.
+WEBHOOK_TIMEOUT_SECONDS = 5
 
 # Money
 CURRENCIES = ("USD", "EUR", "GBP")
 DEFAULT_CURRENCY = "USD"
+
+# Payments (docs/payments.md). The provider charging every invoice at issue: a dotted path to a
+# class of billing.providers' interface. The built-in one records each charge as paid (money is
+# collected outside this system); `billing.providers.TestPaymentProvider` declines on demand.
+BILLING_PAYMENT_PROVIDER = env.str(
+    "BILLING_PAYMENT_PROVIDER", default="billing.providers.BuiltinPaymentProvider"
+)
+# The test provider declines the customers listed here (external ids, comma-separated; `*`
+# for everyone): flip it to try dunning end to end.
+BILLING_TEST_PROVIDER_DECLINE = env.list("BILLING_TEST_PROVIDER_DECLINE", default=[])
+# Days an invoice may stay unpaid after its issue (its due date); past that the subscription
+# is past due.
+BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=7)
+# Hours between two tries of a declined charge (beat's "Retry failed payments" runs every
+# 15 minutes and retries the invoices due); the customer is emailed after each decline.
+BILLING_PAYMENT_RETRY_HOURS = env.int("BILLING_PAYMENT_RETRY_HOURS", default=24)
+# What a past-due subscription does to access: "keep" (entitlements unchanged while the
+# payment is chased) or "deny" (every check answers has_access false and every consume is
+# refused with reason `payment_overdue` until the invoice is paid).
+BILLING_PAST_DUE_ACCESS = env.str("BILLING_PAST_DUE_ACCESS", default="keep")
+if BILLING_PAST_DUE_ACCESS not in ("keep", "deny"):
+    raise ImproperlyConfigured("BILLING_PAST_DUE_ACCESS is `keep` or `deny`.")
+# The seller's details printed on every invoice.
+BILLING_SELLER = {
+    "name": env.str("BILLING_SELLER_NAME", default="Entitlements Inc."),
+    "address": env.str("BILLING_SELLER_ADDRESS", default="1 Example Street\nSpringfield"),
+    "email": env.str("BILLING_SELLER_EMAIL", default="billing@localhost"),
+    "tax_id": env.str("BILLING_SELLER_TAX_ID", default=""),
+}
 
 # Celery: Redis in production; without a broker, tasks run in-process (eagerly).
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")

@@ -72,7 +72,7 @@ def _broker() -> str:
     with Connection(
         url,
         connect_timeout=BROKER_TIMEOUT_SECONDS,
-        transport_options=getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {}),
+        transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS,
     ) as broker:
         # max_retries=0: one attempt; a probe reports the outage instead of waiting it out.
         broker.ensure_connection(max_retries=0, timeout=BROKER_TIMEOUT_SECONDS)

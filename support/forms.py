@@ -7,9 +7,9 @@ from django import forms
 
 from catalog.forms import EntitlementValuesForm, FeatureChoiceField
 from catalog.models import Feature, FeatureKind, TopUpPack
-from catalog.selectors import quantity_text
 from core.bounds import validate_url_safe
 from core.forms import ExactDecimalField, InstantField
+from core.text import quantity_text
 
 from .selectors import PlanOption
 
@@ -142,3 +142,14 @@ class OverrideForm(forms.Form):
 
 def override_values_form(feature, currency: str, data=None) -> EntitlementValuesForm:
     return EntitlementValuesForm(data, prefix="ov", feature=feature, currency=currency)
+
+
+class InvoiceVoidForm(forms.Form):
+    """Support's confirmation of "Void (and refund)": why, for the invoice's history."""
+
+    reason = forms.CharField(
+        max_length=500,
+        label="Reason",
+        help_text="Kept on the invoice and in its history; the customer sees it.",
+        widget=forms.TextInput(attrs={"autocomplete": "off"}),
+    )

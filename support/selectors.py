@@ -12,15 +12,15 @@ from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 
 from catalog.models import FeatureKind, Plan, PlanStatus
-from catalog.selectors import entitlement_overage_text, entitlement_summary, quantity_text
-from customers import capacity as capacity_rule
-from customers.engine import Entitlement, entitlements_resolve
+from catalog.selectors import entitlement_overage_text, entitlement_summary, plan_is_upgrade
+from core.text import quantity_text
+from customers.engine import Entitlement, arithmetic, entitlements_resolve
 from customers.models import (
+    SUBSCRIPTION_CURRENT,
     Customer,
     EntitlementOverride,
     Grant,
     Subscription,
-    SubscriptionStatus,
 )
 from customers.selectors import customer_search
 
@@ -38,7 +38,7 @@ FULL_AT = Decimal("100")
 
 
 def _with_active_plan(customers: QuerySet[Customer]) -> QuerySet[Customer]:
-    active = Subscription.objects.filter(status=SubscriptionStatus.ACTIVE).select_related("plan")
+    active = Subscription.objects.filter(status__in=SUBSCRIPTION_CURRENT).select_related("plan")
     return customers.prefetch_related(Prefetch("subscriptions", active, to_attr="active_subs"))
 
 
@@ -78,7 +78,7 @@ class EntitlementRow:
     @property
     def capacity(self) -> Decimal | None:
         """What 100% is: the allowance plus the grants in force."""
-        return capacity_rule.capacity(self.e)
+        return arithmetic.capacity(self.e)
 
     def q(self, value) -> str:
         return quantity_text(value, self.e.unit)
@@ -248,7 +248,7 @@ def plan_options(customer: Customer, subscription: Subscription | None) -> list[
             if subscription.scheduled_plan_id:
                 options.append(PlanOption(plan, "current"))
             continue
-        direction = "upgrade" if plan.rank > subscription.plan.rank else "downgrade"
+        direction = "upgrade" if plan_is_upgrade(subscription.plan, plan) else "downgrade"
         options.append(PlanOption(plan, direction))
     return options
 

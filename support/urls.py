@@ -12,6 +12,11 @@ urlpatterns = [
     path("customers/<int:pk>/grants/", views.grant_add, name="grant_add"),
     path("customers/<int:pk>/grants/<int:grant_pk>/void/", views.grant_void, name="grant_void"),
     path("customers/<int:pk>/topups/", views.topup_sell, name="topup_sell"),
+    path(
+        "customers/<int:pk>/invoices/<str:number>/void/",
+        views.invoice_void,
+        name="invoice_void",
+    ),
     path("customers/<int:pk>/overrides/", views.override_add, name="override_add"),
     path(
         "customers/<int:pk>/overrides/<int:override_pk>/end/",

@@ -11,21 +11,29 @@ place. Errors: the form again, with them.
 
 from functools import wraps
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import reswap, retarget
 
 from billing import selectors as billing_selectors
-from billing import services as billing
+from billing.models import InvoiceStatus
+from billing.services.payments import invoice_refund_void
+from billing.services.purchases import topup_purchase
+from billing.services.subscriptions import (
+    proration_preview,
+    subscription_change_plan,
+    subscription_create,
+)
 from catalog.forms import errors_to_form
 from catalog.models import Feature, Plan
 from catalog.selectors import entitlement_summary, plan_version_current, topup_packs_available
-from core.errors import DomainError
+from core.errors import DomainError, NotFound
 from core.roles import is_support
 from customers import services as customer_services
 from customers.models import Customer, EntitlementOverride, Grant, GrantSource
@@ -33,6 +41,7 @@ from customers.models import Customer, EntitlementOverride, Grant, GrantSource
 from . import selectors
 from .forms import (
     GrantForm,
+    InvoiceVoidForm,
     OverrideForm,
     PlanChoiceForm,
     SearchForm,
@@ -107,6 +116,7 @@ def _page_context(request, customer: Customer, **forms) -> dict:
         "notifications_available": selectors.Notification is not None,
         "invoices": billing_selectors.invoice_list(customer=customer)[:20],
         "history": selectors.customer_history(customer),
+        "past_due_denies": settings.BILLING_PAST_DUE_ACCESS == "deny",
         "plan_form": PlanChoiceForm(options=selectors.plan_options(customer, subscription)),
         "grant_form": GrantForm(prefix="grant"),
         "topup_form": TopUpForm(prefix="topup", packs=packs),
@@ -180,7 +190,7 @@ def _preview(customer: Customer, subscription, option) -> dict:
     if subscription is None:
         return {"kind": "subscribe", "plan": option.plan}
     if option.direction == "upgrade":
-        preview = billing.proration_preview(subscription=subscription, plan=option.plan)
+        preview = proration_preview(subscription=subscription, plan=option.plan)
         return {"kind": "upgrade", "plan": option.plan, "proration": preview}
     if option.direction == "current":
         return {"kind": "keep", "plan": option.plan, "until": subscription.current_period_end}
@@ -191,8 +201,8 @@ def _preview(customer: Customer, subscription, option) -> dict:
 @require_http_methods(["GET", "POST"])
 def change_plan(request: HttpRequest, pk: int) -> HttpResponse:
     """GET ?plan=<key>: the preview (the panel under htmx, else the page). POST plan=<key>:
-    billing.subscription_change_plan (an upgrade at once with a proration invoice; a downgrade
-    scheduled for the period end), or billing.subscription_create without a subscription."""
+    subscription_change_plan (an upgrade at once with a proration invoice; a downgrade
+    scheduled for the period end), or subscription_create without a subscription."""
     customer = _customer_get(pk)
     subscription = customer_services.subscription_active(customer)
     options = selectors.plan_options(customer, subscription)
@@ -208,9 +218,9 @@ def change_plan(request: HttpRequest, pk: int) -> HttpResponse:
     if request.method == "POST" and preview is not None:
         try:
             if subscription is None:
-                billing.subscription_create(customer=customer, plan=option.plan)
+                subscription_create(customer=customer, plan=option.plan)
                 return _done(request, customer, f"Subscribed to {option.plan.name}.", "plan")
-            change = billing.subscription_change_plan(subscription=subscription, plan=option.plan)
+            change = subscription_change_plan(subscription=subscription, plan=option.plan)
         except (DomainError, ValidationError) as error:
             errors_to_form(form, error)
         else:
@@ -264,7 +274,7 @@ def grant_add(request: HttpRequest, pk: int) -> HttpResponse:
 @support_required
 @require_POST
 def topup_sell(request: HttpRequest, pk: int) -> HttpResponse:
-    """A paid top-up: billing.topup_purchase with the form's idempotency key (made when the
+    """A paid top-up: topup_purchase with the form's idempotency key (made when the
     form was shown), so that submitting twice buys once."""
     customer = _customer_get(pk)
     subscription = customer_services.subscription_active(customer)
@@ -272,7 +282,7 @@ def topup_sell(request: HttpRequest, pk: int) -> HttpResponse:
     form = TopUpForm(request.POST, prefix="topup", packs=packs)
     if form.is_valid():
         try:
-            purchase = billing.topup_purchase(
+            purchase = topup_purchase(
                 customer=customer,
                 pack=form.cleaned_data["pack"],
                 idempotency_key=form.cleaned_data["idempotency_key"],
@@ -396,3 +406,38 @@ def override_end(request: HttpRequest, pk: int, override_pk: int) -> HttpRespons
         f"Ended the override of {override.feature.name}; the plan's terms apply again.",
         "overrides",
     )
+
+
+# --- invoices -------------------------------------------------------------------------------
+
+
+@support_required
+@require_http_methods(["GET", "POST"])
+def invoice_void(request: HttpRequest, pk: int, number: str) -> HttpResponse:
+    """GET: the invoice and a confirmation form (the reason is required). POST: voids it,
+    refunding a paid invoice through the payment provider first (billing's
+    invoice_refund_void); voiding twice answers 409 with why, a refused refund 402."""
+    customer = _customer_get(pk)
+    try:
+        invoice = billing_selectors.invoice_get(number=number)
+    except NotFound:
+        raise Http404("No such invoice.") from None
+    if invoice.customer_id != customer.pk:
+        raise Http404("No such invoice for this customer.")
+    form = InvoiceVoidForm(request.POST or None)
+    error, status = "", 200
+    if request.method == "POST" and form.is_valid():
+        try:
+            invoice_refund_void(invoice=invoice, reason=form.cleaned_data["reason"])
+        except DomainError as failure:
+            error, status = failure.message, failure.status
+            invoice = billing_selectors.invoice_get(number=number)
+        else:
+            refunded = " and refunded" if invoice.status == InvoiceStatus.PAID else ""
+            messages.success(request, f"Invoice {number} is void{refunded}.")
+            return redirect(_customer_url(customer, "invoices"))
+    elif request.method == "POST":
+        status = 400
+    context = billing_selectors.invoice_page_context(invoice)
+    context.update({"customer": customer, "form": form, "error": error})
+    return render(request, "support/invoice_void.html", context, status=status)

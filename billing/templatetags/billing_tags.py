@@ -1,6 +1,6 @@
 from django import template
 
-from billing.services import money_text, quantity_text
+from core.text import money_text, quantity_text
 
 register = template.Library()
 

@@ -15,7 +15,7 @@ from decimal import Decimal
 
 from djmoney.money import Money
 
-from billing.payments import BuiltinPaymentProvider, PaymentResult
+from billing.providers import BuiltinPaymentProvider, PaymentResult
 from catalog.models import Aggregation, Enforcement, FeatureKind
 from catalog.tests.factories import FeatureFactory, PlanEntitlementFactory
 from customers.engine import usage_record_batch
@@ -82,9 +82,11 @@ class CountingProvider(BuiltinPaymentProvider):
 
     def __init__(self) -> None:
         self.charges = 0
+        self.keys: list[str] = []
         self._lock = threading.Lock()
 
-    def charge(self, invoice) -> PaymentResult:
+    def charge(self, invoice, *, amount, idempotency_key) -> PaymentResult:
         with self._lock:
             self.charges += 1
-        return super().charge(invoice)
+            self.keys.append(idempotency_key)
+        return super().charge(invoice, amount=amount, idempotency_key=idempotency_key)

@@ -6,8 +6,8 @@ from django.contrib.auth.models import Group, Permission
 from django.urls import reverse
 from djmoney.money import Money
 
-from billing import services
 from billing.models import Invoice, InvoiceStatus
+from billing.services.subscriptions import subscription_create
 from core.roles import PRODUCT_MANAGERS, SUPPORT
 from customers.tests.factories import CustomerFactory, UserFactory
 
@@ -24,7 +24,7 @@ def admin_client(client):
 
 @pytest.fixture
 def issued(customer, basic):
-    services.subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
+    subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
     return Invoice.objects.get(customer=customer)
 
 

@@ -7,9 +7,14 @@ import pytest
 from django.db import connection, connections
 from djmoney.money import Money
 
-from billing import services
 from billing.models import Invoice, LineKind, Payment, TopUpPurchase
+from billing.services.invoices import LineDraft, invoice_create, invoice_issue
+from billing.services.payments import invoice_collect, invoice_refund_void
+from billing.services.period_close import periods_close
+from billing.services.purchases import topup_purchase
+from billing.services.subscriptions import subscription_create
 from catalog.tests.factories import TopUpPackFactory
+from core.errors import Conflict
 from customers.models import Grant
 
 from .conftest import at
@@ -47,10 +52,10 @@ def run_at_once(count: int, work) -> list:
 
 def test_fifty_concurrent_issues_get_fifty_distinct_consecutive_numbers(customer):
     drafts = [
-        services.invoice_create(
+        invoice_create(
             customer=customer,
             lines=[
-                services.LineDraft(
+                LineDraft(
                     kind=LineKind.PLAN, description=f"Line {i}", unit_price=Money("1.00", "USD")
                 )
             ],
@@ -58,9 +63,7 @@ def test_fifty_concurrent_issues_get_fifty_distinct_consecutive_numbers(customer
         for i in range(50)
     ]
 
-    results = run_at_once(
-        50, lambda i: services.invoice_issue(invoice=drafts[i], at=at(2026, 6, 1)).number
-    )
+    results = run_at_once(50, lambda i: invoice_issue(invoice=drafts[i], at=at(2026, 6, 1)).number)
 
     assert not [r for r in results if isinstance(r, Exception)], results
     assert len(set(results)) == 50
@@ -69,14 +72,14 @@ def test_fifty_concurrent_issues_get_fifty_distinct_consecutive_numbers(customer
 
 
 def test_a_double_submitted_topup_charges_and_grants_once(customer, basic):
-    services.subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
+    subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
     pack = TopUpPackFactory(feature=basic.storage, quantity=Decimal("20"), price=Money("10", "USD"))
     provider = CountingProvider()
 
     results = run_at_once(
         8,
         lambda i: (
-            services.topup_purchase(
+            topup_purchase(
                 customer=customer, pack=pack, idempotency_key="double-click", provider=provider
             ).pk
         ),
@@ -85,15 +88,17 @@ def test_a_double_submitted_topup_charges_and_grants_once(customer, basic):
     assert not [r for r in results if isinstance(r, Exception)], results
     assert len(set(results)) == 1
     assert provider.charges == 1
-    assert TopUpPurchase.objects.count() == 1 and Payment.objects.count() == 1
+    # (the plan invoice was charged too when the subscription committed)
+    assert TopUpPurchase.objects.count() == 1
+    assert Payment.objects.filter(invoice__purpose="topup").count() == 1
     assert Grant.objects.filter(customer=customer, source="topup").count() == 1
     assert Invoice.objects.filter(customer=customer, purpose="topup").count() == 1
 
 
 def test_concurrent_period_closes_issue_each_invoice_once(customer, basic):
-    services.subscription_create(customer=customer, plan=basic, at=at(2025, 1, 31))
+    subscription_create(customer=customer, plan=basic, at=at(2025, 1, 31))
 
-    results = run_at_once(6, lambda i: services.periods_close(now=at(2026, 1, 31)))
+    results = run_at_once(6, lambda i: periods_close(now=at(2026, 1, 31)))
 
     assert not [r for r in results if isinstance(r, Exception)], results
     assert sum(r.periods_closed for r in results) == 12
@@ -101,3 +106,43 @@ def test_concurrent_period_closes_issue_each_invoice_once(customer, basic):
     assert len(periods) == len(set(periods)) == 13
     numbers = sorted(Invoice.objects.values_list("number", flat=True))
     assert numbers[-12:] == [f"INV-2026-{n:06d}" for n in range(1, 13)]
+
+
+def test_concurrent_collections_of_one_invoice_charge_once(customer):
+    """The beat's retry, the customer's "Pay now" and a second tab at once: one charge."""
+    draft = invoice_create(
+        customer=customer,
+        lines=[LineDraft(kind=LineKind.PLAN, description="Plan", unit_price=Money("30", "USD"))],
+    )
+    invoice = invoice_issue(invoice=draft, at=at(2026, 6, 1))  # issued, not charged yet
+    provider = CountingProvider()
+
+    def pay(i):
+        try:
+            return invoice_collect(invoice=Invoice(pk=invoice.pk), provider=provider).paid
+        except Conflict:
+            return "already paid"
+
+    results = run_at_once(8, pay)
+
+    assert sorted(map(str, results)) == ["True"] + ["already paid"] * 7
+    assert provider.charges == 1
+    assert Payment.objects.filter(invoice=invoice, status="succeeded").count() == 1
+    assert Invoice.objects.get(pk=invoice.pk).status == "paid"
+
+
+def test_concurrent_voids_refund_once(customer, basic):
+    subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))  # charged on commit
+    invoice = Invoice.objects.get(customer=customer)
+    assert invoice.status == "paid"
+
+    def void(i):
+        try:
+            return invoice_refund_void(invoice=Invoice(pk=invoice.pk), reason=f"click {i}").status
+        except Conflict as error:
+            return error.code
+
+    results = run_at_once(6, void)
+
+    assert sorted(results) == ["invoice_void"] * 5 + ["void"]
+    assert Payment.objects.filter(invoice=invoice, kind="refund").count() == 1

@@ -6,9 +6,16 @@ from decimal import Decimal
 import pytest
 from djmoney.money import Money
 
-from billing import services
 from billing.models import Invoice, InvoiceStatus, LineKind
+from billing.services.period_close import periods_close
+from billing.services.subscriptions import (
+    proration_preview,
+    subscription_cancel,
+    subscription_change_plan,
+    subscription_create,
+)
 from catalog.tests.factories import PlanFactory
+from core.errors import InvalidInput
 from customers.models import SubscriptionStatus
 from customers.services import grant_create
 from customers.tests.factories import CustomerFactory
@@ -29,7 +36,7 @@ def assert_total_is_sum_of_lines(invoice):
 
 
 def test_subscribing_issues_the_first_period_invoice_in_advance(customer, basic):
-    subscription = services.subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
+    subscription = subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
 
     invoice = Invoice.objects.get(subscription=subscription)
     assert invoice.number == "INV-2026-000001"
@@ -47,11 +54,11 @@ def test_subscribing_issues_the_first_period_invoice_in_advance(customer, basic)
 
 
 def test_periods_keep_the_anchor_day_jan_31_feb_28_mar_31(customer, basic):
-    subscription = services.subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
+    subscription = subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
 
-    assert services.periods_close(now=at(2026, 2, 28, 8, 59)).periods_closed == 0
-    feb = services.periods_close(now=at(2026, 2, 28))
-    mar = services.periods_close(now=at(2026, 3, 31))
+    assert periods_close(now=at(2026, 2, 28, 8, 59)).periods_closed == 0
+    feb = periods_close(now=at(2026, 2, 28))
+    mar = periods_close(now=at(2026, 3, 31))
 
     assert feb.invoices == ["INV-2026-000002"] and mar.invoices == ["INV-2026-000003"]
     periods = [
@@ -72,10 +79,10 @@ def test_periods_keep_the_anchor_day_jan_31_feb_28_mar_31(customer, basic):
 
 
 def test_a_leap_year_february_ends_on_the_29th(customer, basic):
-    subscription = services.subscription_create(customer=customer, plan=basic, at=at(2028, 1, 31))
+    subscription = subscription_create(customer=customer, plan=basic, at=at(2028, 1, 31))
 
-    services.periods_close(now=at(2028, 2, 29))
-    services.periods_close(now=at(2028, 3, 31))
+    periods_close(now=at(2028, 2, 29))
+    periods_close(now=at(2028, 3, 31))
 
     invoices = Invoice.objects.filter(subscription=subscription).order_by("number")
     assert [(i.number, i.period_start, i.period_end) for i in invoices] == [
@@ -87,10 +94,10 @@ def test_a_leap_year_february_ends_on_the_29th(customer, basic):
 
 def test_a_yearly_plan_several_periods_behind_catches_up(customer):
     yearly = PlanFactory(name="Annual", price=Money("300.00", "USD"), interval="year")
-    subscription = services.subscription_create(customer=customer, plan=yearly, at=at(2028, 2, 29))
+    subscription = subscription_create(customer=customer, plan=yearly, at=at(2028, 2, 29))
     assert subscription.current_period_end == at(2029, 2, 28)
 
-    result = services.periods_close(now=at(2032, 3, 1))
+    result = periods_close(now=at(2032, 3, 1))
 
     # Four years closed at once, each invoice issued now, numbered in this year.
     assert result.periods_closed == 4
@@ -110,7 +117,7 @@ def test_a_yearly_plan_several_periods_behind_catches_up(customer):
 
 
 def test_period_close_bills_the_closed_periods_overage_and_lists_its_usage(customer, basic):
-    services.subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
+    subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
     transfer = basic.entitlements.get(feature__key="transfer").feature
     grant_create(
         customer=customer, feature=transfer, quantity=Decimal("5"), effective_at=at(2026, 2, 1)
@@ -119,7 +126,7 @@ def test_period_close_bills_the_closed_periods_overage_and_lists_its_usage(custo
     report_usage(customer, transfer, "40", at=at(2026, 2, 5))
     report_usage(customer, transfer, "22.5", at=at(2026, 2, 20))  # 62.5 GB: 50 + 5 granted
 
-    result = services.periods_close(now=at(2026, 2, 28))
+    result = periods_close(now=at(2026, 2, 28))
 
     invoice = Invoice.objects.get(number=result.invoices[0])
     assert lines_of(invoice) == [
@@ -146,10 +153,10 @@ def test_period_close_bills_the_closed_periods_overage_and_lists_its_usage(custo
 
 
 def test_an_exhausted_hard_limit_is_still_listed(customer, basic):
-    services.subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
+    subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
     report_usage(customer, basic.storage, "104", at=at(2026, 2, 10))  # past the hard 100
 
-    invoice = Invoice.objects.get(number=services.periods_close(now=at(2026, 2, 28)).invoices[0])
+    invoice = Invoice.objects.get(number=periods_close(now=at(2026, 2, 28)).invoices[0])
 
     descriptions = [line.description for line in invoice.lines.filter(kind="entitlement")]
     assert "Storage: 100 GB included, 104 GB used" in descriptions
@@ -162,10 +169,10 @@ def test_a_euro_customer_is_billed_in_euros_to_the_cent():
     calls.overage_price, calls.enforcement = Money("0.0125", "EUR"), "soft"
     calls.save()
     customer = CustomerFactory(currency="EUR")
-    services.subscription_create(customer=customer, plan=plan, at=at(2026, 3, 15))
+    subscription_create(customer=customer, plan=plan, at=at(2026, 3, 15))
     report_usage(customer, calls.feature, "1234", at=at(2026, 3, 20))
 
-    invoice = Invoice.objects.get(number=services.periods_close(now=at(2026, 4, 15)).invoices[0])
+    invoice = Invoice.objects.get(number=periods_close(now=at(2026, 4, 15)).invoices[0])
 
     assert invoice.currency == "EUR"
     assert lines_of(invoice) == [
@@ -182,13 +189,11 @@ def test_a_euro_customer_is_billed_in_euros_to_the_cent():
 
 
 def test_upgrade_prorates_by_days_on_an_invoice_issued_at_once(customer, basic, pro):
-    subscription = services.subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
+    subscription = subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
     report_usage(customer, basic.storage, "120", at=at(2026, 2, 12))  # over Basic's 100
 
-    preview = services.proration_preview(subscription=subscription, plan=pro, at=at(2026, 2, 13))
-    change = services.subscription_change_plan(
-        subscription=subscription, plan=pro, at=at(2026, 2, 13, 15)
-    )
+    preview = proration_preview(subscription=subscription, plan=pro, at=at(2026, 2, 13))
+    change = subscription_change_plan(subscription=subscription, plan=pro, at=at(2026, 2, 13, 15))
 
     # Feb 13 -> Feb 28: 15 of 28 days.
     assert (preview.remaining_days, preview.period_days) == (15, 28)
@@ -215,34 +220,32 @@ def test_upgrade_prorates_by_days_on_an_invoice_issued_at_once(customer, basic, 
     ]
     assert_total_is_sum_of_lines(invoice)
 
-    services.periods_close(now=at(2026, 2, 28))
+    periods_close(now=at(2026, 2, 28))
     renewal = Invoice.objects.filter(subscription=subscription).latest("issued_at")
     assert renewal.lines.first().amount == Money("50.00", "USD")
 
 
 def test_the_proration_preview_writes_nothing_and_refuses_a_downgrade(customer, basic, pro):
-    subscription = services.subscription_create(customer=customer, plan=pro, at=at(2026, 1, 31))
+    subscription = subscription_create(customer=customer, plan=pro, at=at(2026, 1, 31))
     before = Invoice.objects.count()
 
-    with pytest.raises(services.InvalidInput) as error:
-        services.proration_preview(subscription=subscription, plan=basic, at=at(2026, 2, 13))
+    with pytest.raises(InvalidInput) as error:
+        proration_preview(subscription=subscription, plan=basic, at=at(2026, 2, 13))
 
     assert error.value.code == "not_an_upgrade"
     assert Invoice.objects.count() == before
 
 
 def test_downgrade_waits_for_the_period_end(customer, basic, pro):
-    subscription = services.subscription_create(customer=customer, plan=pro, at=at(2026, 1, 31))
+    subscription = subscription_create(customer=customer, plan=pro, at=at(2026, 1, 31))
 
-    change = services.subscription_change_plan(
-        subscription=subscription, plan=basic, at=at(2026, 2, 10)
-    )
+    change = subscription_change_plan(subscription=subscription, plan=basic, at=at(2026, 2, 10))
 
     assert change.scheduled and change.invoice is None
     assert change.subscription.plan == pro and change.subscription.scheduled_plan == basic
     assert Invoice.objects.filter(customer=customer).count() == 1
 
-    services.periods_close(now=at(2026, 2, 28))
+    periods_close(now=at(2026, 2, 28))
 
     subscription.refresh_from_db()
     assert subscription.plan == basic and subscription.scheduled_plan is None
@@ -252,31 +255,29 @@ def test_downgrade_waits_for_the_period_end(customer, basic, pro):
 
 
 def test_choosing_the_current_plan_again_drops_a_scheduled_downgrade(customer, basic, pro):
-    subscription = services.subscription_create(customer=customer, plan=pro, at=at(2026, 1, 31))
-    services.subscription_change_plan(subscription=subscription, plan=basic, at=at(2026, 2, 10))
+    subscription = subscription_create(customer=customer, plan=pro, at=at(2026, 1, 31))
+    subscription_change_plan(subscription=subscription, plan=basic, at=at(2026, 2, 10))
 
-    change = services.subscription_change_plan(
-        subscription=subscription, plan=pro, at=at(2026, 2, 11)
-    )
+    change = subscription_change_plan(subscription=subscription, plan=pro, at=at(2026, 2, 11))
 
     assert change.subscription.scheduled_plan is None and not change.scheduled
 
 
 def test_an_upgrade_across_intervals_is_refused(customer, basic):
     yearly = PlanFactory(price=Money("100.00", "USD"), interval="year", rank=99)
-    subscription = services.subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
+    subscription = subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
 
-    with pytest.raises(services.InvalidInput) as error:
-        services.subscription_change_plan(subscription=subscription, plan=yearly, at=at(2026, 2, 2))
+    with pytest.raises(InvalidInput) as error:
+        subscription_change_plan(subscription=subscription, plan=yearly, at=at(2026, 2, 2))
 
     assert error.value.code == "interval_change"
 
 
 def test_cancel_at_period_end_ends_without_a_new_invoice(customer, basic):
-    subscription = services.subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
-    services.subscription_cancel(subscription=subscription)
+    subscription = subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
+    subscription_cancel(subscription=subscription)
 
-    result = services.periods_close(now=at(2026, 3, 31))
+    result = periods_close(now=at(2026, 3, 31))
 
     subscription.refresh_from_db()
     assert subscription.status == SubscriptionStatus.CANCELED
@@ -286,12 +287,12 @@ def test_cancel_at_period_end_ends_without_a_new_invoice(customer, basic):
 
 
 def test_cancel_still_bills_the_last_periods_overage(customer, basic):
-    subscription = services.subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
+    subscription = subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
     transfer = basic.entitlements.get(feature__key="transfer").feature
     report_usage(customer, transfer, "54", at=at(2026, 2, 20))
-    services.subscription_cancel(subscription=subscription)
+    subscription_cancel(subscription=subscription)
 
-    result = services.periods_close(now=at(2026, 3, 1))
+    result = periods_close(now=at(2026, 3, 1))
 
     closing = Invoice.objects.get(number=result.invoices[0])
     assert closing.purpose == "closing"
@@ -302,15 +303,15 @@ def test_cancel_still_bills_the_last_periods_overage(customer, basic):
 
 
 def test_closing_periods_twice_changes_nothing_the_second_time(customer, basic, pro):
-    services.subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
+    subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
     other = CustomerFactory()
-    services.subscription_create(customer=other, plan=pro, at=at(2026, 2, 5))
+    subscription_create(customer=other, plan=pro, at=at(2026, 2, 5))
     transfer = basic.entitlements.get(feature__key="transfer").feature
     report_usage(customer, transfer, "70", at=at(2026, 2, 20))
 
-    first = services.periods_close(now=at(2026, 4, 1))
+    first = periods_close(now=at(2026, 4, 1))
     snapshot = list(Invoice.objects.values_list("number", "total", "status").order_by("number"))
-    second = services.periods_close(now=at(2026, 4, 1))
+    second = periods_close(now=at(2026, 4, 1))
 
     assert first.periods_closed == 3 and len(first.invoices) == 3
     assert second.periods_closed == 0 and second.invoices == []
@@ -324,13 +325,13 @@ def test_overage_of_a_daily_window_is_billed_once_across_periods(customer):
     calls = metered_entitlement(
         plan, "api", name="API", unit="", limit="10", soft_price="0.10", reset="day"
     )
-    services.subscription_create(customer=customer, plan=plan, at=at(2026, 1, 10, 12))
+    subscription_create(customer=customer, plan=plan, at=at(2026, 1, 10, 12))
     report_usage(customer, calls.feature, "15", at=at(2026, 1, 12, 8))  # 5 over, day closed
     report_usage(customer, calls.feature, "13", at=at(2026, 2, 10, 8))  # 3 over, day open
 
-    january = services.periods_close(now=at(2026, 2, 10, 12))
+    january = periods_close(now=at(2026, 2, 10, 12))
     report_usage(customer, calls.feature, "14", at=at(2026, 2, 10, 20))  # 17 over that day
-    february = services.periods_close(now=at(2026, 3, 10, 12))
+    february = periods_close(now=at(2026, 3, 10, 12))
 
     jan_overage = Invoice.objects.get(number=january.invoices[0]).lines.filter(kind="overage")
     feb_overage = Invoice.objects.get(number=february.invoices[0]).lines.filter(kind="overage")

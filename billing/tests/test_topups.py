@@ -5,9 +5,11 @@ from decimal import Decimal
 import pytest
 from djmoney.money import Money
 
-from billing import services
 from billing.models import Invoice, InvoiceStatus, Payment, TopUpPurchase
-from billing.payments import FailingPaymentProvider
+from billing.providers import FailingPaymentProvider
+from billing.services.invoices import invoice_void
+from billing.services.purchases import topup_purchase
+from billing.services.subscriptions import subscription_create
 from catalog.tests.factories import PlanFactory, TopUpPackFactory
 from core.errors import Conflict, InvalidInput, PaymentFailed
 from customers.engine import entitlement_check
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def subscribed(customer, basic):
-    services.subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
+    subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
     return customer
 
 
@@ -40,7 +42,7 @@ def pack(basic):
 def test_a_purchase_issues_a_paid_invoice_and_grants_the_units(subscribed, pack):
     provider = CountingProvider()
 
-    purchase = services.topup_purchase(
+    purchase = topup_purchase(
         customer=subscribed,
         pack=pack,
         idempotency_key="click-1",
@@ -65,11 +67,11 @@ def test_a_purchase_issues_a_paid_invoice_and_grants_the_units(subscribed, pack)
 
 def test_the_same_key_again_returns_the_same_purchase(subscribed, pack):
     provider = CountingProvider()
-    first = services.topup_purchase(
+    first = topup_purchase(
         customer=subscribed, pack=pack, idempotency_key="click-1", provider=provider
     )
 
-    again = services.topup_purchase(
+    again = topup_purchase(
         customer=subscribed, pack=pack, idempotency_key="click-1", provider=provider
     )
 
@@ -80,11 +82,11 @@ def test_the_same_key_again_returns_the_same_purchase(subscribed, pack):
 
 
 def test_the_same_key_for_another_pack_is_a_conflict(subscribed, pack, basic):
-    services.topup_purchase(customer=subscribed, pack=pack, idempotency_key="k")
+    topup_purchase(customer=subscribed, pack=pack, idempotency_key="k")
     other = TopUpPackFactory(feature=basic.storage)
 
     with pytest.raises(Conflict) as error:
-        services.topup_purchase(customer=subscribed, pack=other, idempotency_key="k")
+        topup_purchase(customer=subscribed, pack=other, idempotency_key="k")
 
     assert error.value.code == "idempotency_conflict"
 
@@ -93,7 +95,7 @@ def test_a_declined_payment_leaves_no_grant_no_invoice_and_a_clear_error(subscri
     numbers_before = list(Invoice.objects.values_list("number", flat=True))
 
     with pytest.raises(PaymentFailed) as error:
-        services.topup_purchase(
+        topup_purchase(
             customer=subscribed,
             pack=pack,
             idempotency_key="click-1",
@@ -109,14 +111,14 @@ def test_a_declined_payment_leaves_no_grant_no_invoice_and_a_clear_error(subscri
     assert not TopUpPurchase.objects.exists() and not Payment.objects.exists()
     assert list(Invoice.objects.values_list("number", flat=True)) == numbers_before
     # The key is free again: a retry with a working card goes through, with the next number.
-    retry = services.topup_purchase(customer=subscribed, pack=pack, idempotency_key="click-1")
+    retry = topup_purchase(customer=subscribed, pack=pack, idempotency_key="click-1")
     assert retry.invoice.number == "INV-2026-000002"
 
 
 def test_a_pack_in_days_expires_after_them(subscribed, basic):
     pack = TopUpPackFactory(feature=basic.storage, expires_in_days=True)
 
-    purchase = services.topup_purchase(
+    purchase = topup_purchase(
         customer=subscribed, pack=pack, idempotency_key="k", at=at(2026, 2, 10)
     )
 
@@ -136,7 +138,7 @@ def test_a_pack_must_be_on_sale_in_the_customers_currency(subscribed, pack, chan
     pack.save()
 
     with pytest.raises(InvalidInput) as error:
-        services.topup_purchase(customer=subscribed, pack=pack, idempotency_key="k")
+        topup_purchase(customer=subscribed, pack=pack, idempotency_key="k")
 
     assert error.value.code == code
 
@@ -145,26 +147,26 @@ def test_a_pack_must_be_offered_on_the_customers_plan(subscribed, basic):
     pack = TopUpPackFactory(feature=basic.storage, plans=[PlanFactory()])
 
     with pytest.raises(InvalidInput) as error:
-        services.topup_purchase(customer=subscribed, pack=pack, idempotency_key="k")
+        topup_purchase(customer=subscribed, pack=pack, idempotency_key="k")
 
     assert error.value.code == "pack_not_offered"
     on_basic = TopUpPackFactory(feature=basic.storage, plans=[basic])
-    assert services.topup_purchase(customer=subscribed, pack=on_basic, idempotency_key="k2")
+    assert topup_purchase(customer=subscribed, pack=on_basic, idempotency_key="k2")
 
 
 def test_a_customer_without_a_subscription_cannot_buy(pack):
     with pytest.raises(InvalidInput) as error:
-        services.topup_purchase(customer=CustomerFactory(), pack=pack, idempotency_key="k")
+        topup_purchase(customer=CustomerFactory(), pack=pack, idempotency_key="k")
 
     assert error.value.code == "no_subscription"
 
 
 def test_voiding_a_topup_invoice_voids_its_grant(subscribed, pack):
-    purchase = services.topup_purchase(
+    purchase = topup_purchase(
         customer=subscribed, pack=pack, idempotency_key="k", at=at(2026, 2, 10)
     )
 
-    services.invoice_void(invoice=purchase.invoice, reason="Refunded", at=at(2026, 2, 11))
+    invoice_void(invoice=purchase.invoice, reason="Refunded", at=at(2026, 2, 11))
 
     purchase.grant.refresh_from_db()
     assert purchase.grant.voided_at == at(2026, 2, 11)

@@ -7,8 +7,9 @@ import pytest
 from django.contrib.auth.models import Group
 from django.urls import reverse
 
-from billing import services
 from billing.models import Invoice
+from billing.services.period_close import periods_close
+from billing.services.subscriptions import subscription_create
 from core.roles import PRODUCT_MANAGERS, SUPPORT
 from customers.tests.factories import CustomerFactory, CustomerUserFactory, UserFactory
 
@@ -20,11 +21,11 @@ pytestmark = [pytest.mark.django_db, pytest.mark.urls("billing.tests.urls")]
 
 @pytest.fixture
 def invoice(customer, basic):
-    subscription = services.subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
+    subscription = subscription_create(customer=customer, plan=basic, at=at(2026, 1, 31))
     transfer = basic.entitlements.get(feature__key="transfer").feature
     report_usage(customer, basic.storage, "87.5", at=at(2026, 2, 10))
     report_usage(customer, transfer, "60", at=at(2026, 2, 11))
-    services.periods_close(now=at(2026, 2, 28))
+    periods_close(now=at(2026, 2, 28))
     return Invoice.objects.filter(subscription=subscription).latest("issued_at")
 
 
@@ -89,7 +90,7 @@ def test_anonymous_is_sent_to_login(client, invoice):
 
 def test_the_list_shows_a_customer_only_their_own_invoices(client, invoice, basic):
     other = CustomerFactory(name="Other Co")
-    services.subscription_create(customer=other, plan=basic, at=at(2026, 1, 15))
+    subscription_create(customer=other, plan=basic, at=at(2026, 1, 15))
     client.force_login(CustomerUserFactory(customer=invoice.customer).user)
 
     response = client.get(reverse("billing:invoice_list"))

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from billing import services as billing
+from billing.services.subscriptions import subscription_create
 from catalog.models import PlanEntitlement
 from core.testing import (
     DESKTOP,
@@ -102,7 +102,7 @@ def test_a_pm_drafts_previews_and_publishes_versions(
         )
         assert entitlement_check("cust-0", "data-transfer").limit == Decimal("200")
         newcomer = customer_services.customer_create(external_id="new-1", name="Newcomer")
-        billing.subscription_create(customer=newcomer, plan=c["basic"])
+        subscription_create(customer=newcomer, plan=c["basic"])
         assert entitlement_check("new-1", "data-transfer").limit == Decimal("100")
         screenshot(page, "versions-published-desktop")
 

@@ -16,14 +16,14 @@ from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 from djmoney.money import Money
 
-from billing.services import subscription_create
+from billing.services.subscriptions import subscription_create
 from catalog.models import PlanVersion
 from catalog.tests.factories import FeatureFactory, PlanEntitlementFactory, PlanFactory
 from customers import services as customer_services
 from customers.engine import caches_clear, entitlements_resolve, usage_record_batch
 from customers.models import Customer, Subscription
 
-BEFORE_VERSIONS = [("catalog", "0006_decimal_bounds"), ("customers", "0013_snapshot_debts")]
+BEFORE_VERSIONS = [("catalog", "0006_decimal_bounds"), ("customers", "0014_subscription_past_due")]
 
 
 def build_world() -> None:

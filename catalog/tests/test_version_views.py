@@ -8,7 +8,8 @@ import pytest
 from django.urls import reverse
 from djmoney.money import Money
 
-from billing import services as billing
+from billing.services.period_close import subscription_periods_close
+from billing.services.subscriptions import subscription_create
 from catalog.models import Plan, PlanEntitlement, PlanVersion
 from core.roles import PRODUCT_MANAGERS, SUPPORT
 from customers import services as customer_services
@@ -106,7 +107,7 @@ def test_a_draft_is_edited_previewed_and_published_keeping_subscribers(pm_client
     assert "Published version 2 of Basic" in text(published)
     assert entitlement_check("cust-0", "data-transfer").limit == Decimal("200")
     newcomer = customer_services.customer_create(external_id="new-1", name="Newcomer")
-    subscription = billing.subscription_create(customer=newcomer, plan=basic)
+    subscription = subscription_create(customer=newcomer, plan=basic)
     assert subscription.plan_version.number == 2
     assert entitlement_check("new-1", "data-transfer").limit == Decimal("100")
     assert subscription.invoices.get().total == Money("60.00", "USD")
@@ -258,7 +259,7 @@ def test_prices_change_from_the_next_period_migrated_or_not(pm_client, catalog):
 
     def next_price(subscription) -> Money:
         end = subscription.current_period_end
-        closed = billing.subscription_periods_close(subscription=subscription, now=end)
+        closed = subscription_periods_close(subscription=subscription, now=end)
         return closed[0].invoice.lines.get(kind="plan").unit_price
 
     # Given Basic's version 2 at $60, published keeping its subscribers on version 1 ($50)

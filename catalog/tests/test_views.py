@@ -10,7 +10,7 @@ from django.test import Client
 from django.urls import reverse
 from djmoney.money import Money
 
-from billing import services as billing
+from billing.services.subscriptions import subscription_create
 from catalog import selectors
 from catalog.models import Plan, PlanEntitlement
 from core.roles import PRODUCT_MANAGERS, SUPPORT
@@ -99,7 +99,7 @@ def build_storage_catalog() -> dict:
     customers = []
     for n, plan in enumerate([basic, basic, pro]):
         customer = customer_services.customer_create(external_id=f"cust-{n}", name=f"Cust {n}")
-        billing.subscription_create(customer=customer, plan=plan)
+        subscription_create(customer=customer, plan=plan)
         customers.append(customer)
     return {
         "basic": basic,

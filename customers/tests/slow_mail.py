@@ -3,7 +3,8 @@ when the test asks for it, so that the test can kill the worker inside that send
 
 The test creates `$SLOW_MAIL_DIR/stall`; the first send to find it renames it to
 `stalled-<pid>` (atomic: only one send claims it), sleeps SLOW_MAIL_SECONDS, then writes the
-email as usual. Every other send writes at once.
+email as usual; with SLOW_MAIL_AFTER set it writes the email first, then sleeps (the mail
+server has accepted it, the sender has not yet recorded so). Every other send writes at once.
 """
 
 import os
@@ -22,5 +23,9 @@ class EmailBackend(FileEmailBackend):
             except FileNotFoundError:
                 pass
             else:
+                if os.environ.get("SLOW_MAIL_AFTER"):
+                    sent = super().send_messages(email_messages)
+                    time.sleep(float(os.environ.get("SLOW_MAIL_SECONDS", "60")))
+                    return sent
                 time.sleep(float(os.environ.get("SLOW_MAIL_SECONDS", "60")))
         return super().send_messages(email_messages)

@@ -9,6 +9,7 @@ import pytest
 from django.db import connection
 
 from customers import engine
+from customers.engine.sql import postgresql
 from customers.models import Grant, Notification, UsageCounter, UsageEvent
 from customers.tests.factories import (
     CustomerFactory,
@@ -123,7 +124,7 @@ def test_a_grant_that_appears_after_the_look_makes_the_batch_run_again(transfer,
         looks.append(args)
         return set()
 
-    monkeypatch.setattr(engine, "_granted", blind)
+    monkeypatch.setattr(postgresql, "granted", blind)
     result = engine.usage_record_batch([event(customer, 15, "after", 1)])
 
     assert result.accepted == 1 and len(looks) == 1  # the second run does not add
@@ -151,7 +152,7 @@ def test_batches_take_no_turns_when_turned_off(transfer, settings, monkeypatch):
     plan, feature = transfer
     customer = subscribed(plan)
     settings.USAGE_BATCH_TURNS = 0
-    monkeypatch.setattr(engine, "_take_turns", lambda ids: pytest.fail("took a turn"))
+    monkeypatch.setattr(postgresql, "take_turns", lambda ids: pytest.fail("took a turn"))
 
     assert engine.usage_record_batch([event(customer, 4, "off")]).accepted == 1
     assert used(customer, feature)["billing_period"] == Decimal("4")

@@ -11,6 +11,7 @@ import pytest
 from django.db import connection
 
 from customers import engine
+from customers.engine.sql import postgresql
 from customers.models import Grant, UsageCounter, UsageEvent
 from customers.tests.factories import (
     CustomerFactory,
@@ -195,7 +196,7 @@ def test_a_batch_and_a_consume_deadlocked_on_one_event_id_both_complete(monkeypa
     while the consume waits on the batch's insert: PostgreSQL aborts one, which runs again and
     finds the other's event recorded."""
     customer, transfer = customer_with("1000")
-    inserted, take_turns = threading.Event(), engine._take_turns
+    inserted, take_turns = threading.Event(), postgresql.take_turns
 
     def lock_after_the_consume(customer_ids):  # what the batch does before locking counters
         if threading.current_thread().name == "batch":
@@ -203,7 +204,7 @@ def test_a_batch_and_a_consume_deadlocked_on_one_event_id_both_complete(monkeypa
             threading.Event().wait(0.5)  # the consume locks its counters, then waits on us
         return take_turns(customer_ids)
 
-    monkeypatch.setattr(engine, "_take_turns", lock_after_the_consume)
+    monkeypatch.setattr(postgresql, "take_turns", lock_after_the_consume)
     outcomes, errors = {}, []
 
     def batch():
@@ -249,7 +250,7 @@ def test_a_batch_waits_its_turn_before_locking_counters():
     """Batches take turns per bucket of customers (an advisory lock) before their locking
     statement, so that it starts after the other batch's commit."""
     customer, transfer = customer_with("1000")
-    bucket = customer.pk % engine._turns()
+    bucket = customer.pk % postgresql.turns()
     done = threading.Event()
 
     def batch():
@@ -264,7 +265,7 @@ def test_a_batch_waits_its_turn_before_locking_counters():
 
     with connection.cursor() as cursor:
         cursor.execute("BEGIN")
-        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [engine._TURNS_CLASS, bucket])
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [postgresql.TURNS_CLASS, bucket])
         thread = threading.Thread(target=batch)
         thread.start()
         assert not done.wait(0.5)  # its events are in, its counters wait for the turn

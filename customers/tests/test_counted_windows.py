@@ -14,6 +14,7 @@ from django.db import connection, transaction
 from catalog.models import Aggregation, Feature, Reset
 from catalog.services import feature_update, plan_entitlement_update, plan_update
 from customers import engine
+from customers.engine.sql import postgresql
 from customers.models import CountedWindow, UsageCounter
 from customers.services import override_create
 from customers.tests.factories import (
@@ -271,7 +272,7 @@ def test_a_batch_that_read_the_old_kinds_runs_again_with_the_new(subscribed, mon
     """The batch has inserted its events when a kind comes into use: once it has locked the
     counters it finds the kind counted, and runs again counting it."""
     customer, transfer, _ = subscribed
-    inserted, go, take_turns = threading.Event(), threading.Event(), engine._take_turns
+    inserted, go, take_turns = threading.Event(), threading.Event(), postgresql.take_turns
     runs = []
 
     def wait_for_the_change(customer_ids):  # what the batch does before locking counters
@@ -281,7 +282,7 @@ def test_a_batch_that_read_the_old_kinds_runs_again_with_the_new(subscribed, mon
             assert go.wait(10)
         return take_turns(customer_ids)
 
-    monkeypatch.setattr(engine, "_take_turns", wait_for_the_change)
+    monkeypatch.setattr(postgresql, "take_turns", wait_for_the_change)
     batcher, batched = in_thread(lambda: report(customer, transfer, 4, DAY1, "b-1"), "batch")
     assert inserted.wait(10)
     override_create(

@@ -19,6 +19,7 @@ is set and the database is PostgreSQL (CI).
 """
 
 import contextlib
+import email
 import os
 import random
 import shutil
@@ -484,8 +485,8 @@ def test_a_pool_process_killed_inside_a_send_is_redelivered_and_the_email_goes_o
         assert "Subject: You have used 80% of your Storage" in texts[0]
         notification = Notification.objects.get(customer=storage.customer)
         assert notification.status == NotificationStatus.SENT
-        # The killed try rolled back with its transaction: only the send that happened counts
-        assert notification.attempts == 1
+        # Every try counts, the killed one too: it was claimed before the send began
+        assert notification.attempts == 2
     finally:
         worker.stop()
 
@@ -510,10 +511,11 @@ def test_a_worker_killed_inside_a_send_then_replaced_sends_the_email_once(broker
         first.process.send_signal(signal.SIGKILL)
         first.process.wait(timeout=5)
 
-        # Then nothing was sent, and its lock on the row went with its connection
+        # Then nothing was sent, the try was counted (claimed before the send), and its lock
+        # on the row went with its connection
         notification = Notification.objects.get(customer=storage.customer)
         assert notification.status == NotificationStatus.PENDING
-        assert notification.attempts == 0
+        assert notification.attempts == 1
 
         def row_unlocked() -> bool:
             with transaction.atomic():
@@ -547,11 +549,120 @@ def test_a_worker_killed_inside_a_send_then_replaced_sends_the_email_once(broker
         assert "Subject: You have used 80% of your Storage" in texts[0]
         notification.refresh_from_db()
         assert notification.status == NotificationStatus.SENT
-        assert notification.attempts == 1
+        assert notification.attempts == 2  # the killed try and the one that sent it
     finally:
         first.stop()
         if second is not None:
             second.stop()
+
+
+def message_ids(outbox: Path) -> list[str]:
+    """The Message-ID of each email the file backend wrote, oldest first."""
+    ids = []
+    for path in sorted(outbox.glob("*.log"), key=lambda p: p.stat().st_mtime_ns):
+        for raw in path.read_text().split("-" * 79):
+            if raw.strip():
+                ids.append(email.message_from_string(raw.lstrip("\n"))["Message-ID"])
+    return ids
+
+
+def test_a_worker_killed_after_the_server_took_the_email_sends_it_again_under_one_message_id(
+    broker, tmp_path
+):
+    # Given a worker whose next send stalls after the mail server accepted the email
+    outbox, control = dirs(tmp_path)
+    (control / "stall").touch()
+    storage = storage_given()
+    first = Worker(
+        broker_url=broker,
+        outbox=outbox,
+        settings_module=FAULT_SETTINGS,
+        SLOW_MAIL_DIR=control,
+        SLOW_MAIL_SECONDS=60,
+        SLOW_MAIL_AFTER=1,
+    )
+    second = None
+    try:
+        # When usage crosses 80% and the worker is SIGKILLed before it records "sent"
+        entitlement_consume(storage.customer, storage.feature.key, "85", "e1")
+        assert stalled_pid(control, first) == first.process.pid
+        emails_in(outbox, 1, worker=first)
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(timeout=5)
+
+        # Then the try is counted (claimed before the send) and the row is still pending
+        notification = Notification.objects.get(customer=storage.customer)
+        assert (notification.status, notification.attempts) == (NotificationStatus.PENDING, 1)
+
+        # When a new worker takes the task back (unacknowledged for 2 s)
+        second = Worker(
+            broker_url=broker,
+            outbox=outbox,
+            settings_module=FAULT_SETTINGS,
+            SLOW_MAIL_DIR=control,
+            FAULT_VISIBILITY_SECONDS=2,
+        )
+        emails_in(outbox, 2, worker=second)
+        wait_for(lambda: second.sends_finished() == ["True"], timeout=20, what="the resend")
+
+        # Then the receiver got it twice under one Message-ID derived from the row (so it
+        # drops the second), and the row counts both tries and is sent
+        ids = message_ids(outbox)
+        assert len(ids) == 2 and ids[0] == ids[1]
+        assert ids[0].startswith(f"<notification.{notification.pk}.")
+        notification.refresh_from_db()
+        assert (notification.status, notification.attempts) == (NotificationStatus.SENT, 2)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def _terminate_idle_in_transaction() -> int:
+    """Terminates the other connections to the test database that are inside a transaction
+    (the worker's, stalled in its send), as a database restart would. Returns how many."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND state = 'idle in transaction'"
+        )
+        return len(cursor.fetchall())
+
+
+def test_a_database_lost_during_a_send_is_retried_by_the_task_without_waiting_for_the_sweep(
+    broker, tmp_path
+):
+    # Given a worker whose next send stalls 3 s, its row locked in an open transaction
+    outbox, control = dirs(tmp_path)
+    (control / "stall").touch()
+    storage = storage_given()
+    worker = Worker(
+        broker_url=broker,
+        outbox=outbox,
+        settings_module=FAULT_SETTINGS,
+        SLOW_MAIL_DIR=control,
+        SLOW_MAIL_SECONDS=3,
+    )
+    try:
+        # When usage crosses 80% and the database drops the worker's connection mid-send
+        entitlement_consume(storage.customer, storage.feature.key, "85", "e1")
+        stalled_pid(control, worker)
+        assert _terminate_idle_in_transaction() == 1
+
+        # Then the task retries the database error itself, with backoff (no sweep runs here:
+        # it would wait 2 minutes), and the email is marked sent within seconds
+        def sent() -> bool:
+            return Notification.objects.get(customer=storage.customer).status == "sent"
+
+        wait_for(sent, timeout=45, what="the email marked sent", worker=worker)
+        assert any("Retry in" in line for line in worker.log), "\n".join(worker.log[-40:])
+        notification = Notification.objects.get(customer=storage.customer)
+        assert notification.attempts == 2
+        ids = message_ids(outbox)
+        assert len(set(ids)) == 1 and 1 <= len(ids) <= 2  # the stalled one, if it got out
+    finally:
+        worker.stop()
 
 
 # --- 3. Database connections dropped during batch ingestion --------------------------------

@@ -19,8 +19,8 @@ from djmoney.money import Money
 from rest_framework.test import APIClient
 
 from catalog.models import Enforcement
-from catalog.selectors import money_text, quantity_text
 from core.services import api_key_create
+from core.text import money_round, money_text, quantity_text
 from customers.models import CustomerUser, Notification
 from customers.notifications import notification_email
 from customers.services import grant_create
@@ -182,7 +182,8 @@ def api_figures(e: dict, unit: str = "GB") -> dict:
         "percent": f"{int(usage * 100 / capacity)}%",
         "over": quantity_text(overage, unit),
         "left": quantity_text(balance, unit),
-        "overage_cost": money_text(Money(overage * Decimal("0.10"), "USD")),
+        # An amount charged, in the currency's minor unit, as the invoice will say it
+        "overage_cost": money_text(money_round(overage * Decimal("0.10"), "USD")),
     }
 
 
@@ -257,7 +258,7 @@ def test_past_100_on_a_soft_limit_states_the_overage_and_its_price(
     # Then one email, capacity being allowance plus grants (520 GB), not usage
     email, f = the_email(), api_figures(shop.entitlement())
     assert (f["used"], f["capacity"], f["percent"]) == ("541.16 GB", "520 GB", "104%")
-    assert (f["over"], f["overage_cost"]) == ("21.16 GB", "$2.116")
+    assert (f["over"], f["overage_cost"]) == ("21.16 GB", "$2.12")  # not $2.116 (issue 20)
     assert email.subject == "You have used 100% of your Data transfer"
     assert (
         "You have used all of your Data transfer (104%). "

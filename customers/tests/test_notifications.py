@@ -16,7 +16,8 @@ from django.db import connection, transaction
 from django.utils.formats import date_format
 from kombu.exceptions import OperationalError
 
-from customers import tasks, webhooks
+from core.outbox import retry_at
+from customers import tasks
 from customers.engine import entitlement_check, entitlement_consume, usage_record_batch
 from customers.models import Grant, GrantSource, Notification, NotificationStatus
 from customers.notifications import (
@@ -259,7 +260,7 @@ def test_the_sweep_backs_off_while_the_mail_server_stays_down(consume, settings)
     # Two minutes apart while a task's own retries would run, then doubling...
     assert gaps == [120, 120, 240, 240, 240, 240, 480, 480, 480, 480, 960, 960]
     # ...at most an hour apart
-    later = webhooks.retry_at(attempts=1000, now=notification.created_at, delay=sweep_delay())
+    later = retry_at(attempts=1000, now=notification.created_at, delay=sweep_delay())
     assert later - notification.created_at == dt.timedelta(hours=1)
     assert notification.attempts == 13
     assert notification.status == NotificationStatus.PENDING

@@ -18,8 +18,9 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 from djmoney.money import Money
+from rest_framework.test import APIClient
 
-from billing.services import subscription_create
+from billing.services.subscriptions import subscription_create
 from catalog.models import Aggregation, FeatureKind
 from catalog.tests.factories import (
     FeatureFactory,
@@ -27,6 +28,7 @@ from catalog.tests.factories import (
     PlanFactory,
     TopUpPackFactory,
 )
+from core.services import api_key_create
 from customers.engine import usage_record_batch
 from customers.models import Customer, CustomerUser, Notification
 
@@ -188,3 +190,13 @@ def notification_for(customer: Customer, feature, *, threshold=80, status="sent"
         balance=Decimal("15"),
         unit="GB",
     )
+
+
+@pytest.fixture
+def runtime_api(db):
+    """An API client with a runtime key: what the business's app server holds."""
+    client = APIClient()
+    client.credentials(
+        HTTP_AUTHORIZATION=f"Bearer {api_key_create(name='app', scope='runtime')[1]}"
+    )
+    return client

@@ -6,7 +6,8 @@ from django.test import Client
 from django.urls import reverse
 
 from billing.models import Invoice, InvoicePurpose, TopUpPurchase
-from billing.services import subscription_change_plan, topup_purchase
+from billing.services.purchases import topup_purchase
+from billing.services.subscriptions import subscription_change_plan
 from customers.models import Grant, Notification
 
 from .conftest import notification_for

@@ -3,7 +3,7 @@
 from django.urls import reverse
 
 from billing.models import Invoice
-from billing.services import topup_purchase
+from billing.services.purchases import topup_purchase
 from customers.models import Notification
 
 from .conftest import notification_for
@@ -18,7 +18,8 @@ def test_the_invoices_list_shows_own_invoices_linking_to_the_invoice_page(client
     own = Invoice.objects.filter(customer=world.a)
     assert own.count() == 2
     for invoice in own:
-        assert f'href="/billing/invoices/{invoice.number}/"' in html
+        assert f'href="/dashboard/invoices/{invoice.number}/"' in html
+        assert client_a.get(f"/dashboard/invoices/{invoice.number}/").status_code == 200
         assert client_a.get(f"/billing/invoices/{invoice.number}/").status_code == 200
     assert "Top-up purchase" in html and "Paid" in html and "$10.00" in html
     for invoice in Invoice.objects.filter(customer=world.b):

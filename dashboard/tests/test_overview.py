@@ -10,7 +10,8 @@ from django.urls import reverse
 from django.utils import timezone
 from djmoney.money import Money
 
-from billing.services import subscription_create, topup_purchase
+from billing.services.purchases import topup_purchase
+from billing.services.subscriptions import subscription_create
 from catalog.models import Enforcement, Feature
 from catalog.tests.factories import PlanEntitlementFactory, PlanFactory
 from customers.engine import entitlement_check

@@ -7,7 +7,7 @@ from django.urls import reverse
 from djmoney.money import Money
 
 from billing.models import Invoice, InvoicePurpose
-from billing.services import proration_preview
+from billing.services.subscriptions import proration_preview
 from billing.templatetags.billing_tags import money
 from catalog import services as catalog_services
 from customers.models import EntitlementOverride

@@ -7,20 +7,9 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.utils import timezone
-from rest_framework.test import APIClient
 
-from core.services import api_key_create
 from core.testing import DESKTOP, chromium_available, chromium_browser, screenshot
 from dashboard.models import PortalSession
-
-
-@pytest.fixture
-def runtime_api(db):
-    client = APIClient()
-    client.credentials(
-        HTTP_AUTHORIZATION=f"Bearer {api_key_create(name='app', scope='runtime')[1]}"
-    )
-    return client
 
 
 def portal_link(api, external_id="acme", **body) -> dict:

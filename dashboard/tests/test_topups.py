@@ -85,20 +85,23 @@ def test_two_confirm_pages_are_two_purchases(client_a, world):
 
 
 def test_a_declined_payment_shows_why_and_changes_nothing(client_a, world, settings):
-    settings.BILLING_PAYMENT_PROVIDER = "billing.payments.FailingPaymentProvider"
+    settings.BILLING_PAYMENT_PROVIDER = "billing.providers.FailingPaymentProvider"
     key = key_of(client_a.get(CONFIRM).content.decode())
     response = client_a.post(CONFIRM, {"idempotency_key": key})
     html = response.content.decode()
     assert response.status_code == 402
     assert 'role="alert"' in html and "The payment failed." in html
     assert "The card was declined." in html and "Nothing was charged or added." in html
-    assert key_of(html) == key  # a retry is the same purchase
+    # Nothing was bought: a retry is a new purchase, under a key the processor has not seen.
+    retry_key = key_of(html)
+    assert retry_key != key
     assert not topup_invoices(world.a).exists()
     assert not Grant.objects.filter(customer=world.a).exists()
     assert entitlement_check(world.a, "storage").balance == 15
 
-    settings.BILLING_PAYMENT_PROVIDER = "billing.payments.BuiltinPaymentProvider"
-    assert client_a.post(CONFIRM, {"idempotency_key": key}).status_code == 302
+    settings.BILLING_PAYMENT_PROVIDER = "billing.providers.BuiltinPaymentProvider"
+    assert client_a.post(CONFIRM, {"idempotency_key": retry_key}).status_code == 302
+    assert client_a.post(CONFIRM, {"idempotency_key": retry_key}).status_code == 302  # twice
     assert topup_invoices(world.a).count() == 1
 
 

@@ -25,7 +25,7 @@ from djmoney.money import Money
 from rest_framework.test import APIClient
 
 from billing.models import Invoice
-from billing.services import subscription_create
+from billing.services.subscriptions import subscription_create
 from catalog.models import Feature, Plan, PlanEntitlement, TopUpPack
 from catalog.tests.factories import (
     FeatureFactory,

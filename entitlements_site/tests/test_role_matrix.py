@@ -48,7 +48,8 @@ from django_celery_beat.models import (
 from djmoney.money import Money
 
 from billing.models import Invoice, InvoicePurpose
-from billing.services import subscription_change_plan, subscription_create, topup_purchase
+from billing.services.purchases import topup_purchase
+from billing.services.subscriptions import subscription_change_plan, subscription_create
 from catalog import services as catalog_services
 from catalog.models import Aggregation, FeatureKind
 from catalog.tests.factories import (
@@ -132,6 +133,7 @@ PAGES = {
     "support:override_add": {"GET": SUPPORT_ONLY, "POST": SUPPORT_DOES_IT},
     "support:override_end": {"GET": SUPPORT_POST_ONLY, "POST": SUPPORT_DOES_IT},
     "support:version_move": {"GET": SUPPORT_POST_ONLY, "POST": SUPPORT_DOES_IT},
+    "support:invoice_void": {"GET": SUPPORT_ONLY, "POST": SUPPORT_DOES_IT},
     # the end customer's dashboard: the customer comes from the login, never from the URL
     "dashboard:overview": {"GET": EVERY_CUSTOMER},
     "dashboard:topup_packs": {"GET": EVERY_CUSTOMER},  # a feature key: B has storage too
@@ -150,6 +152,14 @@ PAGES = {
     "dashboard:invoices": {"GET": EVERY_CUSTOMER},
     "dashboard:notifications": {"GET": EVERY_CUSTOMER},
     "dashboard:notification_detail": {"GET": A_ONLY},
+    "dashboard:invoice_detail": {"GET": A_ONLY},
+    # paying: A's own outstanding invoice (the proration invoice, not charged in this world)
+    "dashboard:invoice_pay": {
+        "GET": (LOGIN, 405, 405, 404, 404, LOGIN),
+        "POST": (LOGIN, Done(302), 404, 404, 404, LOGIN),
+    },
+    # the compact page for an iframe: no login form inside someone else's page, a 403 page
+    "dashboard:embed": {"GET": (403, 200, 200, 403, 403, 403)},
     # a portal link: an unknown (or used, or expired) token is the expired page for anyone
     "dashboard:portal_enter": {"GET": (403,) * 6},
     # printable invoices: staff see any, a customer their own
@@ -284,6 +294,7 @@ ADMIN_MODELS = {
     "billing.invoice": (VIEW_HISTORY, VIEW_HISTORY),
     "billing.topuppurchase": (VIEW, VIEW),
     "billing.payment": (VIEW, VIEW),
+    "billing.invoiceemail": (VIEW, VIEW),  # receipts and payment notices: read-only
 }
 ADMIN_MODEL_VIEWS = ("changelist", "add", "change", "history", "delete", "simple_history")
 ADMIN_MODEL_ROUTE = re.compile(
@@ -626,6 +637,9 @@ def _path_kwargs(key: str, w: World, own: Owned) -> dict:
         "dashboard:plan_change": {"plan_key": w.premium.key},
         "dashboard:plan_changed": {"number": own.proration_invoice.number},
         "dashboard:notification_detail": {"pk": own.notification.pk},
+        "dashboard:invoice_detail": {"number": own.proration_invoice.number},
+        "dashboard:invoice_pay": {"number": own.proration_invoice.number},
+        "support:invoice_void": {"pk": c.pk, "number": own.proration_invoice.number},
         "dashboard:portal_enter": {"token": "not-a-token"},
         "billing:invoice_detail": {"number": own.proration_invoice.number},
         "api:customer": {"external_id": c.external_id},
@@ -706,6 +720,7 @@ def _body(key: str, method: str, w: World, own: Owned) -> dict:
             "ov-reason": "Pilot",
         },
         ("support:override_end", "POST"): {},
+        ("support:invoice_void", "POST"): {"reason": "Matrix"},
         ("dashboard:topup_confirm", "POST"): {"idempotency_key": "dashboard-buy-1"},
         ("dashboard:plan_change", "POST"): {"from_plan": w.basic.key},
         ("api:customers", "POST"): {"external_id": "initech", "name": "Initech"},

@@ -15,7 +15,7 @@ from django.template import engines
 from djmoney.money import Money
 
 from billing.models import Invoice
-from billing.services import subscription_create
+from billing.services.subscriptions import subscription_create
 from catalog.tests.factories import FeatureFactory, PlanEntitlementFactory, PlanFactory
 from core.roles import PRODUCT_MANAGERS, SUPPORT
 from core.services import api_key_create

@@ -1,6 +1,6 @@
 from django import template
 
-from catalog.selectors import quantity_text
+from core.text import quantity_text
 
 register = template.Library()
 

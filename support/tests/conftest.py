@@ -17,7 +17,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from djmoney.money import Money
 
-from billing.services import subscription_create
+from billing.services.subscriptions import subscription_create
 from catalog.tests.factories import (
     FeatureFactory,
     PlanEntitlementFactory,

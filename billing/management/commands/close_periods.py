@@ -1,7 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
-from django.utils.dateparse import parse_datetime
 
-from billing.services import periods_close
+from billing.services.period_close import periods_close
+
+from ._now import now_argument, now_option
 
 
 class Command(BaseCommand):
@@ -12,18 +13,10 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument(
-            "--now",
-            help="Close as of this ISO 8601 instant (default: now), e.g. 2026-03-01T00:00:00Z.",
-        )
+        now_argument(parser, "Close")
 
     def handle(self, *args, **options):
-        now = None
-        if options["now"]:
-            now = parse_datetime(options["now"])
-            if now is None or now.tzinfo is None:
-                raise CommandError("--now takes an ISO 8601 datetime with a time zone.")
-        result = periods_close(now=now)
+        result = periods_close(now=now_option(options))
         self.stdout.write(
             f"Closed {result.periods_closed} period(s), ended {result.subscriptions_ended} "
             f"subscription(s), issued {len(result.invoices)} invoice(s)"

@@ -17,7 +17,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('catalog', '0007_plan_versions'),
-        ('customers', '0013_snapshot_debts'),
+        ('customers', '0014_subscription_past_due'),
     ]
 
     operations = [

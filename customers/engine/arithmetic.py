@@ -1,0 +1,391 @@
+"""The arithmetic of entitlements: every number a page, email, invoice or API answer shows.
+
+PURE: plain values in, numbers out; no Django, no database. Terms and rows come in as plain
+objects with the fields named below (the engine's CounterRow and GrantRow, or models), and
+the constants are the catalog's choices as plain strings (catalog.models.FeatureKind etc.;
+customers/tests/test_arithmetic.py checks they agree).
+
+- `entitlement_compute`: limit, granted, usage, reserved, balance, overage, has_access of one
+  entitlement (DESIGN.md "Effective entitlement");
+- `capacity`, `grant_units`, `percent_used`, `percent_of`, `overage_of`: what 100% is and how
+  far usage has gone (the dashboard, the support page, invoices and the alert email);
+- `thresholds_crossed`, `may_cross`: which `notify_at` thresholds usage went across;
+- `draw_plan`, `draw_apply`, `consume_decide`: the burn-down of a quantity against the
+  allowance and then the grants, soonest-expiring first, and the gate's decision.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from djmoney.money import Money
+
+ZERO = Decimal("0")
+HUNDRED = Decimal("100")
+# The catalog's choices (catalog.models), as plain strings so this module stays import-free.
+METERED, BOOLEAN, CONFIG = "metered", "boolean", "config"
+SUM, LATEST = "sum", "latest"
+HARD, SOFT = "hard", "soft"
+BILLING_PERIOD, NEVER = "billing_period", "never"
+
+
+@dataclass(frozen=True)
+class Terms:
+    """The entitlement values in force for one feature: an override's or the plan's."""
+
+    source: str  # "override" | "plan" | "grant" (units granted without any entitlement)
+    enabled: bool = True
+    limit: Decimal | None = None
+    unlimited: bool = False
+    reset: str = BILLING_PERIOD
+    enforcement: str = HARD
+    overage_price: Money | None = None
+    notify_at: tuple[int, ...] = (80, 100)
+    value: str = ""
+    show_on_invoice: bool = False
+    # Why access is refused whatever the numbers (`payment_overdue`), or None.
+    denied: str | None = None
+
+
+GRANT_ONLY_TERMS = Terms(source="grant", limit=ZERO, notify_at=(80, 100))
+
+
+@dataclass(frozen=True)
+class Entitlement:
+    """One effective entitlement: the `E` of the API (DESIGN.md "HTTP API")."""
+
+    feature: str
+    name: str
+    kind: str
+    unit: str
+    has_access: bool
+    value: str | None = None
+    unlimited: bool = False
+    limit: Decimal | None = None
+    granted: Decimal | None = None
+    usage: Decimal | None = None
+    balance: Decimal | None = None
+    overage: Decimal | None = None
+    reserved: Decimal | None = None  # held by reservations (none yet: 0 when metered)
+    enforcement: str | None = None
+    source: str | None = None
+    period_start: dt.datetime | None = None
+    period_end: dt.datetime | None = None
+    resets_at: dt.datetime | None = None
+    # Not in the API's E, but what pages, notifications and invoices need.
+    reset: str | None = None
+    aggregation: str | None = None
+    notify_at: tuple[int, ...] = ()
+    show_on_invoice: bool = False
+    overage_price: Money | None = None
+    feature_id: int | None = None
+    denied: str | None = None  # why access is refused whatever the numbers (payment_overdue)
+
+    @property
+    def percent_used(self) -> Decimal | None:
+        """Usage as a percent of allowance plus grants (past 100 when over); None when
+        unlimited or not metered."""
+        return percent_used(self)
+
+
+@dataclass
+class ConsumeResult:
+    allowed: bool
+    reason: str | None  # None | "limit_exceeded" | "no_access" | "payment_overdue"
+    entitlement: Entitlement
+    replayed: bool = False
+
+
+@dataclass
+class BatchResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[dict] = field(default_factory=list)
+
+
+def active_grants(grants: Iterable, feature_id: int, at: dt.datetime) -> list:
+    """Grants in force at `at`, in burn-down order: soonest-expiring first, never-expiring last."""
+    active = [
+        g
+        for g in grants
+        if g.feature_id == feature_id
+        and g.effective_at <= at
+        and (g.expires_at is None or at < g.expires_at)
+        and (g.voided_at is None or at < g.voided_at)
+    ]
+    far = dt.datetime.max.replace(tzinfo=dt.UTC)
+    return sorted(active, key=lambda g: (g.expires_at or far, g.effective_at, g.pk or 0))
+
+
+def level_of(counters: dict, kind: str) -> Decimal:
+    """A `latest` feature's level: the last report in the window, else the last report ever
+    (a level such as storage in use carries over into a new period until reported again)."""
+    for candidate in (counters.get(kind), counters.get(NEVER)):
+        if candidate is not None and candidate.level is not None:
+            return candidate.level
+    return ZERO
+
+
+def effective_kind(terms: Terms) -> str:
+    return terms.reset
+
+
+def entitlement_compute(
+    feature,
+    terms: Terms | None,
+    counters: dict,
+    grants: list,
+    windows: dict,
+    reserved: Decimal = ZERO,
+) -> Entitlement:
+    """One effective entitlement (DESIGN.md) from the terms in force, the counters of the
+    windows containing the moment (by window kind), the grants in force in burn-down order
+    and the windows by kind. `reserved`: units held now; the balance excludes them. Terms
+    `denied` keep their numbers without access."""
+    if terms is not None and terms.denied:
+        allowed = entitlement_compute(
+            feature, replace(terms, denied=None), counters, grants, windows, reserved
+        )
+        return replace(allowed, has_access=False, denied=terms.denied)
+    base = {
+        "feature": feature.key,
+        "name": feature.name,
+        "kind": feature.kind,
+        "unit": feature.unit,
+        "feature_id": feature.pk,
+        "aggregation": feature.aggregation if feature.kind == METERED else None,
+    }
+    if terms is None and not (feature.kind == METERED and grants):
+        return Entitlement(has_access=False, **base)
+    if feature.kind == BOOLEAN:
+        return Entitlement(
+            has_access=terms.enabled,
+            source=terms.source,
+            show_on_invoice=terms.show_on_invoice,
+            **base,
+        )
+    if feature.kind == CONFIG:
+        return Entitlement(
+            has_access=True,
+            value=terms.value,
+            source=terms.source,
+            show_on_invoice=terms.show_on_invoice,
+            **base,
+        )
+
+    terms = terms or GRANT_ONLY_TERMS
+    kind = effective_kind(terms)
+    window = windows[kind]
+    counter = counters.get(kind)
+    limit = None if terms.unlimited else (terms.limit or ZERO)
+    if feature.aggregation == LATEST:
+        usage = level_of(counters, kind)
+        granted = sum((g.quantity for g in grants), ZERO)
+        if limit is None:
+            balance = overage = None
+        else:
+            total = limit + granted
+            balance = max(ZERO, total - usage - reserved)
+            overage = overage_of(usage, total)
+    else:
+        usage = counter.used if counter else ZERO
+        drawn = counter.drawn if counter else ZERO
+        granted = sum((g.quantity - g.consumed for g in grants), ZERO)
+        if limit is None:
+            balance = overage = None
+        else:
+            balance = max(ZERO, max(ZERO, limit - usage) + granted - reserved)
+            overage = max(ZERO, usage - limit - drawn)
+    has_access = limit is None or balance > 0 or terms.enforcement == SOFT
+    resets = kind != NEVER
+    return Entitlement(
+        has_access=has_access,
+        unlimited=limit is None,
+        limit=limit,
+        granted=granted,
+        usage=usage,
+        balance=balance,
+        overage=ZERO if overage is None and limit is None else overage,
+        reserved=reserved,
+        enforcement=terms.enforcement,
+        source=terms.source,
+        period_start=window.start,
+        period_end=window.end if resets else None,
+        resets_at=window.end if resets else None,
+        reset=kind,
+        notify_at=terms.notify_at,
+        show_on_invoice=terms.show_on_invoice,
+        overage_price=terms.overage_price,
+        **base,
+    )
+
+
+@dataclass
+class Draw:
+    """The effect one usage quantity would have: what to add where. Applied only if allowed."""
+
+    allowed: bool
+    reason: str | None
+    quantity: Decimal
+    level: Decimal | None = None
+    takes: list[tuple] = field(default_factory=list)
+
+    @property
+    def recorded(self) -> Decimal:
+        """What the ledger records: the new level of a `latest` feature, else the quantity."""
+        return self.level if self.level is not None else self.quantity
+
+
+def draw_plan(
+    feature,
+    terms: Terms | None,
+    counters: dict,
+    grants: list,
+    quantity: Decimal,
+    *,
+    enforce: bool,
+    as_level: bool,
+) -> Draw:
+    """Burn-down of `quantity` against allowance, then grants soonest-expiring first. With
+    `enforce` (a consume), a hard limit denies what the balance cannot cover. `as_level`: the
+    quantity is a reported level of a `latest` feature rather than an increment."""
+    if enforce and terms is not None and terms.denied:
+        return Draw(False, terms.denied, quantity)
+    if terms is None and not grants:
+        if enforce:
+            return Draw(False, "no_access", quantity)
+        terms = GRANT_ONLY_TERMS  # reported usage without access is still recorded
+    terms = terms or GRANT_ONLY_TERMS
+    kind = effective_kind(terms)
+    hard = enforce and terms.enforcement == HARD and not terms.unlimited
+    if feature.aggregation == LATEST:
+        level = quantity if as_level else level_of(counters, kind) + quantity
+        capacity = (terms.limit or ZERO) + sum((g.quantity for g in grants), ZERO)
+        if hard and level > capacity:
+            return Draw(False, "limit_exceeded", quantity, level=level)
+        return Draw(True, None, quantity, level=level)
+    if terms.unlimited:
+        return Draw(True, None, quantity)
+    used = counters[kind].used
+    rest = quantity - min(quantity, max(ZERO, (terms.limit or ZERO) - used))
+    takes = []
+    for grant in grants:
+        if rest <= 0:
+            break
+        take = min(rest, grant.quantity - grant.consumed)
+        if take > 0:
+            takes.append((grant, take))
+            rest -= take
+    if hard and rest > 0:
+        return Draw(False, "limit_exceeded", quantity)
+    return Draw(True, None, quantity, takes=takes)
+
+
+def draw_apply(draw: Draw, terms: Terms | None, counters: dict, at: dt.datetime) -> None:
+    # `used` is the sum of the ledger's quantities, and a `latest` event records the level.
+    recorded = draw.recorded
+    for counter in counters.values():
+        counter.used += recorded
+        if draw.level is not None and (counter.level_at is None or at >= counter.level_at):
+            counter.level, counter.level_at = draw.level, at
+    drawn = sum((take for _, take in draw.takes), ZERO)
+    if drawn:
+        counters[effective_kind(terms or GRANT_ONLY_TERMS)].drawn += drawn
+    for grant, take in draw.takes:
+        grant.consumed += take
+
+
+def consume_result(draw: Draw, entitlement: Entitlement) -> ConsumeResult:
+    if draw.reason == "no_access":
+        entitlement = replace(entitlement, has_access=False)
+    return ConsumeResult(draw.allowed, draw.reason, entitlement)
+
+
+def may_cross(terms: Terms | None, counters: dict, quantity: Decimal) -> bool:
+    """Whether adding `quantity` to a sum without grants may cross a `notify_at` threshold:
+    `percent_of` usage before and after against the allowance (the capacity when there are no
+    grants), the arithmetic of `percent_used`. True whenever unsure (no terms, no positive
+    limit), so the caller then takes the full path."""
+    if terms is None:
+        return True
+    if terms.unlimited or not terms.notify_at:
+        return False
+    limit = terms.limit or ZERO
+    if limit <= 0:
+        return True
+    before = counters[effective_kind(terms)].used
+    low, high = percent_of(before, limit), percent_of(before + quantity, limit)
+    return any(low < Decimal(t) <= high for t in terms.notify_at)
+
+
+def thresholds_crossed(before: Entitlement, after: Entitlement) -> list[int]:
+    """The `notify_at` thresholds that usage went across from `before` to `after`."""
+    if after.percent_used is None or before.percent_used is None:
+        return []
+    low, high = before.percent_used, after.percent_used
+    return [t for t in after.notify_at if low < Decimal(t) <= high]
+
+
+def consume_decide(
+    feature, terms: Terms | None, counters: dict, grants: list, windows: dict, quantity, at
+) -> tuple[Draw, Entitlement, Entitlement]:
+    """The gate's decision on `quantity` (a consume, under its hard limit): the draw, and the
+    entitlement before and after it (the same when denied). An allowed draw is applied to
+    `counters` and `grants` in memory; the caller writes them, or drops them (a dry run)."""
+    draw = draw_plan(feature, terms, counters, grants, quantity, enforce=True, as_level=False)
+    before = entitlement_compute(feature, terms, counters, grants, windows)
+    if not draw.allowed:
+        return draw, before, before
+    draw_apply(draw, terms, counters, at)
+    return draw, before, entitlement_compute(feature, terms, counters, grants, windows)
+
+
+# --- capacity: what 100% of an allowance is ------------------------------------------------
+# Capacity is the allowance plus the grants in the entitlement's window, never derived from
+# usage: past a soft limit the balance is 0, so `usage + balance` would make capacity grow with
+# usage ("541 GB of 541 GB" for a 500 GB limit). `e` is an Entitlement (or anything with its
+# fields: kind, aggregation, unlimited, limit, granted, usage, overage, has_access).
+
+
+def grant_units(e) -> Decimal:
+    """Units of grants in the entitlement's window: for a level, the grants in force (they add
+    capacity and are never consumed); for a sum, what is left of them plus what the window's
+    usage drew from them (usage past the allowance that is not overage)."""
+    granted = e.granted or ZERO
+    if e.aggregation == LATEST or e.limit is None:
+        return granted
+    drawn = (e.usage or ZERO) - e.limit - (e.overage or ZERO)
+    return granted + max(ZERO, drawn)
+
+
+def capacity(e) -> Decimal | None:
+    """The allowance plus `grant_units`: what 100% means. None when unlimited or not metered."""
+    if e.kind != METERED or e.unlimited or e.limit is None:
+        return None
+    return e.limit + grant_units(e)
+
+
+def percent_of(usage: Decimal, capacity: Decimal, *, blocked: bool = False) -> Decimal:
+    """`usage` as a percent of `capacity`, past 100 when over it. A zero capacity is 100% as
+    soon as anything is used or access is blocked (nothing is left), else 0%."""
+    if capacity <= 0:
+        return HUNDRED if usage > 0 or blocked else ZERO
+    return usage * 100 / capacity
+
+
+def percent_used(e) -> Decimal | None:
+    """Usage as a percent of `capacity(e)`; None when unlimited or not metered."""
+    total = capacity(e)
+    if total is None or e.usage is None:
+        return None
+    return percent_of(e.usage, total, blocked=not e.has_access)
+
+
+def overage_of(usage: Decimal, capacity: Decimal) -> Decimal:
+    """Usage beyond the allowance and grants (DESIGN.md's `overage`), never negative."""
+    return max(ZERO, usage - capacity)

@@ -1,0 +1,254 @@
+"""The gate: an atomic check-and-record of one metered quantity (DESIGN.md "Consume").
+
+One decision (`arithmetic.consume_decide`) taken on three paths: a dry run (on the snapshot,
+nothing locked or written), the ordinary transaction (counters, then grants, locked in order)
+and, on PostgreSQL outside a transaction, the same locks and writes in two round trips."""
+
+from __future__ import annotations
+
+import contextlib
+
+import orjson
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from catalog.models import Feature
+from core.errors import Conflict, InvalidInput, NotFound
+
+from .. import snapshots
+from ..models import Customer, UsageCounter, UsageEvent
+from ..periods import Window
+from ..snapshots import CounterRow, GrantRow
+from . import sql
+from .arithmetic import (
+    METERED,
+    SUM,
+    ConsumeResult,
+    active_grants,
+    consume_decide,
+    consume_result,
+    thresholds_crossed,
+)
+from .inputs import clean_event_id, clean_properties, parse_quantity, parse_timestamp
+from .ledger import (
+    counters_and_grants_save,
+    counters_lock,
+    events_insert,
+    grants_lock,
+    retrying_deadlocks,
+    usage_after,
+)
+from .reads import entitlement_check, feature_by_key, snapshot_and_state, window_counters
+from .state import (
+    CustomerState,
+    counted_kinds,
+    customer_get,
+    customer_id_forget,
+    customer_pk,
+    customer_state,
+    features_cached,
+    state_cached,
+    state_for,
+)
+
+
+def entitlement_consume(
+    customer: Customer | str,
+    feature_key: str | Feature,
+    quantity,
+    event_id: str,
+    *,
+    timestamp=None,
+    properties: dict | None = None,
+    dry_run: bool = False,
+) -> ConsumeResult:
+    """The gate: atomically checks and records `quantity` of a metered feature; `customer` is a
+    Customer or an external id.
+
+    Locks the customer's counter rows of the feature (then its grants), so with N concurrent
+    requests against a balance of B units exactly min(N, B) are allowed. Under a hard limit a
+    request the balance cannot cover is denied and records nothing. Idempotent on `event_id`
+    per customer: a replay returns the first outcome (allowed) and counts nothing; the same
+    `event_id` reused for another feature or quantity raises Conflict. `dry_run` answers
+    without recording. Raises NotFound (customer, feature), InvalidInput (`not_metered`,
+    quantity, timestamp)."""
+    feature = feature_key if isinstance(feature_key, Feature) else feature_by_key(feature_key)
+    if feature.kind != METERED:
+        raise InvalidInput(
+            f"{feature.key!r} is a {feature.kind} feature; only metered features are consumed.",
+            code="not_metered",
+        )
+    quantity = parse_quantity(quantity, allow_zero=False)
+    event_id = clean_event_id(event_id)
+    at = parse_timestamp(timestamp)
+    properties = clean_properties(properties)
+    if dry_run:
+        return _consume_dry_run(customer, feature, quantity, at)
+    pk = customer_pk(customer)
+    with snapshots.write_guard([pk]):
+        # A batch inserts its events before it locks counters: one reusing this event_id at
+        # this very instant may deadlock with this consume, whichever PostgreSQL aborts retries.
+        return retrying_deadlocks(
+            lambda: _consume(customer, pk, feature, quantity, event_id, at, properties)
+        )
+
+
+def _consume_dry_run(customer, feature: Feature, quantity, at) -> ConsumeResult:
+    """The decision on the current snapshot; nothing locked, nothing written."""
+    snapshot, state = snapshot_and_state(customer, feature.pk, at)
+    windows = state.windows(at)
+    counters = window_counters(snapshot.counters, feature.pk, windows)
+    for kind, window in windows.items():
+        counters.setdefault(kind, UsageCounter(start=window.start, end=window.end))
+    grants = active_grants(snapshot.grants, feature.pk, at)
+    terms = state.terms_at(feature.pk, at)
+    draw, _, after = consume_decide(feature, terms, counters, grants, windows, quantity, at)
+    return consume_result(draw, after)
+
+
+def _consume(customer, pk, feature, quantity, event_id, at, properties) -> ConsumeResult:
+    # Unheard by Redis, the write records its debt in its transaction: the ordinary path.
+    if sql.db().consume_in_two_trips and not connection.in_atomic_block and snapshots.heard():
+        fast = _consume_two_trips(pk, feature, quantity, event_id, at, properties)
+        if fast is not None:
+            return fast
+    return _consume_in_transaction(customer, pk, feature, quantity, event_id, at, properties)
+
+
+def _consume_in_transaction(customer, pk, feature, quantity, event_id, at, properties):
+    with transaction.atomic():
+        state = state_cached(pk)
+        if state is None:
+            state = customer_state(customer if isinstance(customer, Customer) else customer_get(pk))
+        keys = _consume_keys(state, pk, feature, at)
+        locked, version = counters_lock(keys, version_of=pk)
+        if version is None:
+            customer_id_forget(customer)
+            raise NotFound("No such customer.", code="customer_not_found")
+        if state.version != version:
+            # The cached state is out of date (or new): reload it; its windows may differ.
+            features_cached(version[1])
+            state = state_for(state.customer, version)
+            keys = _consume_keys(state, pk, feature, at)
+            if set(keys) - set(locked):
+                locked.update(counters_lock(keys)[0])
+        windows = state.windows(at)
+        terms = state.terms_at(feature.pk, at)
+        counters = {key[2]: locked[key] for key in keys}
+        grants = active_grants(grants_lock([pk], [feature.pk], at, at), feature.pk, at)
+        draw, before, after = consume_decide(
+            feature, terms, counters, grants, windows, quantity, at
+        )
+        if not draw.allowed:
+            # A replay of an allowed request answers its first outcome even if now denied.
+            replay = _replay(state.customer, feature, quantity, event_id, at, state)
+            return replay or consume_result(draw, before)
+        item = {
+            "customer": state.customer,
+            "feature": feature,
+            "event_id": event_id,
+            "quantity": draw.recorded,
+            "timestamp": at,
+            "properties": properties or {},
+        }
+        if not events_insert([item]):
+            # Already recorded (the counters were locked, so the first has committed).
+            return _replay(state.customer, feature, quantity, event_id, at, state)
+        counters_and_grants_save(counters.values(), grants)
+        snapshots.record_unheard_write()
+        usage_after(state, feature, before, after)
+        return ConsumeResult(True, None, after)
+
+
+def _consume_two_trips(pk, feature, quantity, event_id, at, properties) -> ConsumeResult | None:
+    """The consume outside any transaction, in two round trips (sql.postgresql): BEGIN and the
+    locks (counters, then grants, with the versions), then the event, the counters, the grants
+    and COMMIT in one statement that writes nothing if the event_id is already recorded. The
+    same decision as `_consume_in_transaction`. Answers None, having written nothing, when the
+    ordinary path must do it: the customer's state not cached or out of date, a window's
+    counter to create, a threshold crossed (its notification)."""
+    state = state_cached(pk)
+    if state is None or state.version is None:
+        return None
+    db = sql.db()
+    windows = state.windows(at)
+    counted = counted_kinds(feature.pk, state.version[1])  # before any lock is held
+    synchronous = settings.USAGE_SYNCHRONOUS_COMMIT
+    with connection.cursor() as cursor:
+        try:
+            rows = db.consume_lock(cursor, pk, feature.pk, at, synchronous)
+            # The counters of every window containing `at` (the index on open windows): those
+            # of the windows in force among them, or the ordinary path creates the missing ones.
+            version, counters, grants = None, {}, []
+            for kind, rid, window, t1, t2, n1, n2, n3, t3, v1, v2 in rows:
+                if kind == 0:
+                    version = None if v1 is None else (int(v1), int(v2 or 0))
+                elif kind == 1:
+                    if window in counted and windows[window].start == t1:
+                        counters[window] = CounterRow(
+                            rid, pk, feature.pk, window, t1, t2, n1, n2, n3, t3
+                        )  # fmt: skip
+                else:
+                    grants.append(GrantRow(rid, pk, feature.pk, t1, t2, n1, n2, t3))
+            if version != state.version or len(counters) != len(counted):
+                db.rollback(cursor)
+                return None
+            terms = state.terms_at(feature.pk, at)
+            grants = active_grants(grants, feature.pk, at)
+            loaded = {g.pk: g.consumed for g in grants}
+            draw, before, after = consume_decide(
+                feature, terms, counters, grants, windows, quantity, at
+            )
+            if not draw.allowed:
+                db.rollback(cursor)
+                replay = _replay(state.customer, feature, quantity, event_id, at, state)
+                return replay or consume_result(draw, before)
+            if thresholds_crossed(before, after):
+                db.rollback(cursor)
+                return None
+            event = [pk, feature.pk, event_id, draw.recorded, at,
+                     orjson.dumps(properties or {}).decode(), timezone.now()]  # fmt: skip
+            changed = [g for g in grants if g.consumed != loaded[g.pk]]
+            inserted = db.consume_write(cursor, event, list(counters.values()), changed)
+        except BaseException:
+            _rollback_quietly(db, cursor)
+            raise
+    if not inserted:
+        # Already recorded (the counters were locked, so the first has committed).
+        return _replay(state.customer, feature, quantity, event_id, at, state)
+    return ConsumeResult(True, None, after)
+
+
+def _rollback_quietly(db, cursor) -> None:
+    # Nothing to roll back if the connection is gone.
+    with contextlib.suppress(Exception):
+        db.rollback(cursor)
+
+
+def _consume_keys(state: CustomerState, pk: int, feature: Feature, at) -> dict[tuple, Window]:
+    """The counters a consume keeps: the feature's counted windows (as of the state's catalog
+    version: once locked, the version read with them says whether that is still so)."""
+    windows = state.windows(at)
+    counted = counted_kinds(feature.pk, state.version[1] if state.version else None)
+    return {(pk, feature.pk, k, windows[k].start): windows[k] for k in counted}
+
+
+def _replay(customer, feature, quantity, event_id, at, state) -> ConsumeResult | None:
+    """The first outcome of an event_id already recorded, or None if it is new."""
+    event = (
+        UsageEvent.objects.filter(customer=customer, event_id=event_id)
+        .only("feature_id", "quantity")
+        .first()
+    )
+    if event is None:
+        return None
+    if event.feature_id != feature.pk or (
+        feature.aggregation == SUM and event.quantity != quantity
+    ):
+        raise Conflict(
+            f"event_id {event_id!r} was already used for another request.",
+            code="idempotency_conflict",
+            details={"event_id": event_id},
+        )
+    return ConsumeResult(True, None, entitlement_check(customer, feature, at, state=state), True)

@@ -1,0 +1,71 @@
+"""The engine's own checks of what a client sends (the lean path has no serializer): a bad
+value is a 400 `invalid` naming the field, as a serializer's error would be (DESIGN.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from core import bounds
+from core.errors import InvalidInput
+
+
+def field_refused(field: str, message: str) -> InvalidInput:
+    """A 400 `invalid` naming the field, as a serializer's error would (DESIGN.md)."""
+    return InvalidInput(f"{field}: {message}", details={field: [message]})
+
+
+def parse_quantity(value, *, allow_zero: bool) -> Decimal:
+    """An exact quantity within bounds.DECIMAL_RULE: positive, or >= 0 with `allow_zero`."""
+    try:
+        return bounds.decimal_parse(value, positive=not allow_zero)
+    except bounds.Refused as refused:
+        raise field_refused("quantity", f"This value {refused}.") from None
+
+
+def parse_timestamp(value, now: dt.datetime | None = None) -> dt.datetime:
+    """An ISO 8601 instant (UTC when naive) that the periods can represent; `now` when absent."""
+    if value is None or value == "":
+        return now or timezone.now()
+    if isinstance(value, dt.datetime):
+        stamp = value
+    else:
+        try:
+            stamp = parse_datetime(value) if isinstance(value, str) else None
+        except ValueError:
+            stamp = None
+        if stamp is None:
+            raise field_refused(
+                "timestamp", "Use an ISO 8601 date and time, e.g. 2026-11-20T10:00:00Z."
+            )
+    if timezone.is_naive(stamp):
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    try:
+        return bounds.instant_check(stamp.astimezone(dt.UTC))
+    except (bounds.Refused, OverflowError):
+        raise field_refused(
+            "timestamp", f"The date and time must be {bounds.INSTANT_RULE}."
+        ) from None
+
+
+def clean_properties(properties) -> dict:
+    if properties is None:
+        return {}
+    if not isinstance(properties, dict):
+        raise field_refused("properties", "properties must be an object.")
+    if bounds.text_unstorable(properties):
+        raise field_refused("properties", "Text in properties cannot contain NUL characters.")
+    return properties
+
+
+def clean_event_id(event_id) -> str:
+    if not isinstance(event_id, str) or not event_id.strip():
+        raise field_refused("event_id", "event_id is required: a non-empty string.")
+    if len(event_id) > 255:
+        raise field_refused("event_id", "event_id is at most 255 characters.")
+    if bounds.text_unstorable(event_id):
+        raise field_refused("event_id", "event_id cannot contain NUL characters.")
+    return event_id

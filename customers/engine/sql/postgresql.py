@@ -1,0 +1,341 @@
+"""PostgreSQL's statements: arrays in (unnest), whatever the number of rows; row locks; the
+consume in two round trips; the batch's lock-and-add and its advisory turns."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import orjson
+from django.conf import settings
+from django.db import connection
+
+from catalog.models import CatalogVersion
+
+from ...models import Customer, Grant, UsageCounter, UsageEvent
+from ...snapshots import CounterRow
+from .common import counter_values, event_columns, versions_sql
+
+# The tables, from the models (never typed into the statements).
+COUNTER = UsageCounter._meta.db_table
+GRANT = Grant._meta.db_table
+EVENT = UsageEvent._meta.db_table
+CUSTOMER = Customer._meta.db_table
+CATALOG_VERSION = CatalogVersion._meta.db_table
+LOCK_CHUNK = 1000  # counter keys per locking statement
+consume_in_two_trips = True  # consume_lock and consume_write
+
+
+def pg_array(values) -> str:
+    """A PostgreSQL array literal of numbers, timestamps, None and plain words (never user
+    text): built in one join, where psycopg's array dumper costs milliseconds per thousand."""
+    values = list(values)
+    if isinstance(next((v for v in values if v is not None), None), dt.datetime):
+        # Few distinct instants (windows' starts are shared): each is formatted once.
+        texts = {v: "NULL" if v is None else v.isoformat() for v in set(values)}
+        return "{" + ",".join([texts[v] for v in values]) + "}"
+    if any(v is None for v in values):
+        return "{" + ",".join(["NULL" if v is None else str(v) for v in values]) + "}"
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def pg_text_array(values) -> str:
+    """A PostgreSQL array literal of any text (clients' event ids and external ids): every
+    element double-quoted, its backslashes and double quotes escaped, so that commas, braces,
+    spaces and the word NULL stay text. Sent as a parameter like the others."""
+    quoted = ['"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]
+    return "{" + ",".join(quoted) + "}"
+
+
+def counters_lock_chunk(cursor, chunk: list[tuple], versions: str, params: list, locked: dict):
+    """PostgreSQL: the keys go as four arrays (whatever their number, no giant statement) and
+    come back as their ordinal, so that no timestamp is parsed back. Answers the versions."""
+    version = None
+    cursor.execute(
+        "SELECT c.id, k.n, c.used, c.drawn, c.level, c.level_at, " + versions + " "
+        "FROM unnest(%s::bigint[], %s::bigint[], %s::varchar[], %s::timestamptz[]) "
+        "WITH ORDINALITY AS k(customer_id, feature_id, win, start, n) "
+        f"JOIN {COUNTER} c ON c.customer_id = k.customer_id "
+        'AND c.feature_id = k.feature_id AND c."window" = k.win AND c.start = k.start '
+        'ORDER BY c.customer_id, c.feature_id, c."window", c.start FOR UPDATE OF c',
+        [*params, *(pg_array(column) for column in zip(*chunk, strict=True))],
+    )
+    for pk, n, used, drawn, level, level_at, *version in cursor.fetchall():
+        customer_id, feature_id, kind, start = key = chunk[n - 1]
+        counter = CounterRow(pk, customer_id, feature_id, kind, start, None, used, drawn, level,
+                             level_at)  # fmt: skip
+        counter.loaded = counter_values(counter)
+        locked[key] = counter
+        if version[0] is not None:
+            version = (int(version[0]), int(version[1] or 0))
+    return version
+
+
+# PostgreSQL: the counters' new values as five arrays (id, used, drawn, level, level_at).
+COUNTERS_FROM_VALUES = f"""
+    UPDATE {COUNTER} AS c
+       SET used = v.used, drawn = v.drawn, level = v.level, level_at = v.level_at
+      FROM unnest(%s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[],
+                  %s::timestamptz[]) AS v(id, used, drawn, level, level_at)
+     WHERE c.id = v.id"""
+
+
+def counter_columns(counters: list) -> list[str]:
+    """The five array parameters of `COUNTERS_FROM_VALUES`."""
+    rows = [(c.pk, c.used, c.drawn, c.level, c.level_at) for c in counters]
+    return [pg_array(column) for column in zip(*rows, strict=True)]
+
+
+def counters_save(counters: list) -> None:
+    """PostgreSQL: one UPDATE .. FROM unnest(arrays) for all the changed counters; only
+    `used` when nothing else changed (a batch of sums without grants)."""
+    with connection.cursor() as cursor:
+        if all(c.loaded[1:] == (c.drawn, c.level, c.level_at) for c in counters):
+            cursor.execute(
+                f"UPDATE {COUNTER} AS c SET used = v.used "
+                "FROM unnest(%s::bigint[], %s::numeric[]) AS v(id, used) WHERE c.id = v.id",
+                [
+                    "{" + ",".join([str(c.pk) for c in counters]) + "}",
+                    "{" + ",".join([str(c.used) for c in counters]) + "}",
+                ],
+            )
+        else:
+            cursor.execute(COUNTERS_FROM_VALUES, counter_columns(counters))
+
+
+# PostgreSQL: the grants of these customers and features that may be in force between two
+# moments (`grants_query`'s filter), for the batch's look at grants and its lock alike.
+GRANTS_BETWEEN = (
+    "WHERE customer_id = ANY(%s::bigint[]) AND feature_id = ANY(%s::bigint[]) "
+    "AND effective_at <= %s AND (expires_at IS NULL OR expires_at > %s) "
+    "AND (voided_at IS NULL OR voided_at > %s)"
+)
+
+
+def grants_between(customer_ids, feature_ids, since: dt.datetime, until: dt.datetime) -> list:
+    return [pg_array(customer_ids), pg_array(feature_ids), until, since, since]
+
+
+CONSUME_LOCK = f"""
+    BEGIN; SET LOCAL synchronous_commit = %s;
+    WITH c AS (
+        SELECT id, customer_id, feature_id, "window", start, "end", used, drawn, level, level_at
+          FROM {COUNTER}
+         WHERE customer_id = %s AND feature_id = %s AND start <= %s AND "end" > %s
+         ORDER BY customer_id, feature_id, "window", start FOR UPDATE
+    ), g AS (
+        SELECT id, effective_at, expires_at, quantity, consumed, voided_at
+          FROM {GRANT}
+         WHERE customer_id = %s AND feature_id = %s AND effective_at <= %s
+               AND (expires_at IS NULL OR expires_at > %s) AND (voided_at IS NULL OR voided_at > %s)
+         ORDER BY id FOR UPDATE
+    )
+    SELECT 0, NULL::bigint, NULL::varchar, NULL::timestamptz, NULL::timestamptz, NULL::numeric,
+           NULL::numeric, NULL::numeric, NULL::timestamptz,
+           (SELECT state_version FROM {CUSTOMER} WHERE id = %s),
+           (SELECT version FROM {CATALOG_VERSION} WHERE id = 1)
+    UNION ALL
+    SELECT 1, id, "window", start, "end", used, drawn, level, level_at, NULL, NULL FROM c
+    UNION ALL
+    SELECT 2, id, NULL, effective_at, expires_at, quantity, consumed, NULL, voided_at, NULL, NULL
+      FROM g
+"""
+
+
+CONSUME_WRITE = f"""
+    WITH ev AS (
+        INSERT INTO {EVENT}
+               (customer_id, feature_id, event_id, quantity, "timestamp", properties, recorded_at)
+        VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s)
+        ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING id
+    ), counters AS ({COUNTERS_FROM_VALUES} AND EXISTS (SELECT 1 FROM ev)
+    ), grants AS (
+        UPDATE {GRANT} AS g SET consumed = v.consumed
+          FROM unnest(%s::bigint[], %s::numeric[]) AS v(id, consumed)
+         WHERE g.id = v.id AND EXISTS (SELECT 1 FROM ev)
+    )
+    SELECT id FROM ev;
+    COMMIT
+"""
+
+
+TURNS_CLASS = 0x75736167  # the advisory locks' first key: "usag"
+
+
+def turns() -> int:
+    """The buckets of customers that batches take turns on (`USAGE_BATCH_TURNS`, 0: none)."""
+    return settings.USAGE_BATCH_TURNS
+
+
+def take_turns(customer_ids: set[int]) -> None:
+    """Waits until no other batch is writing counters of customers in the same buckets (an
+    advisory lock per bucket, taken in order, until commit). Not for correctness (the row
+    locks are), but for cost: a batch that waited on rows locked by another batch would then
+    re-read each of its thousands of counters as changed after its snapshot (PostgreSQL's
+    re-check of updated rows), doubling PostgreSQL's work; waiting before the locking
+    statement instead makes it start after the other's commit. Consumes, one counter row at a
+    time, do not take turns. The price: two large batches whose customers differ but share
+    buckets (a thousand customers cover all 64) also take turns."""
+    buckets = sorted({pk % turns() for pk in customer_ids})
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, b) FROM unnest(%s::int[]) AS b",
+            [TURNS_CLASS, pg_array(buckets)],
+        )
+
+
+def granted(customer_ids, feature_ids, since, until) -> set[tuple[int, int]]:
+    """(customer, feature) pairs with a grant that may be in force between `since` and
+    `until`, read without locking (the lock that follows the counters' checks it again)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT DISTINCT customer_id, feature_id FROM {GRANT} {GRANTS_BETWEEN}",
+            grants_between(customer_ids, feature_ids, since, until),
+        )
+        return set(cursor.fetchall())
+
+
+# PostgreSQL: locks counters in key order and adds to some of them in the same statement (the
+# keys, what to add and whether to answer the counter as seven arrays; add NULL: nothing). The
+# keys come sorted, and each is looked up and locked in turn (a lateral index lookup): the
+# order of the locks whatever the plan, and no scan of the table however large it grows.
+# Answers the wanted counters as they were before, and a last row with how many it locked and,
+# should some be missing, which.
+LOCK_AND_ADD = f"""
+    WITH k AS (
+        SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::varchar[], %s::timestamptz[],
+                             %s::numeric[], %s::boolean[])
+               WITH ORDINALITY AS k(customer_id, feature_id, win, start, add, want, n)
+    ), l AS MATERIALIZED (
+        SELECT c.id, k.n, k.add, k.want, c.used, c.drawn, c.level, c.level_at
+          FROM k CROSS JOIN LATERAL (
+                SELECT * FROM {COUNTER} c WHERE c.customer_id = k.customer_id
+                   AND c.feature_id = k.feature_id AND c."window" = k.win AND c.start = k.start
+                   FOR UPDATE
+               ) c
+    ), a AS (
+        UPDATE {COUNTER} c SET used = c.used + l.add
+          FROM l WHERE c.id = l.id AND l.add IS NOT NULL
+    )
+    SELECT id, n, used, drawn, level, level_at, NULL::bigint[] FROM l WHERE want
+    UNION ALL
+    SELECT NULL, count(*), NULL, NULL, NULL, NULL,
+           CASE WHEN count(*) < %s THEN array_agg(n) END FROM l"""
+
+
+def lock_and_add(ordered: list[tuple], adds: dict, wanted: set) -> tuple[dict, list]:
+    """One `LOCK_AND_ADD`: the wanted counters by key, and the keys it found no counter for."""
+    columns = [pg_array(column) for column in zip(*ordered, strict=True)]
+    columns.append("{" + ",".join([str(adds.get(key, "NULL")) for key in ordered]) + "}")
+    columns.append("{" + ",".join(["t" if key in wanted else "f" for key in ordered]) + "}")
+    locked = {}
+    with connection.cursor() as cursor:
+        # Nested loops only: the update finds each locked counter by its id, rather than by a
+        # scan of the table, which the planner may prefer while the table is small.
+        cursor.execute(
+            "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; "
+            f"{LOCK_AND_ADD}; RESET enable_hashjoin; RESET enable_mergejoin",
+            [*columns, len(ordered)],
+        )
+        cursor.nextset()  # past the SETs
+        cursor.nextset()
+        *rows, (_, count, _, _, _, _, found) = cursor.fetchall()
+    for pk, n, used, drawn, level, level_at, _ in rows:
+        customer_id, feature_id, kind, start = key = ordered[n - 1]
+        counter = CounterRow(pk, customer_id, feature_id, kind, start, None, used, drawn, level,
+                             level_at)  # fmt: skip
+        counter.loaded = (used, drawn, level, level_at)
+        locked[key] = counter
+    if count == len(ordered):
+        return locked, []
+    found = set(found or ())
+    return locked, [key for n, key in enumerate(ordered, 1) if n not in found]
+
+
+def batch_customers(external_ids: set[str]) -> list[tuple]:
+    """(id, external_id, state_version, catalog version) of the customers named, in one
+    query: their external ids as one array parameter."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.id, c.external_id, c.state_version, "
+            f"(SELECT version FROM {CATALOG_VERSION} WHERE id = 1) "
+            f"FROM {CUSTOMER} c WHERE c.external_id = ANY(%s::text[])",
+            [pg_text_array(external_ids)],
+        )
+        return cursor.fetchall()
+
+
+def counters_select_for_update(ordered: list[tuple], version_of: int | None):
+    """SELECT .. FOR UPDATE of the counters of `ordered` keys, one statement per LOCK_CHUNK
+    keys, in the same order as the whole."""
+    versions, version_params = versions_sql(version_of)
+    locked, version = {}, None
+    with connection.cursor() as cursor:
+        for offset in range(0, len(ordered), LOCK_CHUNK):
+            chunk = ordered[offset : offset + LOCK_CHUNK]
+            chunk_version = counters_lock_chunk(cursor, chunk, versions, version_params, locked)
+            version = version or chunk_version
+    return locked, version
+
+
+def grants_lock(customer_ids, feature_ids, since: dt.datetime, until: dt.datetime) -> list:
+    """Arrays rather than IN lists: a batch names up to a thousand customers."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, customer_id, feature_id, effective_at, expires_at, quantity, "
+            f"consumed, voided_at FROM {GRANT} {GRANTS_BETWEEN} ORDER BY id FOR UPDATE",
+            grants_between(customer_ids, feature_ids, since, until),
+        )
+        return cursor.fetchall()
+
+
+def events_insert(items: list[dict], now: dt.datetime) -> dict[tuple[int, str], int]:
+    """Seven array parameters, whatever the number of events: no giant statement."""
+    _, columns, table, pk_column = event_columns()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) SELECT c, f, e, q, t, p::jsonb, r FROM "
+            "unnest(%s::bigint[], %s::bigint[], %s::varchar[], %s::numeric[], "
+            "%s::timestamptz[], %s::text[], %s::timestamptz[]) AS u(c, f, e, q, t, p, r) "
+            "ON CONFLICT (customer_id, event_id) DO NOTHING "
+            f"RETURNING customer_id, event_id, {pk_column}",
+            [
+                pg_array(i["customer"].pk for i in items),
+                pg_array(i["feature"].pk for i in items),
+                pg_text_array(i["event_id"] for i in items),
+                pg_array(i["quantity"] for i in items),
+                pg_array(i["timestamp"] for i in items),
+                pg_text_array(orjson.dumps(i["properties"]).decode() for i in items),
+                pg_array([now] * len(items)),
+            ],
+        )
+        return {(c, e): pk for c, e, pk in cursor.fetchall()}
+
+
+def constraints_immediate() -> None:
+    """Checks foreign keys at once (the batch's insert, before its counters are locked)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+
+
+def consume_lock(cursor, pk: int, feature_id: int, at: dt.datetime, synchronous: bool) -> list:
+    """The consume's first round trip: BEGIN, then its counters (every window containing
+    `at`) and grants in force locked, with the customer's and the catalog's versions. Rows:
+    (0, .., state version, catalog version), (1, counter ..), (2, grant ..)."""
+    commit = "on" if synchronous else "off"
+    params = [commit, pk, feature_id, at, at, pk, feature_id, at, at, at, pk]
+    cursor.execute(CONSUME_LOCK, params)
+    cursor.nextset()  # past BEGIN's
+    cursor.nextset()  # past SET's
+    return cursor.fetchall()
+
+
+def consume_write(cursor, event: list, counters: list, grants: list) -> list:
+    """The second round trip: the event, the counters and the grants, then COMMIT; nothing
+    is written when the event_id is already recorded. Answers the new event's id, if any."""
+    changed = [[g.pk for g in grants], [g.consumed for g in grants]]
+    cursor.execute(CONSUME_WRITE, [*event, *counter_columns(counters), *changed])
+    return cursor.fetchall()
+
+
+def rollback(cursor) -> None:
+    cursor.execute("ROLLBACK")
