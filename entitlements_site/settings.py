@@ -215,8 +215,6 @@ WEBHOOK_SWEEP_DELAY_SECONDS = 120
 WEBHOOK_GIVE_UP_AFTER_SECONDS = 3 * 86400  # three days
 # Seconds a webhook receiver has to answer one POST.
 WEBHOOK_TIMEOUT_SECONDS = 5
-# The payment provider (billing/payments.py): the built-in one records each payment.
-BILLING_PAYMENT_PROVIDER = "billing.payments.BuiltinPaymentProvider"
 
 # Money
 CURRENCIES = ("USD", "EUR", "GBP")
