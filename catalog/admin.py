@@ -3,6 +3,7 @@ from django.db.models import Count
 from simple_history.admin import SimpleHistoryAdmin
 
 from core.forms import admin_decimal_overrides
+from core.text import quantity_text
 
 from .models import Feature, Plan, PlanEntitlement, TopUpPack
 
@@ -88,7 +89,7 @@ class PlanEntitlementAdmin(SimpleHistoryAdmin):
             return obj.value
         if obj.unlimited:
             return "unlimited"
-        return f"{obj.limit.normalize():f} {feature.unit}".strip()
+        return quantity_text(obj.limit, feature.unit)
 
 
 @admin.register(TopUpPack)
