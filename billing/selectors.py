@@ -23,7 +23,6 @@ from .models import (
     LineKind,
     PaymentKind,
     PaymentStatus,
-    TopUpPurchase,
 )
 
 
@@ -102,14 +101,6 @@ def invoice_line_groups(invoice: Invoice) -> list[LineGroup]:
         if line.kind in (LineKind.PLAN, LineKind.PRORATION):
             anchor = group
     return groups
-
-
-def topup_purchase_get(*, customer: Customer, idempotency_key: str) -> TopUpPurchase | None:
-    return (
-        TopUpPurchase.objects.filter(customer=customer, idempotency_key=idempotency_key)
-        .select_related("invoice", "grant", "pack")
-        .first()
-    )
 
 
 @dataclass(frozen=True)

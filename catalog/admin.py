@@ -7,6 +7,7 @@ from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
 from core.forms import admin_decimal_overrides
+from core.text import quantity_text
 
 from . import selectors, services
 from .models import (
@@ -230,7 +231,7 @@ class PlanEntitlementAdmin(SimpleHistoryAdmin):
             return obj.value
         if obj.unlimited:
             return "unlimited"
-        return f"{obj.limit.normalize():f} {feature.unit}".strip()
+        return quantity_text(obj.limit, feature.unit)
 
 
 @admin.register(TopUpPack)

@@ -16,6 +16,7 @@ from simple_history.admin import SimpleHistoryAdmin
 from catalog.models import ENTITLEMENT_VALUE_NAMES
 from core.errors import DomainError
 from core.forms import admin_decimal_overrides, future_validate
+from core.text import quantity_text
 
 from . import services
 from .models import (
@@ -108,7 +109,7 @@ def grant_save(request, grant: Grant) -> Grant:
 
 
 def _quantity(value, unit: str = "") -> str:
-    return "" if value is None else f"{value.normalize():f} {unit}".strip()
+    return "" if value is None else quantity_text(value, unit)
 
 
 # --- inlines of the customer page -------------------------------------------------------------

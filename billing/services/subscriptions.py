@@ -14,6 +14,7 @@ from djmoney.money import Money
 
 from billing.models import Invoice, InvoiceLine, InvoicePurpose, InvoiceStatus, LineKind
 from catalog.models import Plan, PlanStatus
+from catalog.selectors import plan_is_upgrade
 from core.errors import Conflict, InvalidInput
 from core.text import day_text, money_round
 from customers import services as customer_services
@@ -169,7 +170,7 @@ def _upgrade_check(subscription: Subscription, plan: Plan) -> None:
     if plan.pk == subscription.plan_id:
         raise InvalidInput("The customer is already on this plan.", code="same_plan")
     _plan_check(subscription, plan)
-    if plan.rank <= subscription.plan.rank:
+    if not plan_is_upgrade(subscription.plan, plan):
         raise InvalidInput(
             f"{plan.name} is not an upgrade from {subscription.plan.name}; a downgrade "
             "applies at the period end without proration.",
@@ -219,7 +220,7 @@ def subscription_change_plan(
     _plan_check(subscription, plan)
     if at < subscription.current_period_start:
         raise InvalidInput("A plan change cannot take effect in the past.", code="invalid_at")
-    if plan.rank <= subscription.plan.rank:
+    if not plan_is_upgrade(subscription.plan, plan):
         subscription = customer_services.subscription_schedule_plan(
             subscription=subscription, plan=plan
         )
