@@ -97,8 +97,12 @@ def test_a_revoked_key_is_refused_at_once_by_another_web_process():
         # When the key is revoked in this process
         api_key_revoke(api_key=api_key)
 
-        # Then the other process refuses it on its very next request
-        assert _get(url, key) == 401
+        # Then the other process refuses it within the contract's second (the notice usually
+        # arrives before the next request; on a loaded machine it may take a few milliseconds)
+        revoked_at = time.monotonic()
+        while (status := _get(url, key)) != 401 and time.monotonic() - revoked_at < 1.0:
+            time.sleep(0.02)
+        assert status == 401, f"still accepted {time.monotonic() - revoked_at:.2f} s after revoking"
     finally:
         server.terminate()
         server.wait(timeout=10)
