@@ -31,6 +31,12 @@ HOST, PORT = "127.0.0.1", int(os.environ.get("BENCH_PORT", "8099"))
 DB = os.environ.get("BENCH_DB", "entitlements_bench")
 PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379")
+SERVER_CONFIG = "entitlements_site/gunicorn_prod.py"  # the production server's configuration
+# The wrk scenarios, in order (floor first: the others' ratios are to it). consume_hot: one
+# customer, distinct event ids; consume: spread over the 1,000 customers.
+SCENARIOS = ["floor", "check", "check_all", "consume_hot", "consume"]
+HOT = os.environ.get("BENCH_HOT", "bench-0002")  # consume_hot's one customer (soft limit)
+REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "7"))  # flushed at the start of a run
 
 
 def log(message: str) -> None:
@@ -82,7 +88,7 @@ def bench_env() -> dict:
         "DJANGO_SECRET_KEY": "bench-" + uuid.uuid4().hex,
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "DJANGO_SECURE_COOKIES": "false",
-        "CACHE_URL": f"{REDIS}/7",
+        "CACHE_URL": f"{REDIS}/{REDIS_DB}",
         "API_RATE_LIMIT": "100000000/min",
         "LOG_LEVEL": "WARNING",
         "CELERY_BROKER_URL": "",
@@ -108,6 +114,7 @@ WRK_SCRIPT = """
 local key = "%(key)s"
 local kind = "%(kind)s"
 local customers = %(customers)d
+local run = "%(run)s"
 local counter = 0
 local tid = 0
 local n = 0
@@ -121,6 +128,9 @@ end
 request = function()
   counter = counter + 1
   local c = string.format("bench-%%04d", (counter * 7919 + tid * 31) %% customers)
+  if kind == "consume_hot" then
+    c = "%(hot)s"
+  end
   local headers = {["Authorization"] = "Bearer " .. key,
                    ["Content-Type"] = "application/json"}
   if kind == "floor" then
@@ -130,8 +140,8 @@ request = function()
   elseif kind == "check_all" then
     return wrk.format("GET", "/api/v1/customers/" .. c .. "/entitlements", headers)
   else
-    local body = string.format('{"quantity": "0.001", "event_id": "w-%%d-%%d-%%d"}',
-                               tid, counter, os.time())
+    local body = string.format('{"quantity": "0.001", "event_id": "w-%%s-%%d-%%d"}',
+                               run, tid, counter)
     return wrk.format("POST", "/api/v1/customers/" .. c .. "/entitlements/data-transfer/consume",
                       headers, body)
   end
@@ -144,15 +154,28 @@ def _ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(kind: str, key: str, duration: int, warmup: int, connections: int) -> dict:
+def wrk_run(kind: str, key: str, seconds: int, connections: int) -> str:
+    """One wrk run; its event ids are its own (a warm-up, a measure, a round of a soak)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT % {"key": key, "kind": kind, "customers": 1000})
-    base = ["wrk", "-t2", f"-c{connections}", "--latency", "-s", script.name,
-            f"http://{HOST}:{PORT}"]  # fmt: skip
-    subprocess.run([*base[:3], f"-d{warmup}s", *base[3:]], capture_output=True, check=True)
-    out = subprocess.run([*base[:3], f"-d{duration}s", *base[3:]], capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
-    os.unlink(script.name)
+        script.write(WRK_SCRIPT % {"key": key, "kind": kind, "customers": 1000, "hot": HOT,
+                                   "run": uuid.uuid4().hex[:8]})  # fmt: skip
+    try:
+        return subprocess.run(
+            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name,
+             f"http://{HOST}:{PORT}"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        os.unlink(script.name)
+
+
+def wrk(kind: str, key: str, duration: int, warmup: int, connections: int) -> dict:
+    if warmup:
+        wrk_run(kind, key, warmup, connections)
+    return wrk_figures(wrk_run(kind, key, duration, connections))
+
+
+def wrk_figures(out: str) -> dict:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))
@@ -165,6 +188,38 @@ def wrk(kind: str, key: str, duration: int, warmup: int, connections: int) -> di
         "non_2xx": int(errors.group(1)) if errors else 0,
         "socket_errors": socket_errors.group(0) if socket_errors else "",
     }
+
+
+def soak_rounds(key: str, args) -> dict:
+    """Continuous load for `args.soak` seconds, no VACUUM: rounds of the floor, consume on the
+    hot customer, consume spread and check, one after the other, each round's figures kept
+    with its ratio to that round's floor (the machine is shared: its speed moves). A ratio
+    that falls from the first rounds to the last is decay."""
+    kinds = ("floor", "consume_hot", "consume", "check")
+    rounds = {kind: [] for kind in kinds}
+    deadline = time.time() + args.soak
+    while time.time() < deadline:
+        for kind in kinds:
+            figures = wrk_figures(wrk_run(kind, key, args.soak_round, args.connections))
+            figures["load"] = os.getloadavg()[0]
+            figures["ratio_to_floor"] = round(figures["rps"] / rounds["floor"][-1]["rps"], 3)
+            rounds[kind].append(figures)
+            log(
+                f"  soak {kind}: {figures['rps']} req/s ({figures['ratio_to_floor']} x the "
+                f"round's floor), p99 {figures['p99_ms']} ms, load {figures['load']:.2f}"
+            )
+    summary = {}
+    for kind, series in rounds.items():
+        third = max(1, len(series) // 3)
+        first = statistics.mean(r["ratio_to_floor"] for r in series[:third])
+        last = statistics.mean(r["ratio_to_floor"] for r in series[-third:])
+        summary[kind] = {
+            "rounds": series,
+            "ratio_first_third": round(first, 3),
+            "ratio_last_third": round(last, 3),
+            "last_over_first": round(last / first, 3),
+        }
+    return {"seconds": args.soak, "round_s": args.soak_round, "by_kind": summary}
 
 
 # --- ingestion and latency ----------------------------------------------------------------
@@ -232,6 +287,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
     parser.add_argument("--worker-class", default="sync")
+    parser.add_argument("--threads", type=int, default=1, help="threads per gthread worker")
     parser.add_argument("--duration", type=int, default=15, help="seconds per wrk scenario")
     parser.add_argument(
         "--warmup",
@@ -247,9 +303,24 @@ def main() -> int:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated parts to run while iterating (floor,check,check_all,consume,"
-        "ingest,latency); the full run is the benchmark",
+        help="comma-separated parts to run while iterating (the SCENARIOS, ingest, "
+        "latency); the full run is the benchmark",
     )
+    parser.add_argument(
+        "--no-vacuum",
+        dest="vacuum",
+        action="store_false",
+        help="no VACUUM of the counters before each scenario (what a server without "
+        "autovacuum does)",
+    )
+    parser.add_argument(
+        "--soak",
+        type=int,
+        default=0,
+        help="after the scenarios, this many seconds of continuous load in rounds "
+        "(consume_hot, consume, check), no VACUUM: each round's rate (decay)",
+    )
+    parser.add_argument("--soak-round", type=int, default=20, help="seconds per soak round")
     parser.add_argument(
         "--keep-db",
         action="store_true",
@@ -265,7 +336,7 @@ def main() -> int:
     started = time.time()
     server = None
     try:
-        subprocess.run(["redis-cli", "-n", "7", "flushdb"], capture_output=True)
+        subprocess.run(["redis-cli", "-n", str(REDIS_DB), "flushdb"], capture_output=True)
         if args.keep_db and database_seeded():
             log(f"reusing the seeded database {DB}")
             run([PYTHON, "manage.py", "migrate", "--noinput", "-v0"], env=env)
@@ -280,12 +351,14 @@ def main() -> int:
         vacuum("")  # the whole database: statistics and visibility, as after autovacuum
         key = run([PYTHON, "manage.py", "create_api_key", "bench"], env=env,
                   capture_output=True, text=True).stdout.strip().splitlines()[-1]  # fmt: skip
-        log(f"gunicorn: {args.workers} {args.worker_class} workers on {HOST}:{PORT}")
+        log(f"gunicorn ({SERVER_CONFIG}): {args.workers} {args.worker_class} workers "
+            f"x {args.threads} threads on {HOST}:{PORT}")  # fmt: skip
         server = subprocess.Popen(
-            [str(Path(PYTHON).parent / "gunicorn"), "entitlements_site.wsgi:application",
-             "-w", str(args.workers), "-k", args.worker_class, "-b", f"{HOST}:{PORT}",
-             "--log-level", "warning", "--backlog", "2048"],
-            cwd=ROOT, env=env, start_new_session=True,
+            [str(Path(PYTHON).parent / "gunicorn"), "-c", SERVER_CONFIG],
+            cwd=ROOT, start_new_session=True,
+            env={**env, "WEB_BIND": f"{HOST}:{PORT}", "WEB_WORKERS": str(args.workers),
+                 "WEB_WORKER_CLASS": args.worker_class, "WEB_THREADS": str(args.threads),
+                 "WEB_LOG_LEVEL": "warning"},
         )  # fmt: skip
         wait_http("/healthz")
         scenarios = {}
@@ -293,12 +366,14 @@ def main() -> int:
         # cache for all 1,000 customers first, so that scenarios measure the steady state.
         log(f"warming every worker's cache: {5 + 4 * args.workers}s of checks")
         wrk("check_all", key, 5 + 4 * args.workers, 1, args.connections)
-        for kind in ("floor", "check", "check_all", "consume"):
+        for kind in SCENARIOS:
             if not wanted(kind) and kind != "floor":
                 continue
             log(f"wrk {kind}: {args.duration}s after a {args.warmup}s warm-up")
-            vacuum()
+            if args.vacuum:
+                vacuum()
             scenarios[kind] = wrk(kind, key, args.duration, args.warmup, args.connections)
+            scenarios[kind]["load"] = os.getloadavg()[0]  # the machine's, by the end of it
             log(f"  {scenarios[kind]}")
         floor = scenarios["floor"]
         for result in scenarios.values():
@@ -307,7 +382,8 @@ def main() -> int:
         ingestion = {"events": 0, "seconds": 0, "events_per_s": 0}
         if wanted("ingest"):
             log(f"ingestion: {args.ingest_clients} clients, batches of 1000")
-            vacuum()
+            if args.vacuum:
+                vacuum()
             ingestion = ingest(key, args.ingest_seconds, args.ingest_clients)
         small, big = [0.0], [0.0]
         if wanted("latency"):
@@ -316,8 +392,10 @@ def main() -> int:
             for _ in range(3):  # interleaved, so that noise hits both alike
                 small.append(check_latency(key, "bench-0001", 150))
                 big.append(check_latency(key, "bench-0000", 150))
+        soak = soak_rounds(key, args) if args.soak else None
         results = {
             "scenarios": scenarios,
+            "soak": soak,
             "ingest_events_per_s": ingestion["events_per_s"],
             "ingest": ingestion,
             "check_p50_ms_1k_events": statistics.median(small),
@@ -329,6 +407,10 @@ def main() -> int:
             "autovacuum": autovacuum(),
             "workers": args.workers,
             "worker_class": args.worker_class,
+            "threads": args.threads,
+            "server_config": SERVER_CONFIG,
+            "vacuum_before_each_scenario": args.vacuum,
+            "load_at_end": os.getloadavg(),
             "connections": args.connections,
             "duration_s": args.duration,
             "events_seeded": args.events + 1000,
@@ -375,8 +457,13 @@ def print_table(results: dict) -> None:
         f"check p50: {results['check_p50_ms_1k_events']:.2f} ms with 1,000 events, "
         f"{results['check_p50_ms_1m_events']:.2f} ms with 1,000,000 events"
     )
+    for kind, soak in ((results.get("soak") or {}).get("by_kind") or {}).items():
+        series = ", ".join(f"{r['ratio_to_floor']:.2f}" for r in soak["rounds"])
+        print(f"soak {kind}: x floor by round {series}; last third / first third "
+              f"{soak['last_over_first']:.2f}")  # fmt: skip
     print(f"commit {results['commit']}, {results['cores']} cores, {results['workers']} "
-          f"{results['worker_class']} workers")  # fmt: skip
+          f"{results['worker_class']} workers x {results['threads']} threads, load at the "
+          f"end {results['load_at_end'][0]:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

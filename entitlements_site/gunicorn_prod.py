@@ -1,0 +1,54 @@
+"""The production web server: `gunicorn -c entitlements_site/gunicorn_prod.py` (docs/deploy.md).
+
+`make bench` serves with this file too, so the figures in docs/performance.md are those of
+this configuration. Every number can be set from the environment (below); the defaults are
+the ones measured on the reference machine (2 cores).
+
+- `WEB_WORKERS` (default 2 per core): processes, each with its own database connection per
+  thread (persistent: `DB_CONN_MAX_AGE`, default 60 s).
+- `WEB_WORKER_CLASS` (default `sync`) and `WEB_THREADS` (default 1): sync workers handle one
+  request at a time. `gthread` with a few threads overlaps one request's waits (its
+  round trips, the commit's flush to disk) with another's work; each thread then holds a
+  database connection of its own, so the server holds up to WORKERS x THREADS of them.
+  docs/deploy.md gives the measurements behind the default.
+- `WEB_BIND` (default `127.0.0.1:$PORT`, PORT 8000): behind the reverse proxy.
+- `WEB_MAX_REQUESTS` (default 0: never) recycles a worker after that many requests (with a
+  10% jitter): a bound on slow leaks, never needed for speed (docs/performance.md, "Decay").
+"""
+
+import multiprocessing
+import os
+import sys
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "entitlements_site.settings")
+os.environ.setdefault("DJANGO_DEBUG", "false")
+
+wsgi_app = "entitlements_site.wsgi:application"
+bind = os.environ.get("WEB_BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}").split(",")
+workers = int(os.environ.get("WEB_WORKERS", 2 * multiprocessing.cpu_count()))
+worker_class = os.environ.get("WEB_WORKER_CLASS", "sync")
+threads = int(os.environ.get("WEB_THREADS", "1"))
+backlog = 2048
+timeout = 30
+graceful_timeout = 30
+keepalive = 5
+max_requests = int(os.environ.get("WEB_MAX_REQUESTS", "0"))
+max_requests_jitter = max_requests // 10
+loglevel = os.environ.get("WEB_LOG_LEVEL", "info")
+accesslog = os.environ.get("WEB_ACCESS_LOG") or None  # e.g. "-": one line per request
+errorlog = "-"
+# No runtime control socket: its default path is per user, shared by every gunicorn on the machine.
+control_socket_disable = True
+
+
+def on_starting(server) -> None:
+    """Reads the settings once in the master before any worker starts, so that a missing
+    secret key stops the server with its one-line reason instead of a worker boot loop."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        settings.SECRET_KEY  # noqa: B018 - reading it imports and checks the settings
+    except ImproperlyConfigured as error:
+        server.log.error("Refusing to start: %s", error)
+        sys.exit(1)
