@@ -116,7 +116,9 @@ local kind = "%(kind)s"
 local customers = %(customers)d
 local run = "%(run)s"
 local counter = 0
-local tid = 0
+-- Each thread's number, set by setup() as a global of that thread (a `local` here would
+-- hide it: every thread would then send the same event ids, half of them replays).
+tid = 0
 local n = 0
 function setup(thread)
   n = n + 1
