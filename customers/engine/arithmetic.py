@@ -11,7 +11,9 @@ customers/tests/test_arithmetic.py checks they agree).
   far usage has gone (the dashboard, the support page, invoices and the alert email);
 - `thresholds_crossed`, `may_cross`: which `notify_at` thresholds usage went across;
 - `draw_plan`, `draw_apply`, `consume_decide`: the burn-down of a quantity against the
-  allowance and then the grants, soonest-expiring first, and the gate's decision.
+  allowance and then the grants, soonest-expiring first, and the gate's decision;
+  `consume_fast_bounds`: that decision's simple case as bounds on usage, for a database to
+  check in the statement that writes (PostgreSQL's consume in one round trip).
 """
 
 from __future__ import annotations
@@ -343,6 +345,45 @@ def consume_decide(
         return draw, before, before
     draw_apply(draw, terms, counters, at)
     return draw, before, entitlement_compute(feature, terms, counters, grants, windows)
+
+
+@dataclass(frozen=True)
+class FastBounds:
+    """The values of `used` (the effective window's counter, with nothing drawn from grants)
+    for which `consume_decide`, with no grants in force, allows a quantity as it is and crosses
+    no `notify_at` threshold: `used <= max_used` (None: no bound) and `used` in none of the
+    `gaps` [lo, hi). A database may then check and write in one statement, under its lock."""
+
+    max_used: Decimal | None
+    gaps: tuple[tuple[Decimal, Decimal], ...]
+
+    def holds(self, used: Decimal) -> bool:
+        if self.max_used is not None and used > self.max_used:
+            return False
+        return not any(lo <= used < hi for lo, hi in self.gaps)
+
+
+def consume_fast_bounds(feature, terms: Terms | None, quantity: Decimal) -> FastBounds | None:
+    """`FastBounds` of a consume of `quantity` for the simple case, else None (the full
+    decision must run): a sum under terms that grant access by themselves (not denied) and a
+    positive limit or none. With no grants and nothing drawn, capacity is the limit, so a
+    threshold `t` is crossed exactly when used < t% of the limit <= used + quantity (Python's
+    decimals divide exactly at these sizes: 15 digits, 4 places); a hard limit allows exactly
+    when used + quantity <= limit (`draw_plan`). `test_arithmetic` checks this against
+    `consume_decide` on random inputs."""
+    if feature.kind != METERED or feature.aggregation != SUM or terms is None or terms.denied:
+        return None
+    if terms.unlimited:
+        return FastBounds(None, ())
+    limit = terms.limit or ZERO
+    if limit <= 0:
+        return None
+    hard = terms.enforcement == HARD
+    gaps = []
+    for t in terms.notify_at:
+        at_t = Decimal(t) * limit / HUNDRED  # the usage at which percent_used is t
+        gaps.append((at_t - quantity, at_t))
+    return FastBounds(limit - quantity if hard else None, tuple(gaps))
 
 
 # --- capacity: what 100% of an allowance is ------------------------------------------------

@@ -11,6 +11,9 @@ from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from catalog.models import Aggregation, Enforcement, FeatureKind, Reset
 from customers.engine import arithmetic
 
@@ -122,3 +125,65 @@ def test_a_threshold_past_100_is_crossed_by_the_same_percent_rule():
     counters = {Reset.BILLING_PERIOD: counter("11")}
     assert arithmetic.may_cross(terms, counters, Decimal("2"))  # 110% -> 130%
     assert not arithmetic.may_cross(terms, counters, Decimal("0.5"))  # 110% -> 115%
+
+
+def _places(low, high):
+    return st.decimals(min_value=low, max_value=high, places=4, allow_nan=False)
+
+
+@st.composite
+def _fast_cases(draw):
+    """Terms, a quantity and a usage, the usage often right at a bound (a limit, a threshold)."""
+    limit = draw(_places(Decimal("0.0001"), Decimal("1000000")))
+    quantity = draw(_places(Decimal("0.0001"), Decimal("10000")))
+    notify_at = tuple(draw(st.lists(st.integers(1, 200), max_size=3, unique=True)))
+    terms = arithmetic.Terms(
+        source="plan",
+        limit=limit,
+        unlimited=draw(st.booleans()) and draw(st.booleans()),
+        enforcement=draw(st.sampled_from(["hard", "soft"])),
+        notify_at=notify_at,
+    )
+    edges = [limit - quantity, limit] + [Decimal(t) * limit / 100 for t in notify_at]
+    edges += [e - quantity for e in edges]
+    nudge = draw(st.sampled_from([Decimal("0"), Decimal("0.0001"), Decimal("-0.0001")]))
+    used = draw(
+        st.one_of(
+            _places(Decimal("0"), limit * 3),
+            st.sampled_from(edges).map(lambda e: (e + nudge).quantize(Decimal("0.0001"))),
+        )
+    )
+    return terms, quantity, max(Decimal("0"), used)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_fast_cases())
+def test_the_fast_bounds_say_exactly_when_the_gate_allows_without_crossing(case):
+    """Given a sum with no grants (nothing drawn), then `consume_fast_bounds` holds for a usage
+    exactly when `consume_decide` allows the quantity as it is, adds it to the counter and
+    crosses no threshold: PostgreSQL's one-statement consume decides as the arithmetic does."""
+    terms, quantity, used = case
+    bounds = arithmetic.consume_fast_bounds(feature(), terms, quantity)
+    counters = {Reset.BILLING_PERIOD: counter(used)}
+    draw, before, after = arithmetic.consume_decide(
+        feature(), terms, counters, [], WINDOWS, quantity, START
+    )
+    simple = (
+        draw.allowed
+        and draw.recorded == quantity
+        and counters[Reset.BILLING_PERIOD].used == used + quantity
+        and not arithmetic.thresholds_crossed(before, after)
+    )
+    assert bounds is not None
+    assert bounds.holds(used) == simple, (terms, quantity, used, bounds)
+
+
+def test_the_fast_bounds_leave_the_unusual_cases_to_the_full_decision():
+    """Levels, denied terms, no terms and a zero limit have no fast bounds."""
+    terms = arithmetic.Terms(source="plan", limit=Decimal("10"))
+    assert arithmetic.consume_fast_bounds(feature("latest"), terms, Decimal("1")) is None
+    assert arithmetic.consume_fast_bounds(feature(), None, Decimal("1")) is None
+    denied = arithmetic.Terms(source="plan", limit=Decimal("10"), denied="payment_overdue")
+    assert arithmetic.consume_fast_bounds(feature(), denied, Decimal("1")) is None
+    zero = arithmetic.Terms(source="plan", limit=Decimal("0"), enforcement="soft")
+    assert arithmetic.consume_fast_bounds(feature(), zero, Decimal("1")) is None
