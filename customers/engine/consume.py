@@ -1,12 +1,16 @@
 """The gate: an atomic check-and-record of one metered quantity (DESIGN.md "Consume").
 
-One decision (`arithmetic.consume_decide`) taken on three paths: a dry run (on the snapshot,
+One decision (`arithmetic.consume_decide`) taken on four paths: a dry run (on the snapshot,
 nothing locked or written), the ordinary transaction (counters, then grants, locked in order)
-and, on PostgreSQL outside a transaction, the same locks and writes in two round trips."""
+and, on PostgreSQL outside a transaction, the same locks and writes in two round trips, or in
+one for the simple case (`arithmetic.consume_fast_bounds`, checked by the statement that
+writes)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 
 import orjson
 from django.conf import settings
@@ -27,7 +31,9 @@ from .arithmetic import (
     ConsumeResult,
     active_grants,
     consume_decide,
+    consume_fast_bounds,
     consume_result,
+    effective_kind,
     thresholds_crossed,
 )
 from .inputs import clean_event_id, clean_properties, parse_quantity, parse_timestamp
@@ -51,6 +57,8 @@ from .state import (
     state_cached,
     state_for,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def entitlement_consume(
@@ -110,10 +118,87 @@ def _consume_dry_run(customer, feature: Feature, quantity, at) -> ConsumeResult:
 def _consume(customer, pk, feature, quantity, event_id, at, properties) -> ConsumeResult:
     # Unheard by Redis, the write records its debt in its transaction: the ordinary path.
     if sql.db().consume_in_two_trips and not connection.in_atomic_block and snapshots.heard():
-        fast = _consume_two_trips(pk, feature, quantity, event_id, at, properties)
+        fast = _consume_one_trip(pk, feature, quantity, event_id, at, properties)
+        if fast is None:
+            fast = _consume_two_trips(pk, feature, quantity, event_id, at, properties)
         if fast is not None:
             return fast
     return _consume_in_transaction(customer, pk, feature, quantity, event_id, at, properties)
+
+
+# (customer, feature) -> until when the one-trip path is not tried (a grant was in force).
+_GRANTED_PAUSE = 10.0  # seconds
+_granted_seen: dict[tuple[int, int], float] = {}
+
+
+def _consume_one_trip(pk, feature, quantity, event_id, at, properties) -> ConsumeResult | None:
+    """The consume in one round trip (sql.postgresql CONSUME_ONE_TRIP) when the decision is the
+    simple one (`arithmetic.consume_fast_bounds`): the statement checks the bounds under its
+    locks and writes, and COMMIT follows in the same message. Answers None, having written
+    nothing, when the two-trip path must decide: the state not cached or out of date, a grant
+    in force, something drawn, a missing counter, or usage outside the bounds (a threshold to
+    cross, or a hard limit: a denial is answered from the counters it locked)."""
+    state = state_cached(pk)
+    if state is None or state.version is None:
+        return None
+    key = (pk, feature.pk)
+    if _granted_seen and _granted_seen.get(key, 0.0) > time.monotonic():
+        return None
+    terms = state.terms_at(feature.pk, at)
+    bounds = consume_fast_bounds(feature, terms, quantity)
+    if bounds is None:
+        return None
+    windows = state.windows(at)
+    counted = counted_kinds(feature.pk, state.version[1])
+    params = {
+        "commit": "on" if settings.USAGE_SYNCHRONOUS_COMMIT else "off",
+        "customer": pk,
+        "feature": feature.pk,
+        "at": at,
+        "state": state.version[0],
+        "catalog": state.version[1],
+        "windows": list(counted),
+        "starts": [windows[k].start for k in counted],
+        "counted": len(counted),
+        "kind": effective_kind(terms),
+        "event_id": event_id,
+        "quantity": quantity,
+        "properties": orjson.dumps(properties or {}).decode(),
+        "now": timezone.now(),
+    }
+    with connection.cursor() as cursor:
+        try:
+            rows = sql.db().consume_one_trip(cursor, params, bounds)
+        except BaseException:
+            _rollback_quietly(sql.db(), cursor)
+            raise
+    (_, inserted, *_, went, state_version, catalog_version, granted), *locked = rows
+    if granted:
+        _granted_seen[key] = time.monotonic() + _GRANTED_PAUSE
+        if len(_granted_seen) > 10_000:
+            _granted_seen.clear()
+    if (state_version, catalog_version) != state.version:
+        return None
+    counters = {
+        window: CounterRow(rid, pk, feature.pk, window, t1, t2, n1, n2, n3, t3)
+        for _, rid, window, t1, t2, n1, n2, n3, t3, *_ in locked
+        if window in counted and windows[window].start == t1
+    }  # fmt: skip
+    if granted or len(counters) != len(counted):
+        return None
+    # The reference arithmetic on the counters as locked: the answer, and the same decision.
+    draw, before, after = consume_decide(feature, terms, counters, [], windows, quantity, at)
+    if went:
+        if not (draw.allowed and not thresholds_crossed(before, after)):
+            logger.error("consume_fast_bounds disagreed with consume_decide: %s", params)
+        if inserted is None:
+            return _replay(state.customer, feature, quantity, event_id, at, state)
+        return ConsumeResult(True, None, after)
+    if not draw.allowed:
+        # Denied on the counters as locked (nothing was written), as the two-trip path would.
+        replay = _replay(state.customer, feature, quantity, event_id, at, state)
+        return replay or consume_result(draw, before)
+    return None  # allowed, but not as simply (a threshold to cross, something drawn)
 
 
 def _consume_in_transaction(customer, pk, feature, quantity, event_id, at, properties):

@@ -274,3 +274,36 @@ def test_a_batch_waits_its_turn_before_locking_counters():
 
     assert done.is_set()
     assert period_counter(customer, transfer).used == 3
+
+
+def test_concurrent_consumes_in_one_statement_are_exact(monkeypatch):
+    """Given a warm state (so that each consume tries the one-statement path) and a hard
+    limit of 25 with 0.5 used, when 60 threads consume 0.5 at once, then exactly 49 are
+    allowed, each saw a different usage, the counter equals the ledger, and most of them
+    went through the one statement (the thresholds and the denials take the other paths)."""
+    customer, transfer = customer_with("25")
+    engine.entitlement_consume(customer, transfer.key, Decimal("0.5"), "warm", timestamp=AT)
+    one_trip = postgresql.consume_one_trip
+    went = []
+
+    def counting(cursor, params, bounds):
+        rows = one_trip(cursor, params, bounds)
+        went.append(rows[0][9])
+        return rows
+
+    monkeypatch.setattr(postgresql, "consume_one_trip", counting)
+    results = run_together(
+        60,
+        lambda i: engine.entitlement_consume(
+            customer, transfer.key, Decimal("0.5"), f"one-{i}", timestamp=AT
+        ),
+    )
+
+    allowed = [r for r in results if r.allowed]
+    assert (len(allowed), len(results) - len(allowed)) == (49, 11)
+    assert UsageEvent.objects.filter(customer=customer).count() == 50
+    assert period_counter(customer, transfer).used == 25
+    assert sorted(r.entitlement.usage for r in allowed) == [
+        Decimal("0.5") * n for n in range(2, 51)
+    ]
+    assert went.count(True) >= 30, went

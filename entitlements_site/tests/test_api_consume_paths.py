@@ -1,6 +1,8 @@
-"""The consume's two-round-trip path on PostgreSQL (issue 8): outside any transaction a warm
-consume is BEGIN + its locks, then the event, counters, grants and COMMIT in one statement.
-It answers exactly what the ordinary path answers, and hands over to it (having written
+"""The consume's fast paths on PostgreSQL (issues 8 and 21): outside any transaction a warm
+consume of the simple case (a sum, no grant in force, usage within the bounds the arithmetic
+gives) is ONE message: BEGIN, one statement that locks, checks and writes, COMMIT. Otherwise
+the two-round-trip path: BEGIN + its locks, then the event, counters, grants and COMMIT in one
+statement. Both answer exactly what the ordinary path answers, and hand over (having written
 nothing) when a counter must be created, the cached state is out of date or a threshold is
 crossed. These tests commit for real (transaction=True), as production does.
 """
@@ -30,10 +32,12 @@ def consume(api, quantity: str, event_id: str, status: int = 200) -> dict:
     return response.json()
 
 
-def test_a_warm_consume_is_two_statements_and_counts_once(customer, api, django_assert_num_queries):
+def test_a_warm_consume_is_one_statement_and_counts_once(
+    customer, api, django_assert_num_queries, caplog
+):
     consume(api, "1", "warm-up")  # creates this period's counters, caches the state
 
-    with django_assert_num_queries(2):
+    with django_assert_num_queries(1):
         answer = consume(api, "2.5", "e-1")
     assert answer["allowed"] is True
     assert answer["entitlement"]["usage"] == "3.5"
@@ -47,6 +51,36 @@ def test_a_warm_consume_is_two_statements_and_counts_once(customer, api, django_
     # Reused for another quantity: a conflict, nothing recorded
     assert consume(api, "4", "e-1", status=409)["error"]["code"] == "idempotency_conflict"
     assert api.get(TRANSFER).json()["usage"] == "3.5"
+    assert not [r for r in caplog.records if "disagreed" in r.getMessage()]
+
+
+def test_a_denial_is_answered_from_the_one_statement(customer, api, django_assert_num_queries):
+    """At the hard limit the statement writes nothing and answers the counters it locked: the
+    denial needs no second locking round trip (one more query looks for a replay)."""
+    consume(api, "19", "warm-up")  # 95%: past 80, its notification (the ordinary path)
+    consume(api, "0.5", "settled")
+    with django_assert_num_queries(2):
+        denied = consume(api, "1", "over")
+    assert (denied["allowed"], denied["reason"]) == (False, "limit_exceeded")
+    assert denied["entitlement"]["balance"] == "0.5"
+    assert not UsageEvent.objects.filter(event_id="over").exists()
+    assert consume(api, "0.5", "exactly")["entitlement"]["balance"] == "0"
+
+
+def test_a_grant_in_force_takes_the_two_trip_path(
+    customer, features, api, django_assert_num_queries
+):
+    """The one statement sees the grant and writes nothing; the two-trip path draws from it,
+    and the next consumes of that customer go to it directly for a while."""
+    consume(api, "19", "warm-up")
+    grant = customer_services.grant_create(
+        customer=customer, feature=features["transfer"], quantity=Decimal("10")
+    )
+    consume(api, "0.5", "state-reload")  # the grant changed the customer's state: reloaded
+    with django_assert_num_queries(2):
+        answer = consume(api, "1.5", "drawn")  # 0.5 from the allowance, 1 from the grant
+    assert answer["entitlement"]["balance"] == "9"
+    assert Grant.objects.get(pk=grant.pk).consumed == Decimal("1")
 
 
 def test_a_denial_under_the_hard_limit_records_nothing(customer, api):

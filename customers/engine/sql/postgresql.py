@@ -22,7 +22,7 @@ EVENT = UsageEvent._meta.db_table
 CUSTOMER = Customer._meta.db_table
 CATALOG_VERSION = CatalogVersion._meta.db_table
 LOCK_CHUNK = 1000  # counter keys per locking statement
-consume_in_two_trips = True  # consume_lock and consume_write
+consume_in_two_trips = True  # consume_lock and consume_write, and consume_one_trip
 
 
 def pg_array(values) -> str:
@@ -156,6 +156,86 @@ CONSUME_WRITE = f"""
     SELECT id FROM ev;
     COMMIT
 """
+
+
+# The consume in ONE round trip, for the simple case (`arithmetic.consume_fast_bounds`): in one
+# message, BEGIN, then one statement that locks the counters of every window containing the
+# moment, reads the versions and whether a grant is in force, and, when the versions are those
+# of the state the engine decided on, every counted window's counter is there, no grant is in
+# force, nothing was drawn and the effective counter's `used` is within the bounds, inserts the
+# event and adds the quantity to those counters; then COMMIT. So the counters are locked for
+# that one statement and its commit only, with no round trip and no Python in between. Rows:
+# (0, event id or NULL, whether it went ahead, state version, catalog version, a grant in
+# force), then (1, counter ..) as locked, as they were before.
+CONSUME_ONE_TRIP = f"""
+    BEGIN; SET LOCAL synchronous_commit = %(commit)s;
+    WITH c AS MATERIALIZED (
+        SELECT id, "window", start, "end", used, drawn, level, level_at
+          FROM {COUNTER}
+         WHERE customer_id = %(customer)s AND feature_id = %(feature)s
+               AND start <= %(at)s AND "end" > %(at)s
+         ORDER BY customer_id, feature_id, "window", start FOR UPDATE
+    ), m AS (
+        SELECT c.id, c."window", c.used, c.drawn
+          FROM c JOIN unnest(%(windows)s::varchar[], %(starts)s::timestamptz[]) AS w(win, start)
+               ON c."window" = w.win AND c.start = w.start
+    ), v AS (
+        SELECT (SELECT state_version FROM {CUSTOMER} WHERE id = %(customer)s) AS state,
+               (SELECT version FROM {CATALOG_VERSION} WHERE id = 1) AS catalog,
+               EXISTS (SELECT 1 FROM {GRANT}
+                        WHERE customer_id = %(customer)s AND feature_id = %(feature)s
+                              AND effective_at <= %(at)s
+                              AND (expires_at IS NULL OR expires_at > %(at)s)
+                              AND (voided_at IS NULL OR voided_at > %(at)s)) AS granted,
+               (SELECT count(*) FROM m) AS found
+    ), go AS (
+        SELECT 1 FROM v, m
+         WHERE v.state = %(state)s AND v.catalog = %(catalog)s AND NOT v.granted
+               AND v.found = %(counted)s AND m."window" = %(kind)s AND m.drawn = 0
+               AND (%(max_used)s::numeric IS NULL OR m.used <= %(max_used)s::numeric)
+               AND NOT EXISTS (
+                   SELECT 1 FROM unnest(%(gap_lo)s::numeric[], %(gap_hi)s::numeric[]) AS g(lo, hi)
+                    WHERE m.used >= g.lo AND m.used < g.hi)
+    ), ev AS (
+        INSERT INTO {EVENT}
+               (customer_id, feature_id, event_id, quantity, "timestamp", properties, recorded_at)
+        SELECT %(customer)s, %(feature)s, %(event_id)s, %(quantity)s, %(at)s,
+               %(properties)s::jsonb, %(now)s FROM go
+        ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING id
+    ), added AS (
+        UPDATE {COUNTER} AS t SET used = t.used + %(quantity)s
+          FROM m WHERE t.id = m.id AND EXISTS (SELECT 1 FROM ev)
+    )
+    SELECT 0, (SELECT id FROM ev), NULL::varchar, NULL::timestamptz, NULL::timestamptz,
+           NULL::numeric, NULL::numeric, NULL::numeric, NULL::timestamptz,
+           EXISTS (SELECT 1 FROM go), v.state, v.catalog, v.granted
+      FROM v
+    UNION ALL
+    SELECT 1, id, "window", start, "end", used, drawn, level, level_at, NULL, NULL, NULL, NULL
+      FROM c;
+    COMMIT
+"""
+
+
+def consume_one_trip(cursor, params: dict, bounds) -> list:
+    """`CONSUME_ONE_TRIP` (BEGIN, the statement, COMMIT): its rows. `params` names the
+    customer, feature, moment, versions, the counted windows (`windows`, `starts`), the
+    effective `kind`, the event; `bounds` is the arithmetic's FastBounds."""
+    gaps = bounds.gaps
+    cursor.execute(
+        CONSUME_ONE_TRIP,
+        {
+            **params,
+            "max_used": bounds.max_used,
+            "gap_lo": pg_array(lo for lo, _ in gaps) if gaps else "{}",
+            "gap_hi": pg_array(hi for _, hi in gaps) if gaps else "{}",
+            "windows": pg_array(params["windows"]),
+            "starts": pg_array(params["starts"]),
+        },
+    )
+    cursor.nextset()  # past BEGIN's
+    cursor.nextset()  # past SET's
+    return cursor.fetchall()
 
 
 TURNS_CLASS = 0x75736167  # the advisory locks' first key: "usag"
