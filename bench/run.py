@@ -204,8 +204,8 @@ def soak_rounds(key: str, args) -> dict:
         for kind in kinds:
             figures = wrk_figures(wrk_run(kind, key, args.soak_round, args.connections))
             figures["load"] = os.getloadavg()[0]
-            figures["ratio_to_floor"] = round(figures["rps"] / rounds["floor"][-1]["rps"], 3)
             rounds[kind].append(figures)
+            figures["ratio_to_floor"] = round(figures["rps"] / rounds["floor"][-1]["rps"], 3)
             log(
                 f"  soak {kind}: {figures['rps']} req/s ({figures['ratio_to_floor']} x the "
                 f"round's floor), p99 {figures['p99_ms']} ms, load {figures['load']:.2f}"

@@ -7,7 +7,7 @@ class CustomersConfig(AppConfig):
 
     def ready(self) -> None:
         # Usage transactions record threshold notifications; the send tasks join their outboxes.
-        from . import notifications, tasks  # noqa: F401
+        from . import checks, notifications, tasks  # noqa: F401 (checks: registers its own)
         from .engine import ledger
 
         ledger.on_usage_recorded(notifications.thresholds_record)

@@ -1,0 +1,34 @@
+"""`manage.py check --database default`: the PostgreSQL settings the usage counters need."""
+
+import pytest
+from django.db import connection
+
+from customers import checks
+
+
+@pytest.mark.django_db
+def test_the_server_settings_are_read_on_postgresql_only():
+    found = checks.server_settings("default")
+    if connection.vendor == "postgresql":
+        assert set(found) == {"autovacuum", "track_counts"}
+        assert set(found.values()) <= {"on", "off"}
+    else:
+        assert found == {}
+
+
+@pytest.mark.parametrize(
+    ("found", "warned"),
+    [
+        ({"autovacuum": "off", "track_counts": "on"}, True),
+        ({"autovacuum": "on", "track_counts": "off"}, True),
+        ({"autovacuum": "on", "track_counts": "on"}, False),
+        ({}, False),  # SQLite
+    ],
+)
+def test_autovacuum_off_is_a_warning_with_its_remedy(monkeypatch, found, warned):
+    monkeypatch.setattr(checks, "server_settings", lambda alias: found)
+    messages = checks.autovacuum_check(databases=["default"])
+    assert [m.id for m in messages] == (["entitlements.W021"] if warned else [])
+    if warned:
+        assert "VACUUM customers_usagecounter" in messages[0].hint
+    assert checks.autovacuum_check(databases=None) == []  # `check` without --database
