@@ -4,6 +4,7 @@ so these are skipped there."""
 
 import random
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -307,3 +308,46 @@ def test_concurrent_consumes_in_one_statement_are_exact(monkeypatch):
         Decimal("0.5") * n for n in range(2, 51)
     ]
     assert went.count(True) >= 30, went
+
+
+def test_a_grant_committed_while_a_consume_waits_for_the_counters_is_drawn():
+    """Given a hard limit of 10 with 9 used and a warm state, when a transaction holds the
+    counter, adds a grant of 5 and commits while a consume of 3 waits for that counter, then
+    the consume sees the grant (its checks run after the lock, not on the snapshot from
+    before the wait): allowed, 1 from the allowance and 2 from the grant."""
+    customer, transfer = customer_with("10")
+    engine.entitlement_consume(customer, transfer.key, Decimal("9"), "warm", timestamp=AT)
+    locked, outcome = threading.Event(), {}
+
+    def granting() -> None:
+        from django.db import transaction
+
+        try:
+            with transaction.atomic():
+                UsageCounter.objects.select_for_update().get(
+                    customer=customer, feature=transfer, window="billing_period"
+                )
+                locked.set()
+                GrantFactory(customer=customer, feature=transfer, quantity=Decimal("5"),
+                             effective_at=START)  # fmt: skip
+                time.sleep(0.5)  # the consume is waiting on the counter by now
+        finally:
+            connection.close()
+
+    def consuming() -> None:
+        try:
+            locked.wait(10)
+            outcome["result"] = engine.entitlement_consume(
+                customer, transfer.key, Decimal("3"), "waited", timestamp=AT
+            )
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=granting), threading.Thread(target=consuming)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert outcome["result"].allowed
+    assert Grant.objects.get(customer=customer).consumed == Decimal("2")
+    assert period_counter(customer, transfer).used == 12

@@ -158,23 +158,29 @@ CONSUME_WRITE = f"""
 """
 
 
-# The consume in ONE round trip, for the simple case (`arithmetic.consume_fast_bounds`): in one
-# message, BEGIN, then one statement that locks the counters of every window containing the
-# moment, reads the versions and whether a grant is in force, and, when the versions are those
-# of the state the engine decided on, every counted window's counter is there, no grant is in
-# force, nothing was drawn and the effective counter's `used` is within the bounds, inserts the
-# event and adds the quantity to those counters; then COMMIT. So the counters are locked for
-# that one statement and its commit only, with no round trip and no Python in between. Rows:
-# (0, event id or NULL, whether it went ahead, state version, catalog version, a grant in
-# force), then (1, counter ..) as locked, as they were before.
+# The consume in ONE round trip, for the simple case (`arithmetic.consume_fast_bounds`): one
+# message with BEGIN, a statement that locks the counters of every window containing the
+# moment, a statement that checks and writes, and COMMIT. The second statement runs with a
+# snapshot taken once it holds the locks (READ COMMITTED: a statement's snapshot is taken when
+# it starts, so a lock waited for inside it would leave it blind to what committed meanwhile),
+# so it reads the versions, the grants in force and the counters as the last writer left them.
+# When the versions are those of the state the engine decided on, every counted window's
+# counter is there, no grant is in force, nothing was drawn and the effective counter's `used`
+# is within the bounds, it inserts the event and adds the quantity to those counters. So the
+# counters are locked for these statements and the commit only: no round trip and no Python in
+# between. Rows: (0, event id or NULL, .., whether it went ahead, state version, catalog
+# version, a grant in force), then (1, counter ..) as they were before.
 CONSUME_ONE_TRIP = f"""
     BEGIN; SET LOCAL synchronous_commit = %(commit)s;
+    SELECT 1 FROM {COUNTER}
+     WHERE customer_id = %(customer)s AND feature_id = %(feature)s
+           AND start <= %(at)s AND "end" > %(at)s
+     ORDER BY customer_id, feature_id, "window", start FOR UPDATE;
     WITH c AS MATERIALIZED (
         SELECT id, "window", start, "end", used, drawn, level, level_at
           FROM {COUNTER}
          WHERE customer_id = %(customer)s AND feature_id = %(feature)s
                AND start <= %(at)s AND "end" > %(at)s
-         ORDER BY customer_id, feature_id, "window", start FOR UPDATE
     ), m AS (
         SELECT c.id, c."window", c.used, c.drawn
           FROM c JOIN unnest(%(windows)s::varchar[], %(starts)s::timestamptz[]) AS w(win, start)
@@ -235,6 +241,7 @@ def consume_one_trip(cursor, params: dict, bounds) -> list:
     )
     cursor.nextset()  # past BEGIN's
     cursor.nextset()  # past SET's
+    cursor.nextset()  # past the locks'
     return cursor.fetchall()
 
 
