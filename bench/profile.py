@@ -1,0 +1,193 @@
+#!/usr/bin/env python
+"""Where a request's time goes, on the benchmark's database (docs/performance.md).
+
+Run `make bench BENCH_ARGS=--keep-db` once first (it seeds and keeps the database); then:
+
+    .venv/bin/python bench/profile.py cpu consume_hot           # CPU per request, by process
+    .venv/bin/python bench/profile.py statements consume_hot    # PostgreSQL time per statement
+    .venv/bin/python bench/profile.py cpu consume --seconds 15 --workers 2 --worker-class gthread
+
+It starts gunicorn with the production config (as `make bench` does), warms every worker's
+cache, then runs one wrk scenario (bench/run.py's: floor, check, check_all, consume_hot,
+consume) and reports:
+
+- `cpu`: the CPU time of the gunicorn workers, the database's backends, Redis and wrk
+  (/proc/<pid>/stat) divided by the requests answered: what each request costs each process,
+  whatever the machine's load (which a rate does not say);
+- `statements`: with `log_min_duration_statement = 0` on the benchmark database only (reset
+  afterwards), each statement's duration as PostgreSQL logged it, by kind, and for consumes
+  how long the counter rows stayed locked (from the locking statement's start to the end of
+  the commit), with the bound that puts on one customer's consumes: 1 / that time.
+  It reads the server's log file (`--log`, Debian's default path).
+"""
+
+import argparse
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run as bench  # noqa: E402  (bench/run.py: the same server, scenarios and wrk)
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_by_group(workers: set[int]) -> dict[tuple[str, int], float]:
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        seconds = (int(fields[11]) + int(fields[12])) / TICKS
+        if int(pid) in workers:
+            group = "gunicorn workers"
+        elif name == "postgres" and f" {bench.DB} " in command.replace("\x00", " "):
+            group = f"postgres backends ({bench.DB})"
+        elif name.startswith("redis"):
+            group = "redis"
+        elif name == "wrk":
+            group = "wrk"
+        else:
+            continue
+        found[(group, int(pid))] = seconds
+    return found
+
+
+def cpu(kind: str, key: str, args, workers: set[int]) -> None:
+    bench.wrk_run(kind, key, 2, args.connections)
+    before, started = _cpu_by_group(workers), time.time()
+    figures = bench.wrk_figures(bench.wrk_run(kind, key, args.seconds, args.connections))
+    after, elapsed = _cpu_by_group(workers), time.time() - started
+    requests = figures["rps"] * args.seconds
+    totals: dict[str, float] = {}
+    for (group, pid), seconds in after.items():
+        totals[group] = totals.get(group, 0.0) + seconds - before.get((group, pid), 0.0)
+    print(f"{kind}: {figures['rps']} req/s, p50 {figures['p50_ms']} ms, p99 "
+          f"{figures['p99_ms']} ms, load {os.getloadavg()[0]:.2f}")  # fmt: skip
+    for group, seconds in sorted(totals.items()):
+        print(f"  {group:34} {1000 * seconds / requests:7.3f} ms CPU per request "
+              f"({100 * seconds / elapsed:5.1f}% of a core)")  # fmt: skip
+
+
+def _statement_kind(text: str) -> str:
+    if text.startswith("BEGIN; SET LOCAL") and "WITH c AS MATERIALIZED" in text:
+        return "consume, one trip: BEGIN; lock; check and write; COMMIT"
+    if text.startswith("BEGIN; SET LOCAL"):
+        return "consume, two trips, 1st: BEGIN; lock counters, grants; versions"
+    if text.startswith("WITH ev AS"):
+        return "consume, two trips, 2nd: event, counters, grants; COMMIT"
+    return text[:64]
+
+
+def statements(kind: str, key: str, args) -> None:
+    setting = f"ALTER DATABASE {bench.DB} SET log_min_duration_statement = "
+    bench.psql(setting + "0")
+    try:
+        # New connections read the setting: the workers reconnect after a HUP.
+        os.kill(args.server_pid, signal.SIGHUP)
+        time.sleep(3)
+        bench.wrk_run("check_all", key, args.warmup, args.connections)
+        bench.wrk_run(kind, key, 2, args.connections)
+        start = Path(args.log).stat().st_size
+        figures = bench.wrk_figures(bench.wrk_run(kind, key, args.seconds, args.connections))
+        with open(args.log, errors="replace") as log:
+            log.seek(start)
+            text = log.read()
+    finally:
+        bench.psql(f"ALTER DATABASE {bench.DB} RESET log_min_duration_statement")
+    entries = []
+    for line in text.splitlines():
+        found = re.match(r"(\S+ \S+) \S+ \[(\d+)\] .*duration: ([\d.]+) ms  statement: (.*)", line)
+        if found:
+            entries.append(list(found.groups()))
+        elif line.startswith("\t") and entries:
+            entries[-1][3] += " " + line.strip()
+    durations: dict[str, list[float]] = {}
+    holds, locked_at = [], {}
+    for stamp, pid, duration, statement in entries:
+        statement, duration = " ".join(statement.split()), float(duration)
+        name = _statement_kind(statement)
+        durations.setdefault(name, []).append(duration)
+        end = datetime.fromisoformat(stamp).timestamp() * 1000
+        if name.startswith("consume, one trip"):
+            holds.append(duration)
+        elif name.startswith("consume, two trips, 1st"):
+            locked_at[pid] = end - duration
+        elif name.startswith("consume, two trips, 2nd") and pid in locked_at:
+            holds.append(end - locked_at.pop(pid))
+    print(f"{kind}: {figures['rps']} req/s, p50 {figures['p50_ms']} ms, load "
+          f"{os.getloadavg()[0]:.2f}; PostgreSQL's durations (ms):")  # fmt: skip
+    total = sum(sum(v) for v in durations.values()) or 1
+    for name, values in sorted(durations.items(), key=lambda kv: -sum(kv[1])):
+        if len(values) < 10:
+            continue
+        values.sort()
+        p90, share = values[int(0.9 * len(values))], 100 * sum(values) / total
+        print(f"  {name[:64]:64} n={len(values):6} p50 {statistics.median(values):6.3f} "
+              f"p90 {p90:6.3f}  {share:3.0f}%")  # fmt: skip
+    if holds:
+        mean = statistics.mean(holds)
+        print(f"  counters locked per consume: p50 {statistics.median(holds):.3f} ms, mean "
+              f"{mean:.3f} ms: at most {1000 / mean:,.0f} consumes/s of one customer")  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["cpu", "statements"])
+    parser.add_argument("kinds", help="comma-separated scenarios of bench/run.py")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--worker-class", default="sync")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=30,
+        help="seconds of check_all first: every worker must "
+        "have seen every customer (a loaded machine needs longer)",
+    )
+    parser.add_argument("--log", default="/var/log/postgresql/postgresql-15-main.log")
+    args = parser.parse_args()
+    if not bench.database_seeded():
+        sys.exit(f"no seeded database {bench.DB}: run `make bench BENCH_ARGS=--keep-db` first")
+    env = bench.bench_env()
+    key = bench.run([bench.PYTHON, "manage.py", "create_api_key", "profile"], env=env,
+                    capture_output=True, text=True).stdout.strip().splitlines()[-1]  # fmt: skip
+    server = subprocess.Popen(
+        [str(Path(bench.PYTHON).parent / "gunicorn"), "-c", bench.SERVER_CONFIG],
+        cwd=bench.ROOT, start_new_session=True,
+        env={**env, "WEB_BIND": f"{bench.HOST}:{bench.PORT}", "WEB_WORKERS": str(args.workers),
+             "WEB_WORKER_CLASS": args.worker_class, "WEB_THREADS": str(args.threads),
+             "WEB_LOG_LEVEL": "warning"},
+    )  # fmt: skip
+    args.server_pid = server.pid
+    try:
+        bench.wait_http("/healthz")
+        bench.wrk_run("check_all", key, args.warmup, args.connections)
+        children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True,
+                                  text=True).stdout.split()  # fmt: skip
+        for kind in args.kinds.split(","):
+            if args.what == "cpu":
+                cpu(kind, key, args, {int(pid) for pid in children})
+            else:
+                statements(kind, key, args)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=15)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
