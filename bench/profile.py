@@ -149,8 +149,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--worker-class", default="sync")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--worker-class", default=None, help="default: the config file's")
+    parser.add_argument("--threads", type=int, default=None, help="default: the config file's")
     parser.add_argument(
         "--warmup",
         type=int,
@@ -168,9 +168,7 @@ def main() -> int:
     server = subprocess.Popen(
         [str(Path(bench.PYTHON).parent / "gunicorn"), "-c", bench.SERVER_CONFIG],
         cwd=bench.ROOT, start_new_session=True,
-        env={**env, "WEB_BIND": f"{bench.HOST}:{bench.PORT}", "WEB_WORKERS": str(args.workers),
-             "WEB_WORKER_CLASS": args.worker_class, "WEB_THREADS": str(args.threads),
-             "WEB_LOG_LEVEL": "warning"},
+        env=bench.server_environment(env, args),
     )  # fmt: skip
     args.server_pid = server.pid
     try:

@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import re
+import runpy
 import shutil
 import signal
 import statistics
@@ -288,8 +289,15 @@ def check_latency(key: str, customer: str, requests: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
-    parser.add_argument("--worker-class", default="sync")
-    parser.add_argument("--threads", type=int, default=1, help="threads per gthread worker")
+    parser.add_argument(
+        "--worker-class", default=None, help="sync or gthread (default: the config file's)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads per gthread worker (default: the config file's)",
+    )
     parser.add_argument("--duration", type=int, default=15, help="seconds per wrk scenario")
     parser.add_argument(
         "--warmup",
@@ -353,14 +361,14 @@ def main() -> int:
         vacuum("")  # the whole database: statistics and visibility, as after autovacuum
         key = run([PYTHON, "manage.py", "create_api_key", "bench"], env=env,
                   capture_output=True, text=True).stdout.strip().splitlines()[-1]  # fmt: skip
+        server_env = server_environment(env, args)
+        config = server_config(server_env)
+        args.worker_class, args.threads = config["worker_class"], config["threads"]
         log(f"gunicorn ({SERVER_CONFIG}): {args.workers} {args.worker_class} workers "
             f"x {args.threads} threads on {HOST}:{PORT}")  # fmt: skip
         server = subprocess.Popen(
             [str(Path(PYTHON).parent / "gunicorn"), "-c", SERVER_CONFIG],
-            cwd=ROOT, start_new_session=True,
-            env={**env, "WEB_BIND": f"{HOST}:{PORT}", "WEB_WORKERS": str(args.workers),
-                 "WEB_WORKER_CLASS": args.worker_class, "WEB_THREADS": str(args.threads),
-                 "WEB_LOG_LEVEL": "warning"},
+            cwd=ROOT, start_new_session=True, env=server_env,
         )  # fmt: skip
         wait_http("/healthz")
         scenarios = {}
@@ -433,6 +441,29 @@ def main() -> int:
         if not args.keep_db:
             drop = f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"
             subprocess.run(["psql", f"{PG}/postgres", "-q", "-c", drop], capture_output=True)
+
+
+def server_environment(env: dict, args) -> dict:
+    """The server's environment: the production config file reads its settings from it; what
+    the command line does not give is the file's default."""
+    server = {**env, "WEB_BIND": f"{HOST}:{PORT}", "WEB_WORKERS": str(args.workers),
+              "WEB_LOG_LEVEL": "warning"}  # fmt: skip
+    if args.worker_class:
+        server["WEB_WORKER_CLASS"] = args.worker_class
+    if args.threads:
+        server["WEB_THREADS"] = str(args.threads)
+    return server
+
+
+def server_config(server_env: dict) -> dict:
+    """The values the config file gives in that environment (workers, worker_class, ..)."""
+    saved = dict(os.environ)
+    os.environ.update(server_env)
+    try:
+        return runpy.run_path(str(ROOT / SERVER_CONFIG), run_name="bench")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def database_seeded() -> bool:
