@@ -13,7 +13,7 @@ from celery import shared_task
 
 from core.outbox import DATABASE_ERRORS, TASK_RETRIES
 
-from . import notifications, snapshots, webhooks
+from . import checks, notifications, snapshots, webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,13 @@ def snapshots_settle() -> int:
     """Voids the Redis snapshots that writes Redis did not hear of stand for (a backstop: web
     processes settle at their start and after a Redis failure). Returns how many debts."""
     return snapshots.settle()
+
+
+@shared_task(name="customers.tasks.usage_counters_vacuum")
+def usage_counters_vacuum() -> bool:
+    """VACUUM of the usage counters when PostgreSQL runs without autovacuum (every minute;
+    customers/checks.py says why). Answers whether it ran."""
+    return checks.usage_counters_vacuum()
 
 
 notifications.OUTBOX.task = notification_send

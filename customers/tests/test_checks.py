@@ -3,7 +3,7 @@
 import pytest
 from django.db import connection
 
-from customers import checks
+from customers import checks, tasks
 
 
 @pytest.mark.django_db
@@ -32,3 +32,14 @@ def test_autovacuum_off_is_a_warning_with_its_remedy(monkeypatch, found, warned)
     if warned:
         assert "VACUUM customers_usagecounter" in messages[0].hint
     assert checks.autovacuum_check(databases=None) == []  # `check` without --database
+
+
+@pytest.mark.django_db(transaction=True)  # VACUUM runs outside any transaction
+def test_the_beat_vacuums_the_counters_only_when_the_server_would_not(monkeypatch):
+    assert tasks.usage_counters_vacuum() is (connection.vendor == "postgresql" and
+                                             checks.autovacuum_off())  # fmt: skip
+    monkeypatch.setattr(checks, "server_settings", lambda alias: {"autovacuum": "on"})
+    assert tasks.usage_counters_vacuum() is False
+    if connection.vendor == "postgresql":
+        monkeypatch.setattr(checks, "server_settings", lambda alias: {"autovacuum": "off"})
+        assert tasks.usage_counters_vacuum() is True  # and VACUUM ran without an error

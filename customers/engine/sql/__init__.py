@@ -6,6 +6,8 @@ database in use (postgresql or sqlite), each with the same functions:
 - `grants_lock(customer_ids, feature_ids, since, until)` -> grant rows, locked in id order
 - `events_insert(items, now)` -> {(customer id, event_id): event id} of the rows inserted
 - `batch_customers(external_ids)` -> rows (id, external_id, state_version, catalog version)
+- `counters_vacuum()`, `vacuum_settings(connection)`: VACUUM of the usage counters and the
+  server's autovacuum settings (nothing on SQLite)
 - `constraints_immediate()`, `granted(...)`, `take_turns(...)`: the batch's PostgreSQL-only
   refinements (nothing on SQLite), and `consume_in_two_trips`: whether `consume_lock` and
   `consume_write` (PostgreSQL's consume in two round trips) exist.

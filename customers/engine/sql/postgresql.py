@@ -245,6 +245,22 @@ def consume_one_trip(cursor, params: dict, bounds) -> list:
     return cursor.fetchall()
 
 
+def vacuum_settings(on_connection) -> dict[str, str]:
+    """The server's `autovacuum` and `track_counts` ("on" or "off")."""
+    with on_connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT name, setting FROM pg_settings WHERE name IN ('autovacuum', 'track_counts')"
+        )
+        return dict(cursor.fetchall())
+
+
+def counters_vacuum() -> None:
+    """VACUUM of the usage counters (outside any transaction): their dead versions, and the
+    index entries of the versions that left their page (customers/checks.py)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"VACUUM {COUNTER}")
+
+
 TURNS_CLASS = 0x75736167  # the advisory locks' first key: "usag"
 
 

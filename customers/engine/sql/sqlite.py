@@ -147,3 +147,12 @@ def turns() -> int:
 
 def take_turns(customer_ids) -> None:
     """Never called: no turns (above)."""
+
+
+def counters_vacuum() -> None:
+    """Nothing: SQLite rewrites a row where it is, and has no vacuum to wait for."""
+
+
+def vacuum_settings(on_connection) -> dict[str, str]:
+    """Nothing to say: SQLite has no autovacuum of that kind."""
+    return {}
