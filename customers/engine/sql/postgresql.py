@@ -11,7 +11,7 @@ from django.db import connection
 
 from catalog.models import CatalogVersion
 
-from ...models import Customer, Grant, UsageCounter, UsageEvent
+from ...models import Customer, Grant, Reservation, UsageCounter, UsageEvent
 from ...snapshots import CounterRow
 from .common import counter_values, event_columns, versions_sql
 
@@ -19,6 +19,7 @@ from .common import counter_values, event_columns, versions_sql
 COUNTER = UsageCounter._meta.db_table
 GRANT = Grant._meta.db_table
 EVENT = UsageEvent._meta.db_table
+RESERVATION = Reservation._meta.db_table
 CUSTOMER = Customer._meta.db_table
 CATALOG_VERSION = CatalogVersion._meta.db_table
 LOCK_CHUNK = 1000  # counter keys per locking statement
@@ -137,8 +138,13 @@ CONSUME_LOCK = f"""
     SELECT 1, id, "window", start, "end", used, drawn, level, level_at, NULL, NULL FROM c
     UNION ALL
     SELECT 2, id, NULL, effective_at, expires_at, quantity, consumed, NULL, voided_at, NULL, NULL
-      FROM g
+      FROM g;
+    SELECT count(*), coalesce(sum(quantity), 0) FROM {RESERVATION}
+     WHERE customer_id = %s AND feature_id = %s AND status = 'held' AND expires_at > %s
 """
+# The reservations held are summed by a statement of their own, after the one that waited for
+# the counters' locks: under READ COMMITTED it then sees every hold committed before it got
+# them (in the locking statement, its snapshot would be the one taken before the wait).
 
 
 CONSUME_WRITE = f"""
@@ -319,14 +325,19 @@ def constraints_immediate() -> None:
 
 def consume_lock(cursor, pk: int, feature_id: int, at: dt.datetime, synchronous: bool) -> list:
     """The consume's first round trip: BEGIN, then its counters (every window containing
-    `at`) and grants in force locked, with the customer's and the catalog's versions. Rows:
-    (0, .., state version, catalog version), (1, counter ..), (2, grant ..)."""
+    `at`) and grants in force locked, with the customer's and the catalog's versions and the
+    reservations held (read under the counters' locks, which every hold takes). Rows:
+    (0, .., state version, catalog version), (1, counter ..), (2, grant ..), (3, holds, ..,
+    units held, ..)."""
     commit = "on" if synchronous else "off"
-    params = [commit, pk, feature_id, at, at, pk, feature_id, at, at, at, pk]
+    params = [commit, pk, feature_id, at, at, pk, feature_id, at, at, at, pk, pk, feature_id, at]
     cursor.execute(CONSUME_LOCK, params)
     cursor.nextset()  # past BEGIN's
     cursor.nextset()  # past SET's
-    return cursor.fetchall()
+    rows = cursor.fetchall()
+    cursor.nextset()
+    holds, reserved = cursor.fetchone()
+    return [*rows, (3, holds, None, None, None, reserved, None, None, None, None, None)]
 
 
 def consume_write(cursor, event: list, counters: list, grants: list) -> list:
