@@ -245,7 +245,11 @@ def hold_answer(external_id: str, feature_key: str, data) -> WithStatus:
 
 
 def commit_answer(external_id: str, feature_key: str, reservation_id: str, data) -> dict:
-    quantity = _body(data).get("quantity")
+    data = _body(data)
+    quantity = data.get("quantity")
+    if quantity is None and "quantity" in data:  # absent means all of it; null means nothing
+        message = "quantity is a decimal from 0 to the held quantity; leave it out for all."
+        raise InvalidInput(f"quantity: {message}", details={"quantity": [message]})
     result = engine.reservation_commit(external_id, feature_key, reservation_id, quantity)
     return reservation_answer(result)
 

@@ -73,11 +73,13 @@ def clean_event_id(event_id, *, field: str = "event_id") -> str:
 
 
 def clean_reservation_id(reservation_id) -> str:
-    """An event id (a commit records its usage under it) that a path can name: no slash."""
+    """An event id (a commit records its usage under it) that a path can name (commit,
+    release): the rule of ids in URLs, as a customer's external_id."""
     reservation_id = clean_event_id(reservation_id, field="reservation_id")
-    if "/" in reservation_id:
-        raise field_refused("reservation_id", "reservation_id cannot contain a slash.")
-    return reservation_id
+    try:
+        return bounds.url_safe_check(reservation_id)
+    except bounds.Refused as refused:
+        raise field_refused("reservation_id", f"reservation_id {refused}.") from None
 
 
 TTL_DEFAULT = 300  # seconds (DESIGN.md "Reservations")
