@@ -191,31 +191,12 @@ def _consume_two_trips(pk, feature, quantity, event_id, at, properties) -> Consu
         return None
     db = sql.db()
     windows = state.windows(at)
-    counted = counted_kinds(feature.pk, state.version[1])  # before any lock is held
-    synchronous = settings.USAGE_SYNCHRONOUS_COMMIT
     with connection.cursor() as cursor:
         try:
-            rows = db.consume_lock(cursor, pk, feature.pk, at, synchronous)
-            # The counters of every window containing `at` (the index on open windows): those
-            # of the windows in force among them, or the ordinary path creates the missing ones.
-            version, counters, grants, held = None, {}, [], (ZERO, 0)
-            for kind, rid, window, t1, t2, n1, n2, n3, t3, v1, v2 in rows:
-                if kind == 0:
-                    version = None if v1 is None else (int(v1), int(v2 or 0))
-                elif kind == 3:
-                    held = (n1, int(rid))  # the reservations held: their units and number
-                elif kind == 1:
-                    if window in counted and windows[window].start == t1:
-                        counters[window] = CounterRow(
-                            rid, pk, feature.pk, window, t1, t2, n1, n2, n3, t3
-                        )  # fmt: skip
-                elif kind == 2:
-                    grants.append(GrantRow(rid, pk, feature.pk, t1, t2, n1, n2, t3))
-            if version != state.version or len(counters) != len(counted):
-                db.rollback(cursor)
+            locked = usage_lock_first_trip(cursor, state, pk, feature, at)
+            if locked is None:
                 return None
-            terms = state.terms_at(feature.pk, at)
-            grants = active_grants(grants, feature.pk, at)
+            terms, counters, grants, held, _ = locked
             loaded = {g.pk: g.consumed for g in grants}
             draw, before, after = consume_decide(
                 feature, terms, counters, grants, windows, quantity, at, held
@@ -238,6 +219,41 @@ def _consume_two_trips(pk, feature, quantity, event_id, at, properties) -> Consu
         # Already recorded (the counters were locked, so the first has committed).
         return _replay(state.customer, feature, quantity, event_id, at, state)
     return ConsumeResult(True, None, after)
+
+
+def usage_lock_first_trip(cursor, state, pk: int, feature: Feature, at, reservation_id=None):
+    """The first round trip of a usage write outside any transaction (PostgreSQL: consume,
+    hold, commit): BEGIN, the counters of every window containing `at` and the grants in force
+    locked with the versions, then the units held by reservations (and, with
+    `reservation_id`, that reservation's row locked). Answers (terms, counters, grants, held,
+    reservation row or None); or None, rolled back, when the ordinary path must do it (the
+    cached state out of date, a window's counter to create)."""
+    db = sql.db()
+    windows = state.windows(at)
+    counted = counted_kinds(feature.pk, state.version[1])  # before any lock is held
+    synchronous = settings.USAGE_SYNCHRONOUS_COMMIT
+    rows = db.consume_lock(cursor, pk, feature.pk, at, synchronous, reservation_id)
+    # The counters of every window containing `at` (the index on open windows): those of the
+    # windows in force among them, or the ordinary path creates the missing ones.
+    version, counters, grants, held, reservation = None, {}, [], (ZERO, 0), None
+    for row in rows:
+        kind, rid, window, t1, t2, n1, n2, n3, t3, v1, v2 = row
+        if kind == 0:
+            version = None if v1 is None else (int(v1), int(v2 or 0))
+        elif kind == 1:
+            if window in counted and windows[window].start == t1:
+                counters[window] = CounterRow(rid, pk, feature.pk, window, t1, t2, n1, n2, n3, t3)
+        elif kind == 2:
+            grants.append(GrantRow(rid, pk, feature.pk, t1, t2, n1, n2, t3))
+        elif kind == 3:
+            held = (n1, int(rid))  # the reservations held: their units and number
+        else:
+            reservation = row
+    if version != state.version or len(counters) != len(counted):
+        db.rollback(cursor)
+        return None
+    terms = state.terms_at(feature.pk, at)
+    return terms, counters, active_grants(grants, feature.pk, at), held, reservation
 
 
 def _rollback_quietly(db, cursor) -> None:

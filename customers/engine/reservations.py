@@ -28,6 +28,7 @@ from core.errors import Conflict, InvalidInput, NotFound
 
 from .. import snapshots
 from ..models import RESERVATION_TTL_MAX, Customer, Reservation, ReservationStatus, UsageEvent
+from . import reservation_trips
 from .arithmetic import (
     METERED,
     SUM,
@@ -83,6 +84,16 @@ def reservation_hold(
     ttl = clean_ttl(ttl_seconds, RESERVATION_TTL_MAX)
     pk = customer_pk(customer)
     with snapshots.write_guard([pk]):
+        if reservation_trips.usable():
+            at = timezone.now()
+            made = reservation_trips.hold_two_trips(pk, feature, reservation_id, quantity, ttl, at)
+            if made is not None:
+                reservation = Reservation(
+                    pk=made[0], customer_id=pk, feature=feature, reservation_id=reservation_id,
+                    quantity=quantity, status=HELD, ttl_seconds=ttl,
+                    expires_at=at + dt.timedelta(seconds=ttl), created_at=at,
+                )  # fmt: skip
+                return HoldResult(True, None, reservation, made[1])
         try:
             return retrying_deadlocks(
                 lambda: _hold(customer, pk, feature, reservation_id, quantity, ttl)
@@ -152,6 +163,16 @@ def reservation_commit(
         quantity = parse_quantity(quantity, allow_zero=True)
     pk = customer_pk(customer)
     with snapshots.write_guard([pk]):
+        if reservation_trips.usable() and isinstance(reservation_id, str):
+            at = timezone.now()
+            done = reservation_trips.commit_two_trips(pk, feature, reservation_id, quantity, at)
+            if done is not None:
+                fields, after = done
+                reservation = Reservation(
+                    customer_id=pk, feature=feature, reservation_id=reservation_id,
+                    status=COMMITTED, **fields,
+                )  # fmt: skip
+                return ReservationResult(reservation, after)
         return retrying_deadlocks(lambda: _commit(customer, pk, feature, reservation_id, quantity))
 
 
