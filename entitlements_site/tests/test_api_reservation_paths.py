@@ -10,7 +10,7 @@ from django.db import connection
 from customers.models import Reservation, UsageEvent
 
 from .test_api_reservations import *  # noqa: F403 (the same stories, committed for real)
-from .test_api_reservations import BASE, HOLDS, commit, hold, transfer
+from .test_api_reservations import BASE, commit, hold, transfer
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
