@@ -329,7 +329,12 @@ def main() -> int:
             if not wanted(kind) and kind != "floor":
                 continue
             log(f"wrk {kind}: {args.duration}s after a {args.warmup}s warm-up")
-            vacuum()
+            # Commits update reservations as consumes update counters: both vacuumed.
+            vacuum(
+                "customers_usagecounter, customers_reservation"
+                if kind in HOLD_KINDS
+                else "customers_usagecounter"
+            )
             scenarios[kind] = wrk(kind, key, args.duration, args.warmup, args.connections)
             log(f"  {scenarios[kind]}")
         floor = scenarios["floor"]
