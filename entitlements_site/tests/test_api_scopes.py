@@ -16,6 +16,9 @@ RUNTIME_VIEWS = {
     "entitlements",
     "entitlement",
     "consume",
+    "reservations",
+    "reservation",
+    "reservation-commit",
     "usage-buckets",
     "usage",
     "portal-sessions",
@@ -28,6 +31,7 @@ ARGS = {
     "plan_key": "basic",
     "n": "1",
     "pack_key": "extra",
+    "reservation_id": "job-1",
 }
 
 

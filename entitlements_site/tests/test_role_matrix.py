@@ -61,7 +61,7 @@ from catalog.tests.factories import (
 from core.roles import PRODUCT_MANAGERS, SUPPORT
 from core.services import api_key_create
 from customers import services as customer_services
-from customers.engine import usage_record_batch
+from customers.engine import reservation_hold, usage_record_batch
 from customers.models import (
     Customer,
     Notification,
@@ -180,6 +180,9 @@ API = {
     "api:entitlements": {"GET": (*API_401, 200)},
     "api:entitlement": {"GET": (*API_401, 200)},
     "api:consume": {"GET": (*API_401, 405), "POST": (*API_401, Done(200))},
+    "api:reservations": {"GET": (*API_401, 405), "POST": (*API_401, Done(201))},
+    "api:reservation": {"GET": (*API_401, 200), "DELETE": (*API_401, Done(200))},
+    "api:reservation-commit": {"GET": (*API_401, 405), "POST": (*API_401, Done(200))},
     "api:usage-buckets": {"GET": (*API_401, 200)},
     "api:usage": {"GET": (*API_401, 405), "POST": (*API_401, Done(200))},
     "api:overrides": {"GET": (*API_401, 200), "POST": (*API_401, Done(201))},
@@ -288,6 +291,7 @@ ADMIN_MODELS = {
     "customers.grant": ((200, 200, 200, 200, 403, 200), VIEW_HISTORY),
     "customers.usageevent": (VIEW, VIEW),
     "customers.usagecounter": (VIEW, VIEW),
+    "customers.reservation": (VIEW, VIEW),  # made through the API only
     "customers.notification": (VIEW, VIEW),
     "customers.webhookendpoint": (NO_ACCESS, NO_ACCESS),
     "customers.webhookdelivery": (NO_ACCESS, NO_ACCESS),
@@ -410,6 +414,7 @@ class Owned:
     notification: Notification
     grant: object
     override: object
+    reservation: object  # held for a day
 
 
 @dataclass
@@ -488,7 +493,11 @@ def _owned(external_id, name, *, start_plan, plan, pack, period_start) -> Owned:
     override = customer_services.override_create(
         customer=customer, feature=transfer, reason="Enterprise deal", limit=Decimal("900")
     )
+    reservation = reservation_hold(
+        customer, transfer, f"hold-{external_id}", "1", ttl_seconds=86400
+    ).reservation
     return Owned(
+        reservation=reservation,
         customer=customer,
         user=user,
         pack=pack,
@@ -646,6 +655,17 @@ def _path_kwargs(key: str, w: World, own: Owned) -> dict:
         "api:entitlements": {"external_id": c.external_id},
         "api:entitlement": {"external_id": c.external_id, "feature_key": w.transfer.key},
         "api:consume": {"external_id": c.external_id, "feature_key": w.transfer.key},
+        "api:reservations": {"external_id": c.external_id, "feature_key": w.transfer.key},
+        "api:reservation": {
+            "external_id": c.external_id,
+            "feature_key": w.transfer.key,
+            "reservation_id": own.reservation.reservation_id,
+        },
+        "api:reservation-commit": {
+            "external_id": c.external_id,
+            "feature_key": w.transfer.key,
+            "reservation_id": own.reservation.reservation_id,
+        },
         "api:usage-buckets": {"external_id": c.external_id, "feature_key": w.transfer.key},
         "api:overrides": {"external_id": c.external_id},
         "api:override": {"external_id": c.external_id, "pk": own.override.pk},
@@ -732,6 +752,8 @@ def _body(key: str, method: str, w: World, own: Owned) -> dict:
         },
         ("api:customer", "PATCH"): {"name": "Renamed"},
         ("api:consume", "POST"): {"quantity": "1", "event_id": "matrix-consume-1"},
+        ("api:reservations", "POST"): {"reservation_id": "matrix-hold-1", "quantity": "1"},
+        ("api:reservation-commit", "POST"): {"quantity": "0.5"},
         ("api:usage", "POST"): {
             "events": [
                 {
