@@ -19,6 +19,9 @@ RUNTIME_VIEWS = {
     "usage-buckets",
     "usage",
     "portal-sessions",
+    "reservations",
+    "reservation",
+    "reservation-commit",
 }
 ARGS = {
     "external_id": "acme",
@@ -28,6 +31,7 @@ ARGS = {
     "plan_key": "basic",
     "n": "1",
     "pack_key": "extra",
+    "reservation_id": "r-1",
 }
 
 
