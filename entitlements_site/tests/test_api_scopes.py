@@ -16,12 +16,12 @@ RUNTIME_VIEWS = {
     "entitlements",
     "entitlement",
     "consume",
-    "reservations",
-    "reservation",
-    "reservation-commit",
     "usage-buckets",
     "usage",
     "portal-sessions",
+    "reservations",
+    "reservation",
+    "reservation-commit",
 }
 ARGS = {
     "external_id": "acme",
@@ -31,7 +31,7 @@ ARGS = {
     "plan_key": "basic",
     "n": "1",
     "pack_key": "extra",
-    "reservation_id": "job-1",
+    "reservation_id": "r-1",
 }
 
 
