@@ -1,14 +1,15 @@
 """Usage snapshots mirrored in Redis: a warm check costs one Redis round trip, no query.
 
 A snapshot is what the engine reads from the database for a customer (`_usage_snapshot`: the
-state and catalog versions, the counters of the windows in force, the grants in force), kept
-with the `gen` and `epoch` it was read at and its horizon: the first moment something in it
-changes by time alone (a window ends, a grant expires or starts). PostgreSQL stays the ledger
+state and catalog versions, the counters of the windows in force, the grants in force, the
+units held by reservations per feature with the first of their expiries), kept with the `gen`
+and `epoch` it was read at and its horizon: the first moment something in it changes by time
+alone (a window ends, a grant expires or starts, a hold expires). PostgreSQL stays the ledger
 and the only thing written; Redis only ever says "nothing changed since".
 
 The protocol, per customer (keys `es:d:<id>` dirty, `es:g:<id>` gen, `es:s:<id>` snapshot,
 plus the global `es:epoch`):
-- a writer of usage (consume, batch) calls `write_begin` before its transaction (INCR dirty,
+- a writer of usage (consume, batch, hold, commit, release) calls `write_begin` before its transaction (INCR dirty,
   with a TTL, and INCR gen) and `write_end` after it, committed or not (INCR gen, DECR
   dirty); a rarer
   writer (grants, overrides, subscriptions, the catalog) calls `changed`, which bumps gen (or

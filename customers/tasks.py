@@ -12,7 +12,7 @@ from celery import shared_task
 
 from core.outbox import DATABASE_ERRORS, TASK_RETRIES, send_in_task
 
-from . import notifications, snapshots, webhooks
+from . import engine, notifications, snapshots, webhooks
 
 # What a mail server or network outage raises, and the database going away for a moment:
 # retried with backoff (core.outbox.TASK_RETRIES), then the sweep's.
@@ -73,6 +73,13 @@ def snapshots_settle() -> int:
     """Voids the Redis snapshots that writes Redis did not hear of stand for (a backstop: web
     processes settle at their start and after a Redis failure). Returns how many debts."""
     return snapshots.settle()
+
+
+@shared_task(name="customers.tasks.reservations_expire")
+def reservations_expire() -> int:
+    """Marks the holds past their expiry `expired` (tidiness: they count for nothing already).
+    Returns how many."""
+    return engine.reservations_expire()
 
 
 notifications.OUTBOX.task = notification_send

@@ -42,6 +42,7 @@ from .reservations import (
     reservation_get,
     reservation_hold,
     reservation_release,
+    reservations_expire,
 )
 from .state import (
     COUNTED_ALWAYS,
@@ -74,5 +75,6 @@ __all__ = [
     "reservation_get",
     "reservation_hold",
     "reservation_release",
+    "reservations_expire",
     "usage_record_batch",
 ]

@@ -385,3 +385,29 @@ def test_scopes_runtime_holds_read_reads(db, customer):
     assert (refused.status_code, refused.json()["error"]["code"]) == (403, "insufficient_scope")
     assert read.delete(f"{HOLDS}/job").status_code == 403
     assert runtime.delete(f"{HOLDS}/job").status_code == 200
+
+
+def test_the_tidy_job_marks_expired_holds_and_nothing_else(api, customer):
+    from django_celery_beat.models import PeriodicTask
+
+    from customers import tasks
+
+    for name in ("old", "live", "done"):
+        hold(api, name, "1")
+    commit(api, "done")
+    expire("old")
+    expire("done")  # committed before its expiry: stays committed
+
+    assert tasks.reservations_expire() == 1
+    assert tasks.reservations_expire() == 0  # again: nothing more
+    statuses = dict(Reservation.objects.values_list("reservation_id", "status"))
+    assert statuses == {"old": "expired", "live": "held", "done": "committed"}
+    # reads and answers are the same before and after the job
+    assert transfer(api)["reserved"] == "1"
+    late = commit(api, "old")
+    assert (late.status_code, late.json()["error"]["code"]) == (409, "reservation_expired")
+    assert api.get(f"{HOLDS}/old").json()["reservation"]["status"] == "expired"
+    schedule = PeriodicTask.objects.get(task="customers.tasks.reservations_expire")
+    assert (schedule.interval.every, schedule.interval.period, schedule.enabled) == (
+        10, "minutes", True
+    )  # fmt: skip

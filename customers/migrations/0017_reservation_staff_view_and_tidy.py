@@ -6,6 +6,24 @@ from django.db import migrations, models
 from core.roles import PRODUCT_MANAGERS, SUPPORT, grant_group_permissions, model_permissions
 
 
+SCHEDULE = "Mark expired reservations"
+TASK = "customers.tasks.reservations_expire"
+
+
+def schedule_create(apps, schema_editor):
+    IntervalSchedule = apps.get_model("django_celery_beat", "IntervalSchedule")
+    PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
+    interval, _ = IntervalSchedule.objects.get_or_create(every=10, period="minutes")
+    PeriodicTask.objects.update_or_create(
+        name=SCHEDULE,
+        defaults={"task": TASK, "interval": interval, "enabled": True, "expire_seconds": 600},
+    )
+
+
+def schedule_delete(apps, schema_editor):
+    apps.get_model("django_celery_beat", "PeriodicTask").objects.filter(name=SCHEDULE).delete()
+
+
 def reservations_viewable(apps, schema_editor):
     # Staff read reservations in the admin; only the API makes and changes them.
     view = model_permissions(["reservation"], ["view"])
@@ -19,6 +37,7 @@ class Migration(migrations.Migration):
         ('customers', '0016_reservations'),
         ('auth', '0012_alter_user_first_name_max_length'),
         ('contenttypes', '0002_remove_content_type_name'),
+        ('django_celery_beat', '0019_alter_periodictasks_options'),
     ]
 
     operations = [
@@ -28,4 +47,5 @@ class Migration(migrations.Migration):
             field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.PROTECT, related_name='reservations', to='catalog.feature'),
         ),
         migrations.RunPython(reservations_viewable, migrations.RunPython.noop),
+        migrations.RunPython(schedule_create, schedule_delete),
     ]
