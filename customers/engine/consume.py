@@ -22,18 +22,22 @@ from ..periods import Window
 from ..snapshots import CounterRow, GrantRow
 from . import sql
 from .arithmetic import (
+    GRANT_ONLY_TERMS,
     METERED,
     SUM,
     ConsumeResult,
     active_grants,
     consume_decide,
     consume_result,
+    effective_kind,
     thresholds_crossed,
 )
 from .inputs import clean_event_id, clean_properties, parse_quantity, parse_timestamp
 from .ledger import (
     counters_and_grants_save,
     counters_lock,
+    draw_rows,
+    draws_insert,
     events_insert,
     grants_lock,
     retrying_deadlocks,
@@ -152,9 +156,12 @@ def _consume_in_transaction(customer, pk, feature, quantity, event_id, at, prope
             "timestamp": at,
             "properties": properties or {},
         }
-        if not events_insert([item]):
+        inserted = events_insert([item])
+        if not inserted:
             # Already recorded (the counters were locked, so the first has committed).
             return _replay(state.customer, feature, quantity, event_id, at, state)
+        kind = effective_kind(terms or GRANT_ONLY_TERMS)
+        draws_insert(draw_rows(inserted[(pk, event_id)], draw, kind))
         counters_and_grants_save(counters.values(), grants)
         snapshots.record_unheard_write()
         usage_after(state, feature, before, after)
@@ -210,7 +217,11 @@ def _consume_two_trips(pk, feature, quantity, event_id, at, properties) -> Consu
             event = [pk, feature.pk, event_id, draw.recorded, at,
                      orjson.dumps(properties or {}).decode(), timezone.now()]  # fmt: skip
             changed = [g for g in grants if g.consumed != loaded[g.pk]]
-            inserted = db.consume_write(cursor, event, list(counters.values()), changed)
+            draws = [(grant, take) for _, grant, _, take in draw_rows(0, draw, "")]
+            kind = effective_kind(terms or GRANT_ONLY_TERMS)
+            inserted = db.consume_write(
+                cursor, event, list(counters.values()), changed, (kind, draws)
+            )
         except BaseException:
             _rollback_quietly(db, cursor)
             raise
