@@ -183,8 +183,9 @@ def test_bad_reversals_change_nothing(customer, features, api):
 
 
 def test_a_reversal_needs_a_management_key(customer, api):
-    from core.services import api_key_create
     from rest_framework.test import APIClient
+
+    from core.services import api_key_create
 
     consume(api, "5", "job")
     for scope in ("runtime", "read"):
