@@ -71,6 +71,7 @@ def usage_reverse(
     reason,
     api_key_name: str = "",
     user=None,
+    at: dt.datetime | None = None,
 ) -> ReversalResult:
     """Gives back the usage event `event_id` of `customer` (a Customer or an external id).
 
@@ -78,14 +79,15 @@ def usage_reverse(
     reason given now. Locks like a consume (counters, then grants, then the event), so two
     reversals of one event give back once and a concurrent consume sees the counters before or
     after. Raises InvalidInput (reason), NotFound (`customer_not_found`, `event_not_found`),
-    Conflict (`not_reversible`: an event of a `latest` feature, which reports a level)."""
+    Conflict (`not_reversible`: an event of a `latest` feature, which reports a level).
+    `at`: the moment of the reversal (default now), which says whether a grant has expired."""
     reason = reversal_reason_clean(reason)
     if not isinstance(event_id, str) or not event_id:
         raise NotFound("No such usage event.", code="event_not_found")
     pk = customer_pk(customer)
     with snapshots.write_guard([pk]):
         reversal, created = retrying_deadlocks(
-            lambda: _reverse(pk, event_id, reason, api_key_name, user)
+            lambda: _reverse(pk, event_id, reason, api_key_name, user, at or timezone.now())
         )
         event = reversal.event
         # After the commit, under the guard: read from the database, not a stale snapshot.
@@ -110,7 +112,7 @@ def _event_get(customer_id: int, event_id: str, *, lock: bool = False) -> UsageE
     return event
 
 
-def _reverse(pk, event_id, reason, api_key_name, user) -> tuple[UsageReversal, bool]:
+def _reverse(pk, event_id, reason, api_key_name, user, now) -> tuple[UsageReversal, bool]:
     with transaction.atomic():
         event = _event_get(pk, event_id)
         if event.reversed_at is not None:
@@ -140,7 +142,6 @@ def _reverse(pk, event_id, reason, api_key_name, user) -> tuple[UsageReversal, b
         takes = [(grants[d.grant_id], d.quantity) for d in draws]
         kind = draws[0].window if draws else None
         counters = {key[2]: counter for key, counter in locked.items()}
-        now = timezone.now()
         given = reversal_apply(event.quantity, takes, kind, counters, now)
         counters_and_grants_save(locked.values(), grants.values())
         event.reversed_at = now
