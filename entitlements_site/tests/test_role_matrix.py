@@ -416,7 +416,6 @@ class Owned:
     usage_event: object  # of data-transfer: reversible
 
 
-
 @dataclass
 class World:
     a: Owned
