@@ -287,3 +287,50 @@ def test_a_batch_without_grants_records_overage(customer, features, api):
     ]
     body = reverse(api, "o-1").json()
     assert (body["entitlement"]["usage"], body["entitlement"]["overage"]) == ("15", "0")
+
+
+def test_a_crossing_after_a_reversal_notifies_again_only_in_a_new_period(customer, api):
+    from customers.models import Notification
+
+    # Given 85% of the period's 20 used: the 80% alert is recorded
+    consume(api, "17", "big-job")
+    assert list(Notification.objects.values_list("threshold", flat=True)) == [80]
+
+    # When the usage is reversed and the customer crosses 80% again in the same period
+    reverse(api, "big-job")
+    consume(api, "17", "rerun")
+
+    # Then the alert already sent is neither unsent nor sent twice
+    assert Notification.objects.count() == 1
+
+    # But crossing it in the next period is a new alert
+    period_end = customer.subscriptions.get().current_period_end
+    later = (period_end + dt.timedelta(days=1)).isoformat()
+    consume(api, "17", "next-period", timestamp=later)
+    assert sorted(Notification.objects.values_list("period_start", flat=True)) == [
+        customer.subscriptions.get().current_period_start,
+        period_end,
+    ]
+
+
+def test_the_open_period_overage_to_invoice_leaves_reversed_usage_out(customer, features, api):
+    from djmoney.money import Money
+
+    from billing.services.period_close import overage_lines
+
+    # Given a soft limit of 20 with overage at $0.50 a unit, and 25 used: 5 of overage
+    customer_services.override_create(
+        customer=customer, feature=features["transfer"], reason="Pay as you go",
+        limit=Decimal("20"), enforcement="soft", overage_price=Money("0.50", "USD"),
+    )  # fmt: skip
+    consume(api, "21", "a")
+    consume(api, "4", "b")
+    subscription = customer.subscriptions.get()
+    period = {"start": subscription.current_period_start, "end": subscription.current_period_end}
+    assert [line.quantity for line in overage_lines(subscription, **period)] == [5]
+
+    # When the 4 are reversed, the period's overage to invoice is 1
+    reverse(api, "b")
+    (line,) = overage_lines(subscription, **period)
+    assert line.quantity == 1
+    assert "1 GB beyond 20 GB included" in line.description
