@@ -3,7 +3,9 @@
 
 1. a fresh PostgreSQL database, seeded with 1,000 customers and 1,000,000 usage events;
 2. gunicorn with production settings (DEBUG off, 2 sync workers unless --workers);
-3. wrk on loopback, 16 connections: the floor (/healthz), check one, check all, consume;
+3. wrk on loopback, 16 connections: the floor (/healthz), check one, check all, consume, and
+   reservations: hold (each a new reservation) and hold_commit (holds and commits of holds
+   made 64 requests earlier, half and half);
 4. batch ingestion throughput through POST /api/v1/usage (batches of 1000, several clients);
 5. check latency for a customer with 1,000 events and one with 1,000,000;
 6. a table on stdout and bench/results.json. Everything it started is stopped at the end.
@@ -31,6 +33,7 @@ HOST, PORT = "127.0.0.1", int(os.environ.get("BENCH_PORT", "8099"))
 DB = os.environ.get("BENCH_DB", "entitlements_bench")
 PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379")
+REDIS_DB = os.environ.get("BENCH_REDIS_DB", "7")  # the database it flushes and uses
 
 
 def log(message: str) -> None:
@@ -82,7 +85,7 @@ def bench_env() -> dict:
         "DJANGO_SECRET_KEY": "bench-" + uuid.uuid4().hex,
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "DJANGO_SECURE_COOKIES": "false",
-        "CACHE_URL": f"{REDIS}/7",
+        "CACHE_URL": f"{REDIS}/{REDIS_DB}",
         "API_RATE_LIMIT": "100000000/min",
         "LOG_LEVEL": "WARNING",
         "CELERY_BROKER_URL": "",
@@ -108,6 +111,8 @@ WRK_SCRIPT = """
 local key = "%(key)s"
 local kind = "%(kind)s"
 local customers = %(customers)d
+local run = "%(run)s"  -- this wrk run's own reservation ids
+local LAG = 64
 local counter = 0
 local tid = 0
 local n = 0
@@ -129,14 +134,39 @@ request = function()
     return wrk.format("GET", "/api/v1/customers/" .. c .. "/entitlements/data-transfer", headers)
   elseif kind == "check_all" then
     return wrk.format("GET", "/api/v1/customers/" .. c .. "/entitlements", headers)
-  else
+  elseif kind == "consume" then
     local body = string.format('{"quantity": "0.001", "event_id": "w-%%d-%%d-%%d"}',
                                tid, counter, os.time())
     return wrk.format("POST", "/api/v1/customers/" .. c .. "/entitlements/data-transfer/consume",
                       headers, body)
   end
+  -- Reservations: a hold is a new reservation_id; in hold_commit every other request commits
+  -- the hold this thread made LAG holds earlier (long answered: 8 connections per thread).
+  local holds = "/api/v1/customers/%%s/entitlements/data-transfer/reservations"
+  local hold = (kind == "hold") and counter or math.floor((counter + 1) / 2)
+  if kind == "hold_commit" and counter %% 2 == 0 and hold > LAG then
+    local done = hold - LAG
+    local owner = string.format("bench-%%04d", (done * 7919 + tid * 31) %% customers)
+    local id = string.format("r-%%s-%%d-%%d", run, tid, done)
+    return wrk.format("POST", string.format(holds, owner) .. "/" .. id .. "/commit", headers,
+                      '{"quantity": "0.0005"}')
+  end
+  local owner = string.format("bench-%%04d", (hold * 7919 + tid * 31) %% customers)
+  local body = string.format(
+    '{"reservation_id": "r-%%s-%%d-%%d", "quantity": "0.001", "ttl_seconds": 3600}',
+    run, tid, hold)
+  return wrk.format("POST", string.format(holds, owner), headers, body)
 end
 """
+HOLD_KINDS = ("hold", "hold_commit")
+
+
+def _wrk_run_id(path: str) -> None:
+    """Gives the script's reservation ids a prefix of their own for the next wrk run."""
+    text = Path(path).read_text()
+    text = re.sub(r'^local run = "[^"]*"', f'local run = "{uuid.uuid4().hex[:8]}"', text,
+                  flags=re.M)  # fmt: skip
+    Path(path).write_text(text)
 
 
 def _ms(value: str) -> float:
@@ -146,10 +176,12 @@ def _ms(value: str) -> float:
 
 def wrk(kind: str, key: str, duration: int, warmup: int, connections: int) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT % {"key": key, "kind": kind, "customers": 1000})
+        script.write(WRK_SCRIPT % {"key": key, "kind": kind, "customers": 1000, "run": "%s"})
     base = ["wrk", "-t2", f"-c{connections}", "--latency", "-s", script.name,
             f"http://{HOST}:{PORT}"]  # fmt: skip
+    _wrk_run_id(script.name)  # each run its own reservation ids
     subprocess.run([*base[:3], f"-d{warmup}s", *base[3:]], capture_output=True, check=True)
+    _wrk_run_id(script.name)
     out = subprocess.run([*base[:3], f"-d{duration}s", *base[3:]], capture_output=True,
                          text=True, check=True).stdout  # fmt: skip
     os.unlink(script.name)
@@ -248,7 +280,7 @@ def main() -> int:
         "--only",
         default="",
         help="comma-separated parts to run while iterating (floor,check,check_all,consume,"
-        "ingest,latency); the full run is the benchmark",
+        "hold,hold_commit,ingest,latency); the full run is the benchmark",
     )
     parser.add_argument(
         "--keep-db",
@@ -265,7 +297,7 @@ def main() -> int:
     started = time.time()
     server = None
     try:
-        subprocess.run(["redis-cli", "-n", "7", "flushdb"], capture_output=True)
+        subprocess.run(["redis-cli", "-n", REDIS_DB, "flushdb"], capture_output=True)
         if args.keep_db and database_seeded():
             log(f"reusing the seeded database {DB}")
             run([PYTHON, "manage.py", "migrate", "--noinput", "-v0"], env=env)
@@ -293,7 +325,7 @@ def main() -> int:
         # cache for all 1,000 customers first, so that scenarios measure the steady state.
         log(f"warming every worker's cache: {5 + 4 * args.workers}s of checks")
         wrk("check_all", key, 5 + 4 * args.workers, 1, args.connections)
-        for kind in ("floor", "check", "check_all", "consume"):
+        for kind in ("floor", "check", "check_all", "consume", *HOLD_KINDS):
             if not wanted(kind) and kind != "floor":
                 continue
             log(f"wrk {kind}: {args.duration}s after a {args.warmup}s warm-up")
@@ -304,6 +336,11 @@ def main() -> int:
         for result in scenarios.values():
             result["ratio_to_floor"] = round(result["rps"] / floor["rps"], 3)
             result["p99_ratio_to_floor"] = round(result["p99_ms"] / floor["p99_ms"], 3)
+        for kind in HOLD_KINDS:
+            # Reservations cost no more than a consume: their throughput next to its.
+            if kind in scenarios and "consume" in scenarios:
+                ratio = scenarios[kind]["rps"] / scenarios["consume"]["rps"]
+                scenarios[kind]["ratio_to_consume"] = round(ratio, 3)
         ingestion = {"events": 0, "seconds": 0, "events_per_s": 0}
         if wanted("ingest"):
             log(f"ingestion: {args.ingest_clients} clients, batches of 1000")
@@ -362,11 +399,12 @@ def database_seeded() -> bool:
 def print_table(results: dict) -> None:
     print()
     print(f"{'scenario':<11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'x floor':>8} "
-          f"{'p99 x floor':>11} {'non-2xx':>8}")  # fmt: skip
+          f"{'p99 x floor':>11} {'non-2xx':>8} {'x consume':>9}")  # fmt: skip
     for name, r in results["scenarios"].items():
+        versus = f"{r['ratio_to_consume']:>9.2f}" if "ratio_to_consume" in r else ""
         print(f"{name:<11} {r['rps']:>9.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
               f"{r['ratio_to_floor']:>8.2f} {r['p99_ratio_to_floor']:>11.2f} "
-              f"{r['non_2xx']:>8}")  # fmt: skip
+              f"{r['non_2xx']:>8} {versus}")  # fmt: skip
     print(
         f"ingestion: {results['ingest_events_per_s']:,.0f} events/s "
         f"({results['ingest']['events']:,} events in {results['ingest']['seconds']}s)"

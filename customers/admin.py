@@ -27,6 +27,7 @@ from .models import (
     CustomerUser,
     EntitlementOverride,
     Grant,
+    Reservation,
     Subscription,
     UsageCounter,
     UsageEvent,
@@ -441,6 +442,21 @@ class UsageCounterAdmin(ReadOnlyAdmin):
     search_fields = ["customer__external_id", "customer__name"]
     list_select_related = ["customer", "feature"]
     date_hierarchy = "start"
+    show_full_result_count = False
+
+
+@admin.register(Reservation)
+class ReservationAdmin(ReadOnlyAdmin):
+    """Held through the API only (the engine's locks decide them); read here."""
+
+    list_display = [
+        "created_at", "customer", "feature", "reservation_id", "quantity", "status",
+        "expires_at", "committed_quantity",
+    ]  # fmt: skip
+    list_filter = ["status", "feature", ("customer", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["reservation_id", "customer__external_id", "customer__name"]
+    list_select_related = ["customer", "feature"]
+    date_hierarchy = "created_at"
     show_full_result_count = False
 
 

@@ -386,6 +386,90 @@ class UsageReversal(models.Model):
         return f"API key {self.api_key_name}" if self.api_key_name else "unknown"
 
 
+class ReservationStatus(models.TextChoices):
+    HELD = "held", "Held"
+    COMMITTED = "committed", "Committed"
+    RELEASED = "released", "Released"
+    # Never needed for correctness: a `held` row past `expires_at` already counts for nothing
+    # and reads as expired. Kept for a tidy-up job that may mark such rows.
+    EXPIRED = "expired", "Expired"
+
+
+RESERVATION_TTL_MAX = 86400  # seconds: a day
+
+
+class Reservation(models.Model):
+    """Units of a metered feature held for work whose cost is known at its end (DESIGN.md
+    "Reservations"). A `held` row counts against the balance until `expires_at`; past it, it
+    counts for nothing without any job. `reservation_id` is the client's idempotency key,
+    unique per customer; a commit records its usage with `event_id` = `reservation_id`."""
+
+    customer = models.ForeignKey(
+        Customer, on_delete=models.CASCADE, related_name="reservations", db_index=False
+    )
+    feature = models.ForeignKey(Feature, on_delete=models.PROTECT, related_name="reservations")
+    reservation_id = models.CharField(max_length=255)
+    quantity = models.DecimalField(
+        max_digits=20,
+        decimal_places=4,
+        validators=[MinValueValidator(Decimal("0.0001")), validate_decimal],
+    )
+    status = models.CharField(
+        max_length=16, choices=ReservationStatus.choices, default=ReservationStatus.HELD
+    )
+    ttl_seconds = models.PositiveIntegerField()
+    expires_at = models.DateTimeField()
+    committed_quantity = models.DecimalField(
+        max_digits=20, decimal_places=4, null=True, blank=True, validators=[validate_decimal]
+    )
+    event = models.ForeignKey(
+        UsageEvent, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    committed_at = models.DateTimeField(null=True, blank=True)
+    released_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "reservation_id"], name="reservation_unique_per_customer"
+            ),
+            models.CheckConstraint(
+                condition=Q(quantity__gt=0)
+                & decimal_bound_q("quantity", max_digits=20, decimal_places=4),
+                name="reservation_quantity_in_bounds",
+            ),
+            models.CheckConstraint(
+                condition=Q(committed_quantity__isnull=True)
+                | (Q(committed_quantity__gte=0) & Q(committed_quantity__lte=models.F("quantity"))),
+                name="reservation_committed_within_quantity",
+            ),
+            models.CheckConstraint(
+                condition=Q(ttl_seconds__gte=1) & Q(ttl_seconds__lte=RESERVATION_TTL_MAX),
+                name="reservation_ttl_in_bounds",
+            ),
+        ]
+        # What a check and a hold read, "held and not expired of (customer, feature)": one
+        # range of this partial index (its prefix, for every feature of a customer).
+        indexes = [
+            models.Index(
+                fields=["customer", "feature", "expires_at"],
+                condition=Q(status="held"),
+                name="reservation_held",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reservation_id}: {self.quantity.normalize():f} {self.feature_id}"
+
+    def status_at(self, at) -> str:
+        """The status as the API shows it: a hold past its expiry reads as expired."""
+        if self.status == ReservationStatus.HELD and self.expires_at <= at:
+            return ReservationStatus.EXPIRED
+        return self.status
+
+
 class UsageCounter(models.Model):
     """Usage of one customer and feature in one reset window, kept in step with the ledger in
     the same transaction as each event. Only the window kinds counted for the feature are kept

@@ -36,7 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 import orjson
@@ -178,12 +178,24 @@ class GrantRow:
     loaded: Decimal | None = None  # `consumed` as locked: to write changes only
 
 
+@dataclass(slots=True)
+class HeldRow:
+    """The reservations of one feature held at the snapshot's moment: their units, how many
+    they are and the first expiry among them (the snapshot's horizon is no later)."""
+
+    feature_id: int
+    quantity: Decimal
+    count: int
+    expires_at: dt.datetime
+
+
 @dataclass
 class Snapshot:
     version: tuple[int, int]
     counters: list[CounterRow]
     grants: list[GrantRow]
     next_grant_at: dt.datetime | None = None  # the next grant to come into force
+    held: list[HeldRow] = field(default_factory=list)  # reservations held, per feature
     horizon: dt.datetime | None = None  # valid before this moment
     loaded_at: dt.datetime | None = None  # and from this one
 
@@ -241,6 +253,9 @@ def _encode(snapshot: Snapshot, ticket: Ticket) -> bytes:
                 ]
                 for g in snapshot.grants
             ],
+            "r": [
+                [h.feature_id, str(h.quantity), h.count, _us(h.expires_at)] for h in snapshot.held
+            ],
         }  # fmt: skip
     )
 
@@ -256,8 +271,14 @@ def _decode(blob: bytes) -> tuple[Snapshot, int, int]:
         GrantRow(pk, c, f, _time(ef), _time(ex), Decimal(q), Decimal(cd), _time(v))
         for pk, c, f, ef, ex, q, cd, v in data["g"]
     ]
+    held = [HeldRow(f, Decimal(q), n, _time(ex)) for f, q, n, ex in data.get("r", ())]
     snapshot = Snapshot(
-        tuple(data["v"]), counters, grants, horizon=_time(horizon), loaded_at=_time(loaded_at)
+        tuple(data["v"]),
+        counters,
+        grants,
+        held=held,
+        horizon=_time(horizon),
+        loaded_at=_time(loaded_at),
     )
     return snapshot, gen, epoch
 

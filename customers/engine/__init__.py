@@ -6,7 +6,9 @@ Every page, API view, email and invoice calls it (DESIGN.md "Customers and the e
 - `entitlement_check(customer, feature_key, at=None)`: one;
 - `entitlement_consume(customer, feature_key, quantity, event_id, ...)`: the atomic gate;
 - `usage_record_batch(events)`: reported usage, idempotent per event;
-- `usage_reverse(customer, event_id, reason=...)`: a usage event given back, idempotent.
+- `usage_reverse(customer, event_id, reason=...)`: a usage event given back, idempotent;
+- `reservation_hold`, `reservation_commit`, `reservation_release`, `reservation_get`: hold
+  units, then commit what was used or release them.
 
 Its modules, in the order a request meets them:
 
@@ -18,7 +20,9 @@ Its modules, in the order a request meets them:
 - `reads`: check and resolve, from the usage snapshot (Redis mirror or one query);
 - `inputs`: what a client sends, checked (quantity, timestamp, event id, properties);
 - `ledger`: the writes consume and batch share (locks in order, event insert, write-back);
-- `consume`: the gate; `batch`: reported usage; `reversal`: usage given back;
+- `consume`: the gate; `batch`: reported usage; `reservations`: hold, commit, release (the
+  gate's locks and arithmetic; held units count against every balance until they expire);
+  `reversal`: usage given back;
 - `sql`: the vendor SQL, one small module per database (postgresql, sqlite).
 
 Usage lives in `UsageCounter` rows (one per customer, feature and reset window) updated in the
@@ -33,6 +37,14 @@ from .batch import usage_record_batch
 from .consume import entitlement_consume
 from .inputs import parse_timestamp
 from .reads import entitlement_check, entitlements_resolve, feature_by_key
+from .reservations import (
+    HoldResult,
+    ReservationResult,
+    reservation_commit,
+    reservation_get,
+    reservation_hold,
+    reservation_release,
+)
 from .reversal import ReversalResult, reversal_reason_clean, usage_reverse
 from .state import (
     COUNTED_ALWAYS,
@@ -51,6 +63,8 @@ __all__ = [
     "ReversalResult",
     "CustomerState",
     "Entitlement",
+    "HoldResult",
+    "ReservationResult",
     "Terms",
     "caches_clear",
     "counted_windows",
@@ -61,6 +75,10 @@ __all__ = [
     "feature_by_key",
     "parse_timestamp",
     "reversal_reason_clean",
+    "reservation_commit",
+    "reservation_get",
+    "reservation_hold",
+    "reservation_release",
     "usage_record_batch",
     "usage_reverse",
 ]

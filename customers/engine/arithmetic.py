@@ -78,7 +78,7 @@ class Entitlement:
     usage: Decimal | None = None
     balance: Decimal | None = None
     overage: Decimal | None = None
-    reserved: Decimal | None = None  # held by reservations (none yet: 0 when metered)
+    reserved: Decimal | None = None  # held now by reservations (0 when metered and none)
     drawn: Decimal | None = None  # what the window's usage took from grants (sums); not in E
     enforcement: str | None = None
     source: str | None = None
@@ -93,6 +93,7 @@ class Entitlement:
     overage_price: Money | None = None
     feature_id: int | None = None
     denied: str | None = None  # why access is refused whatever the numbers (payment_overdue)
+    holds: int = 0  # how many reservations hold the `reserved` units
 
     @property
     def percent_used(self) -> Decimal | None:
@@ -150,14 +151,15 @@ def entitlement_compute(
     grants: list,
     windows: dict,
     reserved: Decimal = ZERO,
+    holds: int = 0,
 ) -> Entitlement:
     """One effective entitlement (DESIGN.md) from the terms in force, the counters of the
     windows containing the moment (by window kind), the grants in force in burn-down order
-    and the windows by kind. `reserved`: units held now; the balance excludes them. Terms
-    `denied` keep their numbers without access."""
+    and the windows by kind. `reserved`: units held now (by `holds` reservations); the balance
+    excludes them. Terms `denied` keep their numbers without access."""
     if terms is not None and terms.denied:
         allowed = entitlement_compute(
-            feature, replace(terms, denied=None), counters, grants, windows, reserved
+            feature, replace(terms, denied=None), counters, grants, windows, reserved, holds
         )
         return replace(allowed, has_access=False, denied=terms.denied)
     base = {
@@ -221,6 +223,7 @@ def entitlement_compute(
         overage=ZERO if overage is None and limit is None else overage,
         reserved=reserved,
         drawn=None if feature.aggregation == LATEST else drawn,
+        holds=holds if reserved else 0,
         enforcement=terms.enforcement,
         source=terms.source,
         period_start=window.start,
@@ -268,10 +271,12 @@ def draw_plan(
     *,
     enforce: bool,
     as_level: bool,
+    reserved: Decimal = ZERO,
 ) -> Draw:
     """Burn-down of `quantity` against allowance, then grants soonest-expiring first. With
-    `enforce` (a consume), a hard limit denies what the balance cannot cover. `as_level`: the
-    quantity is a reported level of a `latest` feature rather than an increment."""
+    `enforce` (a consume, a hold), a hard limit denies what the balance cannot cover once the
+    `reserved` units (held by reservations) are set aside. `as_level`: the quantity is a
+    reported level of a `latest` feature rather than an increment."""
     if enforce and terms is not None and terms.denied:
         return Draw(False, terms.denied, quantity)
     if terms is None and not grants:
@@ -284,15 +289,14 @@ def draw_plan(
     if feature.aggregation == LATEST:
         level = quantity if as_level else level_of(counters, kind) + quantity
         capacity = (terms.limit or ZERO) + sum((g.quantity for g in grants), ZERO)
-        if hard and level > capacity:
+        if hard and level + reserved > capacity:
             return Draw(False, "limit_exceeded", quantity, level=level)
         return Draw(True, None, quantity, level=level)
     if terms.unlimited:
         return Draw(True, None, quantity)
     counter = counters[kind]
-    rest = quantity - min(
-        quantity, allowance_left(terms.limit or ZERO, counter.used, counter.drawn)
-    )
+    allowance = allowance_left(terms.limit or ZERO, counter.used, counter.drawn)
+    rest = quantity - min(quantity, allowance)
     takes = []
     for grant in grants:
         if rest <= 0:
@@ -301,7 +305,8 @@ def draw_plan(
         if take > 0:
             takes.append((grant, take))
             rest -= take
-    if hard and rest > 0:
+    over = reserved > 0 and quantity + reserved > balance_of(allowance, grants)
+    if hard and (rest > 0 or over):
         return Draw(False, "limit_exceeded", quantity)
     return Draw(True, None, quantity, takes=takes, overage=rest)
 
@@ -315,6 +320,11 @@ def overage_adding(terms: Terms | None, counters: dict, quantity: Decimal) -> De
     counter = counters[effective_kind(terms)]
     left = allowance_left(terms.limit or ZERO, counter.used, counter.drawn)
     return quantity - min(quantity, left)
+
+
+def balance_of(allowance: Decimal, grants: list) -> Decimal:
+    """What is left of the allowance and the grants in force, before any reservation."""
+    return allowance + sum((g.quantity - g.consumed for g in grants), ZERO)
 
 
 def draw_apply(draw: Draw, terms: Terms | None, counters: dict, at: dt.datetime) -> None:
@@ -394,17 +404,73 @@ def thresholds_crossed(before: Entitlement, after: Entitlement) -> list[int]:
 
 
 def consume_decide(
-    feature, terms: Terms | None, counters: dict, grants: list, windows: dict, quantity, at
+    feature,
+    terms: Terms | None,
+    counters: dict,
+    grants: list,
+    windows: dict,
+    quantity,
+    at,
+    held: tuple[Decimal, int] = (ZERO, 0),
 ) -> tuple[Draw, Entitlement, Entitlement]:
-    """The gate's decision on `quantity` (a consume, under its hard limit): the draw, and the
-    entitlement before and after it (the same when denied). An allowed draw is applied to
-    `counters` and `grants` in memory; the caller writes them, or drops them (a dry run)."""
-    draw = draw_plan(feature, terms, counters, grants, quantity, enforce=True, as_level=False)
-    before = entitlement_compute(feature, terms, counters, grants, windows)
+    """The gate's decision on `quantity` (a consume, under its hard limit, beside the units
+    `held` by reservations: (reserved, holds)): the draw, and the entitlement before and after
+    it (the same when denied). An allowed draw is applied to `counters` and `grants` in memory;
+    the caller writes them, or drops them (a dry run)."""
+    reserved, holds = held
+    draw = draw_plan(
+        feature, terms, counters, grants, quantity, enforce=True, as_level=False, reserved=reserved
+    )
+    before = entitlement_compute(feature, terms, counters, grants, windows, reserved, holds)
     if not draw.allowed:
         return draw, before, before
     draw_apply(draw, terms, counters, at)
-    return draw, before, entitlement_compute(feature, terms, counters, grants, windows)
+    after = entitlement_compute(feature, terms, counters, grants, windows, reserved, holds)
+    return draw, before, after
+
+
+def hold_decide(
+    feature,
+    terms: Terms | None,
+    counters: dict,
+    grants: list,
+    windows: dict,
+    quantity: Decimal,
+    held: tuple[Decimal, int],
+) -> tuple[Draw, Entitlement]:
+    """A reservation's decision: the gate's (`draw_plan` under its hard limit, beside the
+    units already `held`), nothing drawn. Answers the draw and the entitlement after the hold
+    (with it among the held units), or before it when denied."""
+    reserved, holds = held
+    draw = draw_plan(
+        feature, terms, counters, grants, quantity, enforce=True, as_level=False, reserved=reserved
+    )
+    if draw.allowed:
+        reserved, holds = reserved + quantity, holds + 1
+    return draw, entitlement_compute(feature, terms, counters, grants, windows, reserved, holds)
+
+
+def commit_decide(
+    feature,
+    terms: Terms | None,
+    counters: dict,
+    grants: list,
+    windows: dict,
+    quantity: Decimal,
+    at,
+    held: tuple[Decimal, int],
+    hold: Decimal,
+) -> tuple[Draw, Entitlement, Entitlement]:
+    """A reservation's commit of `quantity` (of the `hold` units it held, among those
+    `held`): recorded like a consume, allowance first, then grants, but never denied (the hold
+    guaranteed it). Answers the draw (applied in memory) and the entitlement before (the hold
+    still held) and after (the usage recorded, the hold gone)."""
+    reserved, holds = held
+    before = entitlement_compute(feature, terms, counters, grants, windows, reserved, holds)
+    draw = draw_plan(feature, terms, counters, grants, quantity, enforce=False, as_level=False)
+    draw_apply(draw, terms, counters, at)
+    rest = (reserved - hold, holds - 1)
+    return draw, before, entitlement_compute(feature, terms, counters, grants, windows, *rest)
 
 
 # --- capacity: what 100% of an allowance is ------------------------------------------------

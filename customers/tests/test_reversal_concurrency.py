@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 from django.db import connection
 from django.db.models import Sum
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from customers import engine
@@ -67,6 +68,24 @@ def test_the_two_trip_consume_records_its_draws(django_assert_num_queries):
     # A replay writes nothing more
     engine.entitlement_consume(customer.external_id, transfer.key, "5", "over")
     assert UsageDraw.objects.count() == 1
+
+
+def test_the_two_trip_commit_of_a_reservation_records_its_draws():
+    customer, transfer, grant = customer_with("10", "10")
+    engine.entitlement_consume(customer.external_id, transfer.key, "8", "warm-up")
+    engine.reservation_hold(customer.external_id, transfer.key, "job", "6")
+
+    with CaptureQueriesContext(connection) as queries:
+        engine.reservation_commit(customer.external_id, transfer.key, "job", "5")
+
+    assert len(queries) == 2  # the two round trips
+    assert list(UsageDraw.objects.values_list("event__event_id", "grant", "quantity")) == [
+        ("job", grant.pk, Decimal("3"))
+    ]
+    assert engine.usage_reverse(customer.external_id, "job", reason="failed").created
+    grant.refresh_from_db()
+    assert grant.consumed == 0
+    ledger_agrees(customer, transfer, grant, Decimal("10"))
 
 
 def test_concurrent_reversals_of_one_event_give_back_once():

@@ -334,3 +334,31 @@ def test_the_open_period_overage_to_invoice_leaves_reversed_usage_out(customer, 
     (line,) = overage_lines(subscription, **period)
     assert line.quantity == 1
     assert "1 GB beyond 20 GB included" in line.description
+
+
+def test_a_committed_reservation_records_its_draws_and_is_reversible(customer, features, api):
+    # Given a grant of 10 and a hold of 25 committed at 24: 20 allowance, 4 from the grant
+    pack = grant(customer, features, "10")
+    hold = api.post(
+        f"{TRANSFER}/reservations", {"reservation_id": "job-7", "quantity": "25"}, format="json"
+    )
+    assert hold.status_code == 201, hold.content
+    done = api.post(f"{TRANSFER}/reservations/job-7/commit", {"quantity": "24"}, format="json")
+    assert done.status_code == 200, done.content
+    assert list(UsageDraw.objects.values_list("event__event_id", "grant", "quantity")) == [
+        ("job-7", pack.pk, Decimal("4"))
+    ]
+
+    # When its event (the reservation id) is reversed, the grant gets its 4 back
+    body = reverse(api, "job-7").json()
+    pack.refresh_from_db()
+    assert pack.consumed == 0
+    assert (body["quantity"], body["entitlement"]["usage"], body["entitlement"]["balance"]) == (
+        "24",
+        "0",
+        "30",
+    )
+    # ...and the commit again answers as before, counting nothing
+    again = api.post(f"{TRANSFER}/reservations/job-7/commit", {"quantity": "24"}, format="json")
+    assert again.status_code == 200
+    assert api.get(TRANSFER).json()["usage"] == "0"

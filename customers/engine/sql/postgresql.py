@@ -11,7 +11,7 @@ from django.db import connection
 
 from catalog.models import CatalogVersion
 
-from ...models import Customer, Grant, UsageCounter, UsageDraw, UsageEvent
+from ...models import Customer, Grant, Reservation, UsageCounter, UsageDraw, UsageEvent
 from ...snapshots import CounterRow
 from .common import counter_values, event_columns, versions_sql
 
@@ -24,6 +24,7 @@ DRAW_COLUMNS = ", ".join(
     f'"{UsageDraw._meta.get_field(name).column}"'
     for name in ("event", "grant", "window", "quantity")
 )
+RESERVATION = Reservation._meta.db_table
 CUSTOMER = Customer._meta.db_table
 CATALOG_VERSION = CatalogVersion._meta.db_table
 LOCK_CHUNK = 1000  # counter keys per locking statement
@@ -142,8 +143,13 @@ CONSUME_LOCK = f"""
     SELECT 1, id, "window", start, "end", used, drawn, level, level_at, NULL, NULL FROM c
     UNION ALL
     SELECT 2, id, NULL, effective_at, expires_at, quantity, consumed, NULL, voided_at, NULL, NULL
-      FROM g
+      FROM g;
+    SELECT count(*), coalesce(sum(quantity), 0) FROM {RESERVATION}
+     WHERE customer_id = %s AND feature_id = %s AND status = 'held' AND expires_at > %s
 """
+# The reservations held are summed by a statement of their own, after the one that waited for
+# the counters' locks: under READ COMMITTED it then sees every hold committed before it got
+# them (in the locking statement, its snapshot would be the one taken before the wait).
 
 
 CONSUME_WRITE = f"""
@@ -165,6 +171,70 @@ CONSUME_WRITE = f"""
     SELECT id FROM ev;
     COMMIT
 """
+
+
+RESERVATION_LOCK = f"""
+    SELECT id, status, expires_at, committed_at, quantity, committed_quantity, NULL::numeric,
+           NULL::timestamptz, feature_id, event_id
+      FROM {RESERVATION} WHERE customer_id = %s AND reservation_id = %s FOR UPDATE
+"""
+
+
+# A hold's second round trip: the reservation, unless its id is taken, and COMMIT.
+HOLD_WRITE = f"""
+    INSERT INTO {RESERVATION} (customer_id, feature_id, reservation_id, quantity, status,
+                               ttl_seconds, expires_at, created_at)
+    VALUES (%s, %s, %s, %s, 'held', %s, %s, %s)
+    ON CONFLICT (customer_id, reservation_id) DO NOTHING RETURNING id;
+    COMMIT
+"""
+
+
+def hold_write(cursor, values: list) -> list:
+    """The hold's second round trip; answers the new reservation's id, if any."""
+    cursor.execute(HOLD_WRITE, values)
+    return cursor.fetchall()
+
+
+# A commit's second round trip: the event (unless its id is taken), the counters, the grants
+# and the reservation committed, then COMMIT; nothing is written if the event_id is taken.
+COMMIT_WRITE = f"""
+    WITH ev AS (
+        INSERT INTO {EVENT}
+               (customer_id, feature_id, event_id, quantity, "timestamp", properties, recorded_at)
+        VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s)
+        ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING id
+    ), counters AS ({COUNTERS_FROM_VALUES} AND EXISTS (SELECT 1 FROM ev)
+    ), grants AS (
+        UPDATE {GRANT} AS g SET consumed = v.consumed
+          FROM unnest(%s::bigint[], %s::numeric[]) AS v(id, consumed)
+         WHERE g.id = v.id AND EXISTS (SELECT 1 FROM ev)
+    ), r AS (
+        UPDATE {RESERVATION} SET status = 'committed', committed_quantity = %s,
+               committed_at = %s, event_id = (SELECT id FROM ev)
+         WHERE id = %s AND EXISTS (SELECT 1 FROM ev)
+    ), draws AS (
+        INSERT INTO {DRAW} ({DRAW_COLUMNS})
+        SELECT ev.id, d.grant_id, %s, d.quantity
+          FROM ev, unnest(%s::bigint[], %s::numeric[]) AS d(grant_id, quantity)
+    )
+    SELECT id FROM ev;
+    COMMIT
+"""
+
+
+def commit_write(
+    cursor, event: list, counters: list, grants: list, reservation: list, draws: tuple
+) -> list:
+    """The commit's second round trip (`reservation`: committed quantity, when, its id;
+    `draws` as `consume_write`'s); answers the new event's id, or nothing (nothing written)
+    when the event_id is taken."""
+    changed = [[g.pk for g in grants], [g.consumed for g in grants]]
+    cursor.execute(
+        COMMIT_WRITE,
+        [*event, *counter_columns(counters), *changed, *reservation, *_draw_params(draws)],
+    )
+    return cursor.fetchall()
 
 
 TURNS_CLASS = 0x75736167  # the advisory locks' first key: "usag"
@@ -326,16 +396,33 @@ def constraints_immediate() -> None:
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
 
-def consume_lock(cursor, pk: int, feature_id: int, at: dt.datetime, synchronous: bool) -> list:
-    """The consume's first round trip: BEGIN, then its counters (every window containing
-    `at`) and grants in force locked, with the customer's and the catalog's versions. Rows:
-    (0, .., state version, catalog version), (1, counter ..), (2, grant ..)."""
+def consume_lock(
+    cursor, pk: int, feature_id: int, at: dt.datetime, synchronous: bool, reservation_id=None
+) -> list:
+    """The first round trip of a consume (or a hold, or a commit): BEGIN, then its counters
+    (every window containing `at`) and grants in force locked, with the customer's and the
+    catalog's versions and the reservations held (read under the counters' locks, which every
+    hold takes); with `reservation_id`, that reservation locked too. Rows: (0, .., state
+    version, catalog version), (1, counter ..), (2, grant ..), (3, holds, .., units held, ..),
+    and (4, id, status, expires_at, committed_at, quantity, committed_quantity, .., feature,
+    event id) for the reservation if it exists."""
     commit = "on" if synchronous else "off"
-    params = [commit, pk, feature_id, at, at, pk, feature_id, at, at, at, pk]
-    cursor.execute(CONSUME_LOCK, params)
+    params = [commit, pk, feature_id, at, at, pk, feature_id, at, at, at, pk, pk, feature_id, at]
+    statement = CONSUME_LOCK
+    if reservation_id is not None:
+        statement += ";" + RESERVATION_LOCK
+        params += [pk, reservation_id]
+    cursor.execute(statement, params)
     cursor.nextset()  # past BEGIN's
     cursor.nextset()  # past SET's
-    return cursor.fetchall()
+    rows = cursor.fetchall()
+    cursor.nextset()
+    holds, reserved = cursor.fetchone()
+    rows.append((3, holds, None, None, None, reserved, None, None, None, None, None))
+    if reservation_id is not None:
+        cursor.nextset()
+        rows += [(4, *row) for row in cursor.fetchall()]
+    return rows
 
 
 def consume_write(cursor, event: list, counters: list, grants: list, draws: list) -> list:
@@ -343,10 +430,16 @@ def consume_write(cursor, event: list, counters: list, grants: list, draws: list
     ((grant id or None, units), of the window kind `draws[0]`), then COMMIT; nothing is
     written when the event_id is already recorded. Answers the new event's id, if any."""
     changed = [[g.pk for g in grants], [g.consumed for g in grants]]
-    kind, rows = draws
-    drawn = [pg_array([g for g, _ in rows]), pg_array([q for _, q in rows])]
-    cursor.execute(CONSUME_WRITE, [*event, *counter_columns(counters), *changed, kind, *drawn])
+    cursor.execute(
+        CONSUME_WRITE, [*event, *counter_columns(counters), *changed, *_draw_params(draws)]
+    )
     return cursor.fetchall()
+
+
+def _draw_params(draws: tuple) -> list:
+    """(window kind, [(grant id or None, units)]) as the draws CTE's three parameters."""
+    kind, rows = draws
+    return [kind, pg_array([g for g, _ in rows]), pg_array([q for _, q in rows])]
 
 
 def draws_insert(rows: list[tuple]) -> None:

@@ -11,7 +11,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('customers', '0015_subscription_plan_version'),
+        ('customers', '0016_reservations'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
