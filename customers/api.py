@@ -663,6 +663,64 @@ class UsageBucketsView(APIView):
         )
 
 
+class ReversalIn(serializers.Serializer):
+    reason = serializers.CharField(
+        max_length=500, help_text="Why the usage is given back (kept in the history)."
+    )
+
+
+class ReversalOut(serializers.Serializer):
+    event_id = serializers.CharField()
+    quantity = serializers.CharField(help_text="The event's quantity, given back (a decimal).")
+    entitlement = EntitlementOut(help_text="E of the event's feature now.")
+
+
+class ReversalView(APIView):
+    """Management scope: DESIGN.md's runtime list (what an application server needs) does not
+    name reversals; they are support's and billing's correction."""
+
+    @extend_schema(
+        summary="Reverse a usage event: give its units back",
+        description="The usage of the windows the event fell in drops by its quantity; the "
+        "units it took from grants go back to those same grants, unless they expired or were "
+        "voided since. 201 the first time; the same event again answers 200 with the same "
+        "body (the first reversal and its reason stand). The event stays in the ledger, "
+        "marked reversed, and its `event_id` stays taken: a consume or report replaying it is "
+        "a duplicate that counts nothing. Requires a `management` key. 404 "
+        "`customer_not_found` / `event_not_found`; 409 `not_reversible` for an event of a "
+        "`latest` feature (report the corrected level instead); 400 when `reason` is missing, "
+        "blank or longer than 500 characters.",
+        tags=["usage"],
+        request=ReversalIn,
+        responses={201: ReversalOut, 200: ReversalOut, 409: ErrorOut, **ERRORS},
+        examples=[
+            OpenApiExample(
+                "Failed job", {"reason": "Job 8812 failed on our side"}, request_only=True
+            ),
+            OpenApiExample(
+                "Reversed",
+                {"event_id": "transfer-8f2c", "quantity": "2.5", "entitlement": E_EXAMPLE},
+                response_only=True,
+            ),
+        ],
+    )
+    def post(self, request, external_id: str, event_id: str):
+        data = _body(request.data)
+        key = request.auth
+        result = engine.usage_reverse(
+            external_id,
+            event_id,
+            reason=data.get("reason"),
+            api_key_name=getattr(key, "name", "") or "",
+        )
+        body = {
+            "event_id": result.event_id,
+            "quantity": decimal_str(result.quantity),
+            "entitlement": entitlement_json(result.entitlement),
+        }
+        return Response(body, status=201 if result.created else 200)
+
+
 def _query_time(request, name: str) -> dt.datetime | None:
     raw = request.query_params.get(name)
     if not raw:

@@ -9,10 +9,11 @@ and the only thing written; Redis only ever says "nothing changed since".
 
 The protocol, per customer (keys `es:d:<id>` dirty, `es:g:<id>` gen, `es:s:<id>` snapshot,
 plus the global `es:epoch`):
-- a writer of usage (consume, batch, hold, commit, release) calls `write_begin` before its
-  transaction (INCR dirty, with a TTL, and INCR gen) and `write_end` after it, committed or
-  not (INCR gen, DECR dirty); a rarer writer (grants, overrides, subscriptions, the catalog) calls `changed`, which bumps gen (or
-  the epoch) at once and again when its transaction commits;
+- a writer of usage (consume, batch, hold, commit, release, reversal) calls `write_begin`
+  before its transaction (INCR dirty, with a TTL, and INCR gen) and `write_end` after it,
+  committed or not (INCR gen, DECR dirty); a rarer writer (grants, overrides, subscriptions,
+  the catalog) calls `changed`, which bumps gen (or the epoch) at once and again when its
+  transaction commits;
 - a reader gets dirty, gen, epoch and the snapshot in one call and uses the snapshot only if
   no write is in flight (dirty 0), gen and epoch are those it was stored with and now is
   before its horizon. Otherwise it reads PostgreSQL and stores what it read tagged with the

@@ -58,6 +58,11 @@ v1 = [
         name="reservation-commit",
     ),
     path("usage", customers_api.UsageBatchView.as_view(), name="usage"),
+    path(
+        f"{C}/usage/<path:event_id>/reversal",
+        customers_api.ReversalView.as_view(),
+        name="usage-reversal",
+    ),
     path(f"{C}/overrides", customers_api.OverrideListView.as_view(), name="overrides"),
     path(f"{C}/overrides/<int:pk>", customers_api.OverrideDetailView.as_view(), name="override"),
     path(f"{C}/grants", customers_api.GrantListView.as_view(), name="grants"),

@@ -11,7 +11,14 @@ customers/tests/test_arithmetic.py checks they agree).
   far usage has gone (the dashboard, the support page, invoices and the alert email);
 - `thresholds_crossed`, `may_cross`: which `notify_at` thresholds usage went across;
 - `draw_plan`, `draw_apply`, `consume_decide`: the burn-down of a quantity against the
-  allowance and then the grants, soonest-expiring first, and the gate's decision.
+  allowance and then the grants, soonest-expiring first, and the gate's decision;
+- `reversal_apply`: a usage event given back (the mirror of `draw_apply`).
+
+The allowance left in a window is `limit - (used - drawn)`: `used - drawn` is what the
+window's usage took from the allowance and overage. Without reversals that is `limit - used`
+whenever grants are drawn (the allowance is used up first); after a reversal of an event that
+drew on the allowance while later ones drew on grants, the allowance has room again although
+`drawn > 0`.
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ class Entitlement:
     balance: Decimal | None = None
     overage: Decimal | None = None
     reserved: Decimal | None = None  # held now by reservations (0 when metered and none)
+    drawn: Decimal | None = None  # what the window's usage took from grants (sums); not in E
     enforcement: str | None = None
     source: str | None = None
     period_start: dt.datetime | None = None
@@ -201,7 +209,7 @@ def entitlement_compute(
         if limit is None:
             balance = overage = None
         else:
-            balance = max(ZERO, max(ZERO, limit - usage) + granted - reserved)
+            balance = max(ZERO, allowance_left(limit, usage, drawn) + granted - reserved)
             overage = max(ZERO, usage - limit - drawn)
     has_access = limit is None or balance > 0 or terms.enforcement == SOFT
     resets = kind != NEVER
@@ -214,6 +222,7 @@ def entitlement_compute(
         balance=balance,
         overage=ZERO if overage is None and limit is None else overage,
         reserved=reserved,
+        drawn=None if feature.aggregation == LATEST else drawn,
         holds=holds if reserved else 0,
         enforcement=terms.enforcement,
         source=terms.source,
@@ -228,15 +237,24 @@ def entitlement_compute(
     )
 
 
+def allowance_left(limit: Decimal, used: Decimal, drawn: Decimal) -> Decimal:
+    """What is left of a window's allowance: its usage less what grants covered (`drawn`)
+    counts against it."""
+    return max(ZERO, limit - (used - drawn))
+
+
 @dataclass
 class Draw:
-    """The effect one usage quantity would have: what to add where. Applied only if allowed."""
+    """The effect one usage quantity would have: what to add where. Applied only if allowed.
+    `takes`: (grant, units) taken from grants; `overage`: units past the allowance and every
+    grant (reported usage, or a soft limit); the rest drew on the allowance."""
 
     allowed: bool
     reason: str | None
     quantity: Decimal
     level: Decimal | None = None
     takes: list[tuple] = field(default_factory=list)
+    overage: Decimal = ZERO
 
     @property
     def recorded(self) -> Decimal:
@@ -276,8 +294,8 @@ def draw_plan(
         return Draw(True, None, quantity, level=level)
     if terms.unlimited:
         return Draw(True, None, quantity)
-    used = counters[kind].used
-    allowance = max(ZERO, (terms.limit or ZERO) - used)
+    counter = counters[kind]
+    allowance = allowance_left(terms.limit or ZERO, counter.used, counter.drawn)
     rest = quantity - min(quantity, allowance)
     takes = []
     for grant in grants:
@@ -290,7 +308,18 @@ def draw_plan(
     over = reserved > 0 and quantity + reserved > balance_of(allowance, grants)
     if hard and (rest > 0 or over):
         return Draw(False, "limit_exceeded", quantity)
-    return Draw(True, None, quantity, takes=takes)
+    return Draw(True, None, quantity, takes=takes, overage=rest)
+
+
+def overage_adding(terms: Terms | None, counters: dict, quantity: Decimal) -> Decimal:
+    """The overage of adding `quantity` of a sum without grants (the batch's fast path, which
+    skips `draw_plan`): what the allowance left does not cover. Read before adding."""
+    terms = terms or GRANT_ONLY_TERMS
+    if terms.unlimited:
+        return ZERO
+    counter = counters[effective_kind(terms)]
+    left = allowance_left(terms.limit or ZERO, counter.used, counter.drawn)
+    return quantity - min(quantity, left)
 
 
 def balance_of(allowance: Decimal, grants: list) -> Decimal:
@@ -312,6 +341,35 @@ def draw_apply(draw: Draw, terms: Terms | None, counters: dict, at: dt.datetime)
         grant.consumed += take
 
 
+def grant_gives_back(grant, now: dt.datetime) -> bool:
+    """Whether units taken from `grant` go back to it now: not once it expired or was voided."""
+    expired = grant.expires_at is not None and grant.expires_at <= now
+    voided = grant.voided_at is not None and grant.voided_at <= now
+    return not expired and not voided
+
+
+def reversal_apply(
+    quantity: Decimal, takes: list[tuple], kind: str | None, counters: dict, now: dt.datetime
+) -> dict:
+    """A usage event of a sum given back, the mirror of `draw_apply`: every counter whose
+    window contains the event (`counters`, by kind) drops `used` by its `quantity`; the units
+    it took from grants (`takes`: (grant, units)) leave the `drawn` of the counter of `kind`
+    (the entitlement's window when it was recorded) and go back to grants that have not
+    expired or been voided by `now`. Changes them in memory; answers {grant id: units given
+    back}."""
+    for counter in counters.values():
+        counter.used -= quantity
+    drawn = sum((take for _, take in takes), ZERO)
+    if drawn and kind in counters:
+        counters[kind].drawn -= drawn
+    given: dict = {}
+    for grant, take in takes:
+        if grant_gives_back(grant, now):
+            grant.consumed -= take
+            given[grant.pk] = given.get(grant.pk, ZERO) + take
+    return given
+
+
 def consume_result(draw: Draw, entitlement: Entitlement) -> ConsumeResult:
     if draw.reason == "no_access":
         entitlement = replace(entitlement, has_access=False)
@@ -327,10 +385,12 @@ def may_cross(terms: Terms | None, counters: dict, quantity: Decimal) -> bool:
         return True
     if terms.unlimited or not terms.notify_at:
         return False
-    limit = terms.limit or ZERO
+    counter = counters[effective_kind(terms)]
+    # The capacity without grants in force: the allowance plus what grants covered earlier.
+    limit = (terms.limit or ZERO) + counter.drawn
     if limit <= 0:
         return True
-    before = counters[effective_kind(terms)].used
+    before = counter.used
     low, high = percent_of(before, limit), percent_of(before + quantity, limit)
     return any(low < Decimal(t) <= high for t in terms.notify_at)
 
@@ -427,8 +487,10 @@ def grant_units(e) -> Decimal:
     granted = e.granted or ZERO
     if e.aggregation == LATEST or e.limit is None:
         return granted
-    drawn = (e.usage or ZERO) - e.limit - (e.overage or ZERO)
-    return granted + max(ZERO, drawn)
+    drawn = getattr(e, "drawn", None)
+    if drawn is None:  # a figure without it (an invoice line's): what usage says was drawn
+        drawn = max(ZERO, (e.usage or ZERO) - e.limit - (e.overage or ZERO))
+    return granted + drawn
 
 
 def capacity(e) -> Decimal | None:

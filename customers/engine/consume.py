@@ -22,6 +22,7 @@ from ..periods import Window
 from ..snapshots import CounterRow, GrantRow
 from . import sql
 from .arithmetic import (
+    GRANT_ONLY_TERMS,
     METERED,
     SUM,
     ZERO,
@@ -29,12 +30,15 @@ from .arithmetic import (
     active_grants,
     consume_decide,
     consume_result,
+    effective_kind,
     thresholds_crossed,
 )
 from .inputs import clean_event_id, clean_properties, parse_quantity, parse_timestamp
 from .ledger import (
     counters_and_grants_save,
     counters_lock,
+    draw_rows,
+    draws_insert,
     events_insert,
     grants_lock,
     reservations_held,
@@ -170,9 +174,12 @@ def _consume_in_transaction(customer, pk, feature, quantity, event_id, at, prope
             "timestamp": at,
             "properties": properties or {},
         }
-        if not events_insert([item]):
+        inserted = events_insert([item])
+        if not inserted:
             # Already recorded (the counters were locked, so the first has committed).
             return _replay(state.customer, feature, quantity, event_id, at, state)
+        kind = effective_kind(terms or GRANT_ONLY_TERMS)
+        draws_insert(draw_rows(inserted[(pk, event_id)], draw, kind))
         counters_and_grants_save(counters.values(), grants)
         snapshots.record_unheard_write()
         usage_after(state, feature, before, after)
@@ -211,7 +218,9 @@ def _consume_two_trips(pk, feature, quantity, event_id, at, properties) -> Consu
             event = [pk, feature.pk, event_id, draw.recorded, at,
                      orjson.dumps(properties or {}).decode(), timezone.now()]  # fmt: skip
             changed = [g for g in grants if g.consumed != loaded[g.pk]]
-            inserted = db.consume_write(cursor, event, list(counters.values()), changed)
+            inserted = db.consume_write(
+                cursor, event, list(counters.values()), changed, draw_pairs(draw, terms)
+            )
         except BaseException:
             _rollback_quietly(db, cursor)
             raise
@@ -254,6 +263,13 @@ def usage_lock_first_trip(cursor, state, pk: int, feature: Feature, at, reservat
         return None
     terms = state.terms_at(feature.pk, at)
     return terms, counters, active_grants(grants, feature.pk, at), held, reservation
+
+
+def draw_pairs(draw, terms) -> tuple[str, list[tuple]]:
+    """The draws of an event yet to be inserted (the two-trip paths insert them with its id):
+    the entitlement's window kind and (grant id or None for overage, units)."""
+    kind = effective_kind(terms or GRANT_ONLY_TERMS)
+    return kind, [(grant, units) for _, grant, _, units in draw_rows(0, draw, kind)]
 
 
 def _rollback_quietly(db, cursor) -> None:

@@ -105,6 +105,21 @@ def events_insert(items: list[dict]) -> dict[tuple[int, str], int]:
     return sql.db().events_insert(items, timezone.now())
 
 
+def draw_rows(event_pk: int, draw, kind: str) -> list[tuple]:
+    """The draw ledger's rows of one recorded event (`UsageDraw`): (event id, grant id or None
+    for overage, window kind of the entitlement, units). None for what the allowance covered."""
+    rows = [(event_pk, grant.pk, kind, take) for grant, take in draw.takes]
+    if draw.overage > 0:
+        rows.append((event_pk, None, kind, draw.overage))
+    return rows
+
+
+def draws_insert(rows: list[tuple]) -> None:
+    """Records `draw_rows` (one statement; nothing when there are none)."""
+    if rows:
+        sql.db().draws_insert(rows)
+
+
 def retrying_deadlocks(attempt):
     """Runs `attempt`, a whole transaction, again (twice at most) when PostgreSQL aborted it
     as the victim of a deadlock. Inside an outer transaction there is nothing to retry."""

@@ -19,7 +19,7 @@ from catalog.models import Feature
 from .. import snapshots
 from . import sql
 from .arithmetic import Entitlement, commit_decide, hold_decide, thresholds_crossed
-from .consume import _rollback_quietly, usage_lock_first_trip
+from .consume import _rollback_quietly, draw_pairs, usage_lock_first_trip
 from .state import state_cached
 
 HELD = "held"
@@ -94,7 +94,12 @@ def commit_two_trips(
             event = [pk, feature.pk, reservation_id, draw.recorded, at, properties, timezone.now()]
             changed = [g for g in grants if g.consumed != loaded[g.pk]]
             written = db.commit_write(
-                cursor, event, list(counters.values()), changed, [quantity, at, row[1]]
+                cursor,
+                event,
+                list(counters.values()),
+                changed,
+                [quantity, at, row[1]],
+                draw_pairs(draw, terms),
             )
         except BaseException:
             _rollback_quietly(db, cursor)

@@ -30,16 +30,25 @@ from .. import snapshots
 from ..models import RESERVATION_TTL_MAX, Customer, Reservation, ReservationStatus, UsageEvent
 from . import reservation_trips
 from .arithmetic import (
+    GRANT_ONLY_TERMS,
     METERED,
     SUM,
     Entitlement,
     commit_decide,
+    effective_kind,
     entitlement_compute,
     hold_decide,
 )
 from .consume import usage_lock
 from .inputs import clean_reservation_id, clean_ttl, field_refused, parse_quantity
-from .ledger import counters_and_grants_save, events_insert, retrying_deadlocks, usage_after
+from .ledger import (
+    counters_and_grants_save,
+    draw_rows,
+    draws_insert,
+    events_insert,
+    retrying_deadlocks,
+    usage_after,
+)
 from .reads import entitlement_check, feature_by_key
 from .state import customer_pk
 
@@ -214,6 +223,8 @@ def _commit(customer, pk, feature, reservation_id, quantity) -> ReservationResul
             recorded = events_insert([item])
             if recorded:
                 event = recorded[(pk, reservation_id)]
+                kind = effective_kind(terms or GRANT_ONLY_TERMS)
+                draws_insert(draw_rows(event, draw, kind))
                 counters_and_grants_save(counters.values(), grants)
                 usage_after(state, feature, before, after)
             else:

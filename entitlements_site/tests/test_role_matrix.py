@@ -134,6 +134,8 @@ PAGES = {
     "support:override_end": {"GET": SUPPORT_POST_ONLY, "POST": SUPPORT_DOES_IT},
     "support:version_move": {"GET": SUPPORT_POST_ONLY, "POST": SUPPORT_DOES_IT},
     "support:invoice_void": {"GET": SUPPORT_ONLY, "POST": SUPPORT_DOES_IT},
+    "support:usage_events": {"GET": SUPPORT_ONLY},
+    "support:usage_reverse": {"GET": SUPPORT_ONLY, "POST": SUPPORT_DOES_IT},
     # the end customer's dashboard: the customer comes from the login, never from the URL
     "dashboard:overview": {"GET": EVERY_CUSTOMER},
     "dashboard:topup_packs": {"GET": EVERY_CUSTOMER},  # a feature key: B has storage too
@@ -185,6 +187,7 @@ API = {
     "api:reservation-commit": {"GET": (*API_401, 405), "POST": (*API_401, Done(200))},
     "api:usage-buckets": {"GET": (*API_401, 200)},
     "api:usage": {"GET": (*API_401, 405), "POST": (*API_401, Done(200))},
+    "api:usage-reversal": {"GET": (*API_401, 405), "POST": (*API_401, Done(201))},
     "api:overrides": {"GET": (*API_401, 200), "POST": (*API_401, Done(201))},
     "api:override": {"GET": (*API_401, 200), "DELETE": (*API_401, Done(204))},
     "api:grants": {"GET": (*API_401, 200), "POST": (*API_401, Done(201))},
@@ -415,6 +418,7 @@ class Owned:
     grant: object
     override: object
     reservation: object  # held for a day
+    usage_event: object  # of data-transfer: reversible
 
 
 @dataclass
@@ -496,8 +500,11 @@ def _owned(external_id, name, *, start_plan, plan, pack, period_start) -> Owned:
     reservation = reservation_hold(
         customer, transfer, f"hold-{external_id}", "1", ttl_seconds=86400
     ).reservation
+    _report(customer, "data-transfer", "3")
+    event = customer.usage_events.get(feature__key="data-transfer")
     return Owned(
         reservation=reservation,
+        usage_event=event,
         customer=customer,
         user=user,
         pack=pack,
@@ -649,6 +656,12 @@ def _path_kwargs(key: str, w: World, own: Owned) -> dict:
         "dashboard:invoice_detail": {"number": own.proration_invoice.number},
         "dashboard:invoice_pay": {"number": own.proration_invoice.number},
         "support:invoice_void": {"pk": c.pk, "number": own.proration_invoice.number},
+        "support:usage_events": {"pk": c.pk},
+        "support:usage_reverse": {"pk": c.pk, "event_pk": own.usage_event.pk},
+        "api:usage-reversal": {
+            "external_id": c.external_id,
+            "event_id": own.usage_event.event_id,
+        },
         "dashboard:portal_enter": {"token": "not-a-token"},
         "billing:invoice_detail": {"number": own.proration_invoice.number},
         "api:customer": {"external_id": c.external_id},
@@ -741,6 +754,8 @@ def _body(key: str, method: str, w: World, own: Owned) -> dict:
         },
         ("support:override_end", "POST"): {},
         ("support:invoice_void", "POST"): {"reason": "Matrix"},
+        ("support:usage_reverse", "POST"): {"reason": "Matrix"},
+        ("api:usage-reversal", "POST"): {"reason": "Matrix"},
         ("dashboard:topup_confirm", "POST"): {"idempotency_key": "dashboard-buy-1"},
         ("dashboard:plan_change", "POST"): {"from_plan": w.basic.key},
         ("api:customers", "POST"): {"external_id": "initech", "name": "Initech"},

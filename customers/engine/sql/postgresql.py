@@ -11,7 +11,7 @@ from django.db import connection
 
 from catalog.models import CatalogVersion
 
-from ...models import Customer, Grant, Reservation, UsageCounter, UsageEvent
+from ...models import Customer, Grant, Reservation, UsageCounter, UsageDraw, UsageEvent
 from ...snapshots import CounterRow
 from .common import counter_values, event_columns, versions_sql
 
@@ -19,6 +19,11 @@ from .common import counter_values, event_columns, versions_sql
 COUNTER = UsageCounter._meta.db_table
 GRANT = Grant._meta.db_table
 EVENT = UsageEvent._meta.db_table
+DRAW = UsageDraw._meta.db_table
+DRAW_COLUMNS = ", ".join(
+    f'"{UsageDraw._meta.get_field(name).column}"'
+    for name in ("event", "grant", "window", "quantity")
+)
 RESERVATION = Reservation._meta.db_table
 CUSTOMER = Customer._meta.db_table
 CATALOG_VERSION = CatalogVersion._meta.db_table
@@ -158,6 +163,10 @@ CONSUME_WRITE = f"""
         UPDATE {GRANT} AS g SET consumed = v.consumed
           FROM unnest(%s::bigint[], %s::numeric[]) AS v(id, consumed)
          WHERE g.id = v.id AND EXISTS (SELECT 1 FROM ev)
+    ), draws AS (
+        INSERT INTO {DRAW} ({DRAW_COLUMNS})
+        SELECT ev.id, d.grant_id, %s, d.quantity
+          FROM ev, unnest(%s::bigint[], %s::numeric[]) AS d(grant_id, quantity)
     )
     SELECT id FROM ev;
     COMMIT
@@ -204,17 +213,27 @@ COMMIT_WRITE = f"""
         UPDATE {RESERVATION} SET status = 'committed', committed_quantity = %s,
                committed_at = %s, event_id = (SELECT id FROM ev)
          WHERE id = %s AND EXISTS (SELECT 1 FROM ev)
+    ), draws AS (
+        INSERT INTO {DRAW} ({DRAW_COLUMNS})
+        SELECT ev.id, d.grant_id, %s, d.quantity
+          FROM ev, unnest(%s::bigint[], %s::numeric[]) AS d(grant_id, quantity)
     )
     SELECT id FROM ev;
     COMMIT
 """
 
 
-def commit_write(cursor, event: list, counters: list, grants: list, reservation: list) -> list:
-    """The commit's second round trip (`reservation`: committed quantity, when, its id);
-    answers the new event's id, or nothing (nothing written) when the event_id is taken."""
+def commit_write(
+    cursor, event: list, counters: list, grants: list, reservation: list, draws: tuple
+) -> list:
+    """The commit's second round trip (`reservation`: committed quantity, when, its id;
+    `draws` as `consume_write`'s); answers the new event's id, or nothing (nothing written)
+    when the event_id is taken."""
     changed = [[g.pk for g in grants], [g.consumed for g in grants]]
-    cursor.execute(COMMIT_WRITE, [*event, *counter_columns(counters), *changed, *reservation])
+    cursor.execute(
+        COMMIT_WRITE,
+        [*event, *counter_columns(counters), *changed, *reservation, *_draw_params(draws)],
+    )
     return cursor.fetchall()
 
 
@@ -406,12 +425,31 @@ def consume_lock(
     return rows
 
 
-def consume_write(cursor, event: list, counters: list, grants: list) -> list:
-    """The second round trip: the event, the counters and the grants, then COMMIT; nothing
-    is written when the event_id is already recorded. Answers the new event's id, if any."""
+def consume_write(cursor, event: list, counters: list, grants: list, draws: list) -> list:
+    """The second round trip: the event, the counters, the grants and the event's draws
+    ((grant id or None, units), of the window kind `draws[0]`), then COMMIT; nothing is
+    written when the event_id is already recorded. Answers the new event's id, if any."""
     changed = [[g.pk for g in grants], [g.consumed for g in grants]]
-    cursor.execute(CONSUME_WRITE, [*event, *counter_columns(counters), *changed])
+    cursor.execute(
+        CONSUME_WRITE, [*event, *counter_columns(counters), *changed, *_draw_params(draws)]
+    )
     return cursor.fetchall()
+
+
+def _draw_params(draws: tuple) -> list:
+    """(window kind, [(grant id or None, units)]) as the draws CTE's three parameters."""
+    kind, rows = draws
+    return [kind, pg_array([g for g, _ in rows]), pg_array([q for _, q in rows])]
+
+
+def draws_insert(rows: list[tuple]) -> None:
+    """The draw ledger's rows (event, grant or None, window, units) as four arrays."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {DRAW} ({DRAW_COLUMNS}) "
+            "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::varchar[], %s::numeric[])",
+            [pg_array(column) for column in zip(*rows, strict=True)],
+        )
 
 
 def rollback(cursor) -> None:
