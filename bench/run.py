@@ -2,8 +2,12 @@
 """`make bench`: the hot path measured against the framework's floor, on one machine.
 
 1. a fresh PostgreSQL database, seeded with 1,000 customers and 1,000,000 usage events;
-2. gunicorn with production settings (DEBUG off, 2 sync workers unless --workers);
-3. wrk on loopback, 16 connections: the floor (/healthz), check one, check all, consume;
+2. gunicorn with the production config (entitlements_site/gunicorn_prod.py), DEBUG off, 2
+   workers unless --workers;
+3. wrk on loopback, 16 connections: the floor (/healthz), check one, check all, consume_hot
+   (one customer), consume (spread over the 1,000), and reservations: hold (each a new
+   reservation) and hold_commit (holds and commits of holds made 64 requests earlier, half
+   and half); `--soak` adds rounds of continuous load (decay);
 4. batch ingestion throughput through POST /api/v1/usage (batches of 1000, several clients);
 5. check latency for a customer with 1,000 events and one with 1,000,000;
 6. a table on stdout and bench/results.json. Everything it started is stopped at the end.
@@ -35,7 +39,7 @@ REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379")
 SERVER_CONFIG = "entitlements_site/gunicorn_prod.py"  # the production server's configuration
 # The wrk scenarios, in order (floor first: the others' ratios are to it). consume_hot: one
 # customer, distinct event ids; consume: spread over the 1,000 customers.
-SCENARIOS = ["floor", "check", "check_all", "consume_hot", "consume"]
+SCENARIOS = ["floor", "check", "check_all", "consume_hot", "consume", "hold", "hold_commit"]
 HOT = os.environ.get("BENCH_HOT", "bench-0002")  # consume_hot's one customer (soft limit)
 REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "7"))  # flushed at the start of a run
 
@@ -115,7 +119,8 @@ WRK_SCRIPT = """
 local key = "%(key)s"
 local kind = "%(kind)s"
 local customers = %(customers)d
-local run = "%(run)s"
+local run = "%(run)s"  -- this wrk run's own event and reservation ids
+local LAG = 64
 local counter = 0
 -- Each thread's number, set by setup() as a global of that thread (a `local` here would
 -- hide it: every thread would then send the same event ids, half of them replays).
@@ -142,14 +147,31 @@ request = function()
     return wrk.format("GET", "/api/v1/customers/" .. c .. "/entitlements/data-transfer", headers)
   elseif kind == "check_all" then
     return wrk.format("GET", "/api/v1/customers/" .. c .. "/entitlements", headers)
-  else
+  elseif kind == "consume" or kind == "consume_hot" then
     local body = string.format('{"quantity": "0.001", "event_id": "w-%%s-%%d-%%d"}',
                                run, tid, counter)
     return wrk.format("POST", "/api/v1/customers/" .. c .. "/entitlements/data-transfer/consume",
                       headers, body)
   end
+  -- Reservations: a hold is a new reservation_id; in hold_commit every other request commits
+  -- the hold this thread made LAG holds earlier (long answered: 8 connections per thread).
+  local holds = "/api/v1/customers/%%s/entitlements/data-transfer/reservations"
+  local hold = (kind == "hold") and counter or math.floor((counter + 1) / 2)
+  if kind == "hold_commit" and counter %% 2 == 0 and hold > LAG then
+    local done = hold - LAG
+    local owner = string.format("bench-%%04d", (done * 7919 + tid * 31) %% customers)
+    local id = string.format("r-%%s-%%d-%%d", run, tid, done)
+    return wrk.format("POST", string.format(holds, owner) .. "/" .. id .. "/commit", headers,
+                      '{"quantity": "0.0005"}')
+  end
+  local owner = string.format("bench-%%04d", (hold * 7919 + tid * 31) %% customers)
+  local body = string.format(
+    '{"reservation_id": "r-%%s-%%d-%%d", "quantity": "0.001", "ttl_seconds": 3600}',
+    run, tid, hold)
+  return wrk.format("POST", string.format(holds, owner), headers, body)
 end
 """
+HOLD_KINDS = ("hold", "hold_commit")
 
 
 def _ms(value: str) -> float:
@@ -381,7 +403,12 @@ def main() -> int:
                 continue
             log(f"wrk {kind}: {args.duration}s after a {args.warmup}s warm-up")
             if args.vacuum:
-                vacuum()
+                # Commits update reservations as consumes update counters: both vacuumed.
+                vacuum(
+                    "customers_usagecounter, customers_reservation"
+                    if kind in HOLD_KINDS
+                    else "customers_usagecounter"
+                )
             scenarios[kind] = wrk(kind, key, args.duration, args.warmup, args.connections)
             scenarios[kind]["load"] = os.getloadavg()[0]  # the machine's, by the end of it
             log(f"  {scenarios[kind]}")
@@ -389,6 +416,11 @@ def main() -> int:
         for result in scenarios.values():
             result["ratio_to_floor"] = round(result["rps"] / floor["rps"], 3)
             result["p99_ratio_to_floor"] = round(result["p99_ms"] / floor["p99_ms"], 3)
+        for kind in HOLD_KINDS:
+            # Reservations cost no more than a consume: their throughput next to its.
+            if kind in scenarios and "consume" in scenarios:
+                ratio = scenarios[kind]["rps"] / scenarios["consume"]["rps"]
+                scenarios[kind]["ratio_to_consume"] = round(ratio, 3)
         ingestion = {"events": 0, "seconds": 0, "events_per_s": 0}
         if wanted("ingest"):
             log(f"ingestion: {args.ingest_clients} clients, batches of 1000")
@@ -477,11 +509,12 @@ def database_seeded() -> bool:
 def print_table(results: dict) -> None:
     print()
     print(f"{'scenario':<11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'x floor':>8} "
-          f"{'p99 x floor':>11} {'non-2xx':>8}")  # fmt: skip
+          f"{'p99 x floor':>11} {'non-2xx':>8} {'x consume':>9}")  # fmt: skip
     for name, r in results["scenarios"].items():
+        versus = f"{r['ratio_to_consume']:>9.2f}" if "ratio_to_consume" in r else ""
         print(f"{name:<11} {r['rps']:>9.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
               f"{r['ratio_to_floor']:>8.2f} {r['p99_ratio_to_floor']:>11.2f} "
-              f"{r['non_2xx']:>8}")  # fmt: skip
+              f"{r['non_2xx']:>8} {versus}")  # fmt: skip
     print(
         f"ingestion: {results['ingest_events_per_s']:,.0f} events/s "
         f"({results['ingest']['events']:,} events in {results['ingest']['seconds']}s)"

@@ -4,18 +4,15 @@ declined charges) and `invoice_emails_sweep` (every minute); the `close_periods`
 `collect_payments` commands do the same without Celery."""
 
 import datetime as dt
-import logging
 
 from celery import shared_task
 
-from core.outbox import TASK_RETRIES
+from core.outbox import TASK_RETRIES, send_in_task
 from customers.tasks import MAIL_ERRORS
 
 from .services import emails
 from .services.payments import payments_collect as collect
 from .services.period_close import periods_close
-
-logger = logging.getLogger(__name__)
 
 
 @shared_task(name="billing.tasks.close_periods")
@@ -39,13 +36,12 @@ def payments_collect() -> dict:
 )
 def invoice_email_send(self, email_id: int) -> bool:
     """Sends one receipt or payment notice (never one already sent)."""
-    try:
-        return emails.invoice_email_send(email_id=email_id)
-    except MAIL_ERRORS:
-        if self.request.is_eager:
-            logger.warning("Invoice email %s not sent; left pending", email_id, exc_info=True)
-            return False
-        raise
+    return send_in_task(
+        self,
+        lambda: emails.invoice_email_send(email_id=email_id),
+        MAIL_ERRORS,
+        f"Invoice email {email_id}",
+    )
 
 
 @shared_task(name="billing.tasks.invoice_emails_sweep")

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Lean:
     """A DRF view's lean answer: `answer(*path_values)`, or `answer(*path_values, body)` for a
-    method that takes a JSON body (POST)."""
+    method that takes a JSON body (POST). It answers the body of a 200, or `WithStatus`."""
 
     method: str
     answer: Callable
@@ -44,6 +44,14 @@ class Lean:
     @property
     def with_body(self) -> bool:
         return self.method == "POST"
+
+
+@dataclass(frozen=True)
+class WithStatus:
+    """An answer whose status is not 200 (a reservation made: 201)."""
+
+    status: int
+    body: dict
 
 
 _SPECIAL = re.compile(r"[\\(\[.?*+^$]")
@@ -147,6 +155,8 @@ def _answer(request, handler, path_values: list, with_body: bool) -> HttpRespons
         shared_redis.rate_settle()  # over the rate: 429, whatever the answer would have been
         if failure is not None:
             raise failure
+        if isinstance(answer, WithStatus):
+            return _json_response(answer.status, answer.body)
         return _json_response(200, answer)
     except _Refused as refused:
         return _json_response(

@@ -99,6 +99,20 @@ def enqueue(task, *args) -> bool:
     return True
 
 
+def send_in_task(task, send: Callable[[], bool], errors: tuple, what: str) -> bool:
+    """Runs a send task's body `send()`: a transport or database error propagates, so that
+    Celery retries it (`autoretry_for=errors`), except in-process (no broker), where a retry
+    would run at once and hold the request: the row is left pending for the sweep or a
+    manual resend, and the error logged. `what` names the row in the log."""
+    try:
+        return send()
+    except errors:
+        if task.request.is_eager:
+            logger.warning("%s not sent; left pending", what, exc_info=True)
+            return False
+        raise
+
+
 @dataclass
 class Outbox:
     """The delivery loop of one kind of row. `task`, the Celery task that sends one row by id,

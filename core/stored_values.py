@@ -27,6 +27,8 @@ BOUNDED_DECIMALS = (
     ("customers", "EntitlementOverride", "overage_price", 12, 4),
     ("customers", "Grant", "quantity", 20, 4),
     ("customers", "UsageEvent", "quantity", 20, 4),
+    ("customers", "UsageDraw", "quantity", 20, 4),
+    ("customers", "UsageReversal", "quantity", 20, 4),
 )
 STOPPED = (
     "{count} stored value(s) are outside what both databases read back (at most 15 digits, 4"

@@ -7,6 +7,8 @@ with full_clean. Subscribing and changing plan invoice, so they belong to billin
 support pages: here a subscription's plan and period are read-only.
 """
 
+from decimal import Decimal
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
@@ -25,9 +27,11 @@ from .models import (
     CustomerUser,
     EntitlementOverride,
     Grant,
+    Reservation,
     Subscription,
     UsageCounter,
     UsageEvent,
+    UsageReversal,
 )
 
 # The entitlement values an override sets (the rest of its fields say who, why and when).
@@ -388,12 +392,47 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(UsageEvent)
 class UsageEventAdmin(ReadOnlyAdmin):
-    list_display = ["timestamp", "customer", "feature", "quantity", "event_id", "recorded_at"]
-    list_filter = ["feature", "timestamp", ("customer", admin.RelatedOnlyFieldListFilter)]
+    list_display = [
+        "timestamp",
+        "customer",
+        "feature",
+        "quantity",
+        "event_id",
+        "recorded_at",
+        "reversed_at",
+    ]
+    list_filter = [
+        "feature",
+        "timestamp",
+        ("reversed_at", admin.EmptyFieldListFilter),
+        ("customer", admin.RelatedOnlyFieldListFilter),
+    ]
+    readonly_fields = ["where_it_went", "reversed_by"]
     search_fields = ["event_id", "customer__external_id", "customer__name"]
     list_select_related = ["customer", "feature"]
     date_hierarchy = "timestamp"
     show_full_result_count = False  # the ledger is large; skip the second COUNT(*)
+
+    @admin.display(description="Where it went")
+    def where_it_went(self, event: UsageEvent) -> str:
+        """The draw ledger: grants drawn on and overage; the rest drew on the allowance."""
+        draws = list(event.draws.select_related("grant"))
+        allowance = event.quantity - sum((d.quantity for d in draws), Decimal("0"))
+        parts = [f"allowance {quantity_text(allowance)}"] if allowance > 0 or not draws else []
+        parts += [
+            f"grant #{d.grant_id} {quantity_text(d.quantity)}"
+            if d.grant_id
+            else f"overage {quantity_text(d.quantity)}"
+            for d in draws
+        ]
+        return ", ".join(parts)
+
+    @admin.display(description="Reversal")
+    def reversed_by(self, event: UsageEvent) -> str:
+        reversal = UsageReversal.objects.filter(event=event).select_related("created_by").first()
+        if reversal is None:
+            return "-"
+        return f"{reversal.created_at:%Y-%m-%d %H:%M} UTC by {reversal.who}: {reversal.reason}"
 
 
 @admin.register(UsageCounter)
@@ -403,6 +442,21 @@ class UsageCounterAdmin(ReadOnlyAdmin):
     search_fields = ["customer__external_id", "customer__name"]
     list_select_related = ["customer", "feature"]
     date_hierarchy = "start"
+    show_full_result_count = False
+
+
+@admin.register(Reservation)
+class ReservationAdmin(ReadOnlyAdmin):
+    """Held through the API only (the engine's locks decide them); read here."""
+
+    list_display = [
+        "created_at", "customer", "feature", "reservation_id", "quantity", "status",
+        "expires_at", "committed_quantity",
+    ]  # fmt: skip
+    list_filter = ["status", "feature", ("customer", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["reservation_id", "customer__external_id", "customer__name"]
+    list_select_related = ["customer", "feature"]
+    date_hierarchy = "created_at"
     show_full_result_count = False
 
 

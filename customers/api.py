@@ -23,7 +23,7 @@ from catalog.models import Enforcement, Feature
 from core.api import decimal_str, time_str
 from core.api_fields import DecimalStringField, InstantField, UrlSafeIdField
 from core.errors import InvalidInput, NotFound
-from core.hot import Lean
+from core.hot import Lean, WithStatus
 from core.openapi import ErrorOut
 
 from . import engine, selectors, services
@@ -45,6 +45,7 @@ def entitlement_json(e: engine.Entitlement) -> dict:
         "usage": decimal_str(e.usage),
         "balance": decimal_str(e.balance),
         "overage": decimal_str(e.overage),
+        "reserved": decimal_str(e.reserved),
         "enforcement": e.enforcement,
         "source": e.source,
         "period_start": time_str(e.period_start),
@@ -72,6 +73,10 @@ class EntitlementOut(serializers.Serializer):
     usage = serializers.CharField(allow_null=True)
     balance = serializers.CharField(allow_null=True)
     overage = serializers.CharField(allow_null=True)
+    reserved = serializers.CharField(
+        allow_null=True,
+        help_text="Units held now by reservations (not expired); `balance` excludes them.",
+    )
     enforcement = serializers.ChoiceField(Enforcement.choices, allow_null=True)
     source = serializers.ChoiceField(["plan", "override", "grant"], allow_null=True)
     period_start = serializers.DateTimeField(allow_null=True)
@@ -112,6 +117,7 @@ E_EXAMPLE = {
     "usage": "87.5",
     "balance": "32.5",
     "overage": "0",
+    "reserved": "0",
     "enforcement": "hard",
     "source": "plan",
     "period_start": "2026-11-01T00:00:00Z",
@@ -197,6 +203,65 @@ def usage_batch_answer(data) -> dict:
     }
 
 
+def reservation_json(reservation) -> dict:
+    """A reservation: expiry is computed, so a hold past its `expires_at` reads `expired`."""
+    return {
+        "id": reservation.reservation_id,
+        "feature": reservation.feature.key,
+        "quantity": decimal_str(reservation.quantity),
+        "status": reservation.status_at(dt.datetime.now(dt.UTC)),
+        "expires_at": time_str(reservation.expires_at),
+        "committed_quantity": decimal_str(reservation.committed_quantity),
+    }
+
+
+def reservation_answer(result) -> dict:
+    return {
+        "reservation": reservation_json(result.reservation),
+        "entitlement": entitlement_json(result.entitlement),
+    }
+
+
+def hold_answer(external_id: str, feature_key: str, data) -> WithStatus:
+    data = _body(data)
+    for name in ("reservation_id", "quantity"):
+        if name not in data:
+            message = "This field is required."
+            raise InvalidInput(f"{name}: {message}", details={name: [message]})
+    result = engine.reservation_hold(
+        external_id,
+        feature_key,
+        data.get("reservation_id"),
+        data.get("quantity"),
+        ttl_seconds=data.get("ttl_seconds"),
+    )
+    body = {
+        "allowed": result.allowed,
+        "reason": result.reason,
+        "reservation": reservation_json(result.reservation) if result.reservation else None,
+        "entitlement": entitlement_json(result.entitlement),
+    }
+    return WithStatus(201 if result.allowed else 200, body)
+
+
+def commit_answer(external_id: str, feature_key: str, reservation_id: str, data) -> dict:
+    data = _body(data)
+    quantity = data.get("quantity")
+    if quantity is None and "quantity" in data:  # absent means all of it; null means nothing
+        message = "quantity is a decimal from 0 to the held quantity; leave it out for all."
+        raise InvalidInput(f"quantity: {message}", details={"quantity": [message]})
+    result = engine.reservation_commit(external_id, feature_key, reservation_id, quantity)
+    return reservation_answer(result)
+
+
+def release_answer(external_id: str, feature_key: str, reservation_id: str) -> dict:
+    return reservation_answer(engine.reservation_release(external_id, feature_key, reservation_id))
+
+
+def reservation_get_answer(external_id: str, feature_key: str, reservation_id: str) -> dict:
+    return reservation_answer(engine.reservation_get(external_id, feature_key, reservation_id))
+
+
 class EntitlementsView(APIView):
     runtime_endpoint = True
     lean = Lean("GET", entitlements_answer)
@@ -257,6 +322,237 @@ class ConsumeView(APIView):
     )
     def post(self, request, external_id: str, feature_key: str):
         return Response(consume_answer(external_id, feature_key, request.data))
+
+
+class ReservationIn(serializers.Serializer):
+    reservation_id = serializers.CharField(
+        max_length=255,
+        help_text="Your idempotency key for this hold, unique per customer (no slash); its "
+        "commit records the usage with this `event_id`.",
+    )
+    quantity = serializers.CharField(help_text='Units to hold: a positive decimal, e.g. "4".')
+    ttl_seconds = serializers.IntegerField(
+        required=False,
+        default=300,
+        min_value=1,
+        max_value=86400,
+        help_text="How long the units stay held unless committed or released (1 to 86400).",
+    )
+
+
+class ReservationOut(serializers.Serializer):
+    id = serializers.CharField(help_text="The reservation_id.")
+    feature = serializers.CharField()
+    quantity = serializers.CharField(help_text="Units held (decimal as a string).")
+    status = serializers.ChoiceField(
+        ["held", "committed", "released", "expired"],
+        help_text="`expired`: held past `expires_at`, counting for nothing.",
+    )
+    expires_at = serializers.DateTimeField()
+    committed_quantity = serializers.CharField(
+        allow_null=True, help_text="What the commit recorded; null until committed."
+    )
+
+
+class HoldOut(serializers.Serializer):
+    allowed = serializers.BooleanField()
+    reason = serializers.ChoiceField(
+        ["limit_exceeded", "no_access", "payment_overdue"], allow_null=True
+    )
+    reservation = ReservationOut(allow_null=True, help_text="null when denied: nothing held.")
+    entitlement = EntitlementOut()
+
+
+class CommitIn(serializers.Serializer):
+    quantity = serializers.CharField(
+        required=False,
+        help_text="Units used: a decimal from 0 to the held quantity; default all of it. 0 "
+        "records nothing.",
+    )
+
+
+class ReservationAnswerOut(serializers.Serializer):
+    reservation = ReservationOut()
+    entitlement = EntitlementOut()
+
+
+RESERVATION_EXAMPLE = {
+    "id": "job-7c1e",
+    "feature": "storage",
+    "quantity": "4",
+    "status": "held",
+    "expires_at": "2026-11-20T10:05:00Z",
+    "committed_quantity": None,
+}
+E_HELD = {**E_EXAMPLE, "reserved": "4", "balance": "28.5"}
+
+
+def _error_example(name: str, status: int, code: str, message: str) -> OpenApiExample:
+    return OpenApiExample(
+        name,
+        {"error": {"code": code, "message": message, "details": {}}},
+        response_only=True,
+        status_codes=[str(status)],
+    )
+
+
+class ReservationListView(APIView):
+    runtime_endpoint = True
+    lean = Lean("POST", hold_answer)
+
+    @extend_schema(
+        summary="Hold units of a metered feature until the work's cost is known",
+        description="Under a hard limit the quantity must fit in the balance less the units "
+        "already held (a soft limit or no limit: allowed). Held units count against `balance` "
+        "(`reserved` in E) until committed, released or `expires_at`, when they count for "
+        "nothing at once. A hold is a 201; a denial is a 200 with `allowed: false` and holds "
+        "nothing. The same `reservation_id` again answers the first outcome of an allowed "
+        "hold (a 201 with that reservation, whatever its status since); a denied hold stores "
+        "nothing, so its retry is decided afresh. The same id with another feature or "
+        "quantity is a 409 `idempotency_conflict`. `latest` features: the level plus the held "
+        "units plus this quantity must fit in the capacity. Boolean and config features: 400 "
+        "`not_metered`.",
+        tags=["reservations"],
+        request=ReservationIn,
+        responses={201: HoldOut, 200: HoldOut, 409: ErrorOut, **ERRORS},
+        examples=[
+            OpenApiExample(
+                "Hold 4 GB for 5 minutes",
+                {"reservation_id": "job-7c1e", "quantity": "4", "ttl_seconds": 300},
+                request_only=True,
+            ),
+            OpenApiExample(
+                "Held",
+                {
+                    "allowed": True,
+                    "reason": None,
+                    "reservation": RESERVATION_EXAMPLE,
+                    "entitlement": E_HELD,
+                },
+                response_only=True,
+                status_codes=["201"],
+            ),
+            OpenApiExample(
+                "Denied",
+                {
+                    "allowed": False,
+                    "reason": "limit_exceeded",
+                    "reservation": None,
+                    "entitlement": E_EXAMPLE,
+                },
+                response_only=True,
+                status_codes=["200"],
+            ),
+            _error_example(
+                "Bad quantity",
+                400,
+                "invalid",
+                'quantity: This value must be a decimal such as "2.5".',
+            ),
+            _error_example(
+                "Id reused",
+                409,
+                "idempotency_conflict",
+                "reservation_id 'job-7c1e' was already used for another request.",
+            ),
+        ],
+    )
+    def post(self, request, external_id: str, feature_key: str):
+        answer = hold_answer(external_id, feature_key, request.data)
+        return Response(answer.body, status=answer.status)
+
+
+class ReservationCommitView(APIView):
+    runtime_endpoint = True
+    lean = Lean("POST", commit_answer)
+
+    @extend_schema(
+        summary="Commit a reservation: record what was used, release the rest",
+        description="Records `quantity` (default: all the held quantity; more is a 400 "
+        "`invalid`) as usage with `event_id` = the reservation id, allowance first, then "
+        "grants, never denied (the hold guaranteed it), and frees the rest. 0 records nothing "
+        "and ends the hold. The same commit again answers the same (another quantity: 409 "
+        "`idempotency_conflict`). After `expires_at`: 409 `reservation_expired`; after a "
+        "release: 409 `reservation_released`; an unknown id: 404 `reservation_not_found`.",
+        tags=["reservations"],
+        request=CommitIn,
+        responses={200: ReservationAnswerOut, 409: ErrorOut, **ERRORS},
+        examples=[
+            OpenApiExample("Used 2.5 GB", {"quantity": "2.5"}, request_only=True),
+            OpenApiExample(
+                "Committed",
+                {
+                    "reservation": {
+                        **RESERVATION_EXAMPLE,
+                        "status": "committed",
+                        "committed_quantity": "2.5",
+                    },
+                    "entitlement": {**E_EXAMPLE, "usage": "90", "balance": "30"},
+                },
+                response_only=True,
+                status_codes=["200"],
+            ),
+            _error_example(
+                "Expired",
+                409,
+                "reservation_expired",
+                "Reservation 'job-7c1e' expired at 2026-11-20T10:05:00+00:00; its units were "
+                "freed.",
+            ),
+            _error_example(
+                "Above the hold", 400, "invalid", "quantity: At most the held quantity (4)."
+            ),
+            _error_example("Unknown", 404, "reservation_not_found", "No reservation 'job-7c1e'."),
+        ],
+    )
+    def post(self, request, external_id: str, feature_key: str, reservation_id: str):
+        return Response(commit_answer(external_id, feature_key, reservation_id, request.data))
+
+
+class ReservationDetailView(APIView):
+    runtime_endpoint = True
+    lean = Lean("DELETE", release_answer)
+
+    @extend_schema(
+        summary="A reservation as it stands now",
+        tags=["reservations"],
+        responses={200: ReservationAnswerOut, **ERRORS},
+        examples=[
+            OpenApiExample(
+                "Held",
+                {"reservation": RESERVATION_EXAMPLE, "entitlement": E_HELD},
+                response_only=True,
+            )
+        ],
+    )
+    def get(self, request, external_id: str, feature_key: str, reservation_id: str):
+        return Response(reservation_get_answer(external_id, feature_key, reservation_id))
+
+    @extend_schema(
+        summary="Release a reservation: its units count for nothing from now on",
+        description="Again, or for a hold already expired: the same 200. A committed "
+        "reservation: 409 `reservation_committed`.",
+        tags=["reservations"],
+        responses={200: ReservationAnswerOut, 409: ErrorOut, **ERRORS},
+        examples=[
+            OpenApiExample(
+                "Released",
+                {
+                    "reservation": {**RESERVATION_EXAMPLE, "status": "released"},
+                    "entitlement": E_EXAMPLE,
+                },
+                response_only=True,
+            ),
+            _error_example(
+                "Committed",
+                409,
+                "reservation_committed",
+                "Reservation 'job-7c1e' was committed; it cannot be released.",
+            ),
+        ],
+    )
+    def delete(self, request, external_id: str, feature_key: str, reservation_id: str):
+        return Response(release_answer(external_id, feature_key, reservation_id))
 
 
 class UsageEventIn(serializers.Serializer):
@@ -365,6 +661,64 @@ class UsageBucketsView(APIView):
                 ],
             }
         )
+
+
+class ReversalIn(serializers.Serializer):
+    reason = serializers.CharField(
+        max_length=500, help_text="Why the usage is given back (kept in the history)."
+    )
+
+
+class ReversalOut(serializers.Serializer):
+    event_id = serializers.CharField()
+    quantity = serializers.CharField(help_text="The event's quantity, given back (a decimal).")
+    entitlement = EntitlementOut(help_text="E of the event's feature now.")
+
+
+class ReversalView(APIView):
+    """Management scope: DESIGN.md's runtime list (what an application server needs) does not
+    name reversals; they are support's and billing's correction."""
+
+    @extend_schema(
+        summary="Reverse a usage event: give its units back",
+        description="The usage of the windows the event fell in drops by its quantity; the "
+        "units it took from grants go back to those same grants, unless they expired or were "
+        "voided since. 201 the first time; the same event again answers 200 with the same "
+        "body (the first reversal and its reason stand). The event stays in the ledger, "
+        "marked reversed, and its `event_id` stays taken: a consume or report replaying it is "
+        "a duplicate that counts nothing. Requires a `management` key. 404 "
+        "`customer_not_found` / `event_not_found`; 409 `not_reversible` for an event of a "
+        "`latest` feature (report the corrected level instead); 400 when `reason` is missing, "
+        "blank or longer than 500 characters.",
+        tags=["usage"],
+        request=ReversalIn,
+        responses={201: ReversalOut, 200: ReversalOut, 409: ErrorOut, **ERRORS},
+        examples=[
+            OpenApiExample(
+                "Failed job", {"reason": "Job 8812 failed on our side"}, request_only=True
+            ),
+            OpenApiExample(
+                "Reversed",
+                {"event_id": "transfer-8f2c", "quantity": "2.5", "entitlement": E_EXAMPLE},
+                response_only=True,
+            ),
+        ],
+    )
+    def post(self, request, external_id: str, event_id: str):
+        data = _body(request.data)
+        key = request.auth
+        result = engine.usage_reverse(
+            external_id,
+            event_id,
+            reason=data.get("reason"),
+            api_key_name=getattr(key, "name", "") or "",
+        )
+        body = {
+            "event_id": result.event_id,
+            "quantity": decimal_str(result.quantity),
+            "entitlement": entitlement_json(result.entitlement),
+        }
+        return Response(body, status=201 if result.created else 200)
 
 
 def _query_time(request, name: str) -> dt.datetime | None:

@@ -284,6 +284,9 @@ class UsageEvent(models.Model):
     timestamp = models.DateTimeField(default=timezone.now, validators=[validate_instant])
     properties = models.JSONField(default=dict, blank=True)
     recorded_at = models.DateTimeField(default=timezone.now)
+    # Set by a reversal (`UsageReversal`): the event then counts for nothing anywhere (counters,
+    # series, rebuild, invoices), but its event_id stays taken (a replay is a duplicate).
+    reversed_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     # The columns the batch path inserts with raw SQL, in order.
     EVENT_COLUMNS = (
@@ -312,6 +315,163 @@ class UsageEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_id}: {self.quantity.normalize():f} {self.feature_id}"
+
+
+class UsageDraw(models.Model):
+    """Where units of a usage event went besides the period allowance: to a grant (`grant`
+    set) or past every limit, as overage (`grant` null). Written in the event's own transaction
+    by every usage path, only when the event takes units from a grant or goes past the
+    allowance: the allowance part of an event is its quantity less its draws. `window`: the
+    reset kind of the entitlement in force, whose counter's `drawn` holds the grant units (a
+    reversal takes them off that counter)."""
+
+    event = models.ForeignKey(UsageEvent, on_delete=models.CASCADE, related_name="draws")
+    grant = models.ForeignKey(
+        Grant, on_delete=models.CASCADE, null=True, blank=True, related_name="draws"
+    )
+    window = models.CharField(max_length=16, choices=Reset.choices)
+    quantity = models.DecimalField(max_digits=20, decimal_places=4, validators=[validate_decimal])
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(quantity__gt=0)
+                & decimal_bound_q("quantity", max_digits=20, decimal_places=4),
+                name="usage_draw_quantity_in_bounds",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        where = f"grant {self.grant_id}" if self.grant_id else "overage"
+        return f"{self.quantity.normalize():f} of event {self.event_id} -> {where}"
+
+
+REVERSAL_REASON_MAX = 500
+
+
+class UsageReversal(models.Model):
+    """A usage event given back (DESIGN.md "Reversals"): who and why, how much, and the units
+    given back to each grant (`given_back`: grant id -> units, as strings; a grant expired or
+    voided by then gets nothing back). One per event: a second reversal answers this one."""
+
+    event = models.OneToOneField(UsageEvent, on_delete=models.CASCADE, related_name="reversal")
+    reason = models.CharField(max_length=REVERSAL_REASON_MAX)
+    quantity = models.DecimalField(max_digits=20, decimal_places=4, validators=[validate_decimal])
+    given_back = models.JSONField(default=dict, blank=True)
+    api_key_name = models.CharField(
+        max_length=255, blank=True, help_text="The API key that asked for it, if any."
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(quantity__gte=0)
+                & decimal_bound_q("quantity", max_digits=20, decimal_places=4),
+                name="usage_reversal_quantity_in_bounds",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"reversal of event {self.event_id}: {self.reason}"
+
+    @property
+    def who(self) -> str:
+        if self.created_by_id:
+            return self.created_by.get_username()
+        return f"API key {self.api_key_name}" if self.api_key_name else "unknown"
+
+
+class ReservationStatus(models.TextChoices):
+    HELD = "held", "Held"
+    COMMITTED = "committed", "Committed"
+    RELEASED = "released", "Released"
+    # Never needed for correctness: a `held` row past `expires_at` already counts for nothing
+    # and reads as expired. Kept for a tidy-up job that may mark such rows.
+    EXPIRED = "expired", "Expired"
+
+
+RESERVATION_TTL_MAX = 86400  # seconds: a day
+
+
+class Reservation(models.Model):
+    """Units of a metered feature held for work whose cost is known at its end (DESIGN.md
+    "Reservations"). A `held` row counts against the balance until `expires_at`; past it, it
+    counts for nothing without any job. `reservation_id` is the client's idempotency key,
+    unique per customer; a commit records its usage with `event_id` = `reservation_id`."""
+
+    customer = models.ForeignKey(
+        Customer, on_delete=models.CASCADE, related_name="reservations", db_index=False
+    )
+    # No index of its own (one less to write per hold and commit): reads go through
+    # `reservation_held`; only deleting a feature looks reservations up by it alone.
+    feature = models.ForeignKey(
+        Feature, on_delete=models.PROTECT, related_name="reservations", db_index=False
+    )
+    reservation_id = models.CharField(max_length=255)
+    quantity = models.DecimalField(
+        max_digits=20,
+        decimal_places=4,
+        validators=[MinValueValidator(Decimal("0.0001")), validate_decimal],
+    )
+    status = models.CharField(
+        max_length=16, choices=ReservationStatus.choices, default=ReservationStatus.HELD
+    )
+    ttl_seconds = models.PositiveIntegerField()
+    expires_at = models.DateTimeField()
+    committed_quantity = models.DecimalField(
+        max_digits=20, decimal_places=4, null=True, blank=True, validators=[validate_decimal]
+    )
+    event = models.ForeignKey(
+        UsageEvent, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    committed_at = models.DateTimeField(null=True, blank=True)
+    released_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "reservation_id"], name="reservation_unique_per_customer"
+            ),
+            models.CheckConstraint(
+                condition=Q(quantity__gt=0)
+                & decimal_bound_q("quantity", max_digits=20, decimal_places=4),
+                name="reservation_quantity_in_bounds",
+            ),
+            models.CheckConstraint(
+                condition=Q(committed_quantity__isnull=True)
+                | (Q(committed_quantity__gte=0) & Q(committed_quantity__lte=models.F("quantity"))),
+                name="reservation_committed_within_quantity",
+            ),
+            models.CheckConstraint(
+                condition=Q(ttl_seconds__gte=1) & Q(ttl_seconds__lte=RESERVATION_TTL_MAX),
+                name="reservation_ttl_in_bounds",
+            ),
+        ]
+        # What a check and a hold read, "held and not expired of (customer, feature)": one
+        # range of this partial index (its prefix, for every feature of a customer).
+        indexes = [
+            models.Index(
+                fields=["customer", "feature", "expires_at"],
+                condition=Q(status="held"),
+                name="reservation_held",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reservation_id}: {self.quantity.normalize():f} {self.feature_id}"
+
+    def status_at(self, at) -> str:
+        """The status as the API shows it: a hold past its expiry reads as expired."""
+        if self.status == ReservationStatus.HELD and self.expires_at <= at:
+            return ReservationStatus.EXPIRED
+        return self.status
 
 
 class UsageCounter(models.Model):

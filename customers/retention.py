@@ -14,6 +14,10 @@ and nothing of that month deleted, or a finished file holding every deleted row;
 archives what is left into a new file (names carry the run's time and are never overwritten).
 `usage_events_restore` (`--restore`) puts archived rows back, skipping rows already present.
 
+A row keeps what the ledger says of its event besides the event itself: its reversal mark
+(`reversed_at`), its draws (which grants it drew on, and its overage: `UsageDraw`) and its
+reversal (`UsageReversal`: reason, who, what went back); a restore puts those back with it.
+
 Counters are not touched: they were updated with each event, so old windows keep their usage.
 Before the first archive, every feature's lifetime (`never`) window is made counted:
 a kind that comes into use later is recomputed from the ledger, which would then miss the
@@ -37,6 +41,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Count, F, Max, Window
 from django.db.models.functions import TruncMonth
@@ -45,7 +50,7 @@ from django.utils.dateparse import parse_datetime
 
 from catalog.models import Aggregation, Feature, Reset
 
-from .models import Customer, UsageEvent
+from .models import Customer, Grant, UsageDraw, UsageEvent, UsageReversal
 from .periods import add_months
 from .usage import counted_windows_ensure
 
@@ -183,6 +188,7 @@ ROW_FIELDS = (
     "timestamp",
     "properties",
     "recorded_at",
+    "reversed_at",
 )
 
 
@@ -194,11 +200,12 @@ def _export_month(
     digest = hashlib.sha256()
     with open(archive.path, "wb") as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb") as out:
-            for values in rows.order_by("pk").values_list(*ROW_FIELDS).iterator(EXPORT_CHUNK):
-                if values[0] in kept:
-                    continue
-                out.write(_encode(values))
-                archive.events += 1
+            values = rows.order_by("pk").values_list(*ROW_FIELDS).iterator(EXPORT_CHUNK)
+            for chunk in _batches((v for v in values if v[0] not in kept), EXPORT_CHUNK):
+                draws, reversals = _ledger_of([v[0] for v in chunk])
+                for v in chunk:
+                    out.write(_encode(v, draws.get(v[0], []), reversals.get(v[0])))
+                archive.events += len(chunk)
         raw.flush()
         os.fsync(raw.fileno())
     with open(archive.path, "rb") as written:
@@ -208,8 +215,31 @@ def _export_month(
     return archive
 
 
-def _encode(values) -> bytes:
-    pk, customer_id, customer, feature_id, feature, event_id, quantity, at, props, rec = values
+def _ledger_of(event_ids: list[int]) -> tuple[dict[int, list], dict[int, dict]]:
+    """The draws and the reversals of these events, by event id, as archived."""
+    draws: dict[int, list] = {}
+    for event, grant, window, quantity in (
+        UsageDraw.objects.filter(event_id__in=event_ids)
+        .order_by("pk")
+        .values_list("event_id", "grant_id", "window", "quantity")
+    ):
+        draws.setdefault(event, []).append([grant, window, str(quantity)])
+    reversals = {
+        r["event_id"]: {
+            "reason": r["reason"],
+            "quantity": str(r["quantity"]),
+            "given_back": r["given_back"],
+            "api_key_name": r["api_key_name"],
+            "created_by_id": r["created_by_id"],
+            "created_at": r["created_at"].isoformat(),
+        }
+        for r in UsageReversal.objects.filter(event_id__in=event_ids).values()
+    }
+    return draws, reversals
+
+
+def _encode(values, draws: list, reversal: dict | None) -> bytes:
+    pk, customer_id, customer, feature_id, feature, event_id, quantity, at, props, rec, rev = values
     row = {
         "id": pk,
         "customer_id": customer_id,
@@ -221,6 +251,9 @@ def _encode(values) -> bytes:
         "timestamp": at.isoformat(),
         "properties": props,
         "recorded_at": rec.isoformat(),
+        "reversed_at": rev.isoformat() if rev else None,
+        "draws": draws,
+        "reversal": reversal,
     }
     return json.dumps(row, separators=(",", ":"), sort_keys=True).encode() + b"\n"
 
@@ -230,7 +263,10 @@ def _delete_archived(path: Path) -> int:
     deleted = 0
     for batch in _batches((row["id"] for row in read_archive(path)), BATCH):
         with transaction.atomic():
-            deleted += UsageEvent.objects.filter(pk__in=batch).delete()[0]
+            # Their draws and reversals go with them (and come back with a restore).
+            deleted += (
+                UsageEvent.objects.filter(pk__in=batch).delete()[1].get(UsageEvent._meta.label, 0)
+            )
     return deleted
 
 
@@ -277,11 +313,48 @@ def _restore_batch(batch: list[dict], report: RestoreReport) -> None:
     fresh = [r for r in batch if r["id"] not in present and r["customer_id"] in customers]
     # ignore_conflicts: a row whose (customer, event_id) is taken by a later event stays out.
     UsageEvent.objects.bulk_create([_decode(r) for r in fresh], ignore_conflicts=True)
-    restored = UsageEvent.objects.filter(pk__in=[r["id"] for r in fresh]).count()
+    restored_ids = set(
+        UsageEvent.objects.filter(pk__in=[r["id"] for r in fresh]).values_list("pk", flat=True)
+    )
+    _restore_ledger([r for r in fresh if r["id"] in restored_ids])
+    restored = len(restored_ids)
     report.present += len(present)
     report.orphaned += sum(1 for r in batch if r["customer_id"] not in customers)
     report.restored += restored
     report.conflicting += len(fresh) - restored
+
+
+def _restore_ledger(rows: list[dict]) -> None:
+    """The draws and reversals of restored events (a grant or a user deleted since: the draw
+    is left out, the reversal keeps no user)."""
+    grants = {g for r in rows for g, _, _ in r.get("draws") or () if g is not None}
+    grants = set(Grant.objects.filter(pk__in=grants).values_list("pk", flat=True))
+    users = {r["reversal"]["created_by_id"] for r in rows if r.get("reversal")} - {None}
+    users = set(get_user_model().objects.filter(pk__in=users).values_list("pk", flat=True))
+    UsageDraw.objects.bulk_create(
+        [
+            UsageDraw(event_id=r["id"], grant_id=g, window=w, quantity=Decimal(q))
+            for r in rows
+            for g, w, q in r.get("draws") or ()
+            if g is None or g in grants
+        ]
+    )
+    UsageReversal.objects.bulk_create(
+        [
+            UsageReversal(
+                event_id=r["id"],
+                reason=v["reason"],
+                quantity=Decimal(v["quantity"]),
+                given_back=v["given_back"],
+                api_key_name=v["api_key_name"],
+                created_by_id=v["created_by_id"] if v["created_by_id"] in users else None,
+                created_at=parse_datetime(v["created_at"]),
+            )
+            for r in rows
+            if (v := r.get("reversal"))
+        ],
+        ignore_conflicts=True,
+    )
 
 
 def _decode(row: dict) -> UsageEvent:
@@ -294,6 +367,8 @@ def _decode(row: dict) -> UsageEvent:
         timestamp=parse_datetime(row["timestamp"]),
         properties=row["properties"],
         recorded_at=parse_datetime(row["recorded_at"]),
+        # Archives written before reversals existed have no mark: counted.
+        reversed_at=parse_datetime(row["reversed_at"]) if row.get("reversed_at") else None,
     )
 
 

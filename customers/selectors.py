@@ -89,7 +89,8 @@ def usage_buckets(
 ) -> list[Bucket]:
     """Usage per hour/day/month in [start, end) (default: the entitlement's current period).
     `sum` features add up events; `latest` features show the last level of each bucket,
-    carried forward through buckets without a report. Every bucket is listed, zeros too."""
+    carried forward through buckets without a report. Every bucket is listed, zeros too.
+    Reversed events count for nothing."""
     if feature.kind != "metered":
         raise InvalidInput(f"{feature.key!r} is not a metered feature.", code="not_metered")
     if start is None or end is None:
@@ -101,9 +102,8 @@ def usage_buckets(
         raise InvalidInput("to must come after from.", code="invalid_range")
     starts = _bucket_starts(start, end, window)
     trunc = BUCKET_WINDOWS[window]("timestamp", tzinfo=dt.UTC)
-    events = UsageEvent.objects.filter(
-        customer=customer, feature=feature, timestamp__gte=start, timestamp__lt=end
-    )
+    counted = UsageEvent.objects.filter(customer=customer, feature=feature, reversed_at=None)
+    events = counted.filter(timestamp__gte=start, timestamp__lt=end)
     if feature.aggregation == "latest":
         last_at = dict(
             events.annotate(bucket=trunc)
@@ -116,7 +116,7 @@ def usage_buckets(
         )
         by_bucket = {b: levels.get(at, Decimal(0)) for b, at in last_at.items()}
         previous = (
-            UsageEvent.objects.filter(customer=customer, feature=feature, timestamp__lt=start)
+            counted.filter(timestamp__lt=start)
             .order_by("-timestamp")
             .values_list("quantity", flat=True)
             .first()

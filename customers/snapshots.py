@@ -1,18 +1,19 @@
 """Usage snapshots mirrored in Redis: a warm check costs one Redis round trip, no query.
 
 A snapshot is what the engine reads from the database for a customer (`_usage_snapshot`: the
-state and catalog versions, the counters of the windows in force, the grants in force), kept
-with the `gen` and `epoch` it was read at and its horizon: the first moment something in it
-changes by time alone (a window ends, a grant expires or starts). PostgreSQL stays the ledger
+state and catalog versions, the counters of the windows in force, the grants in force, the
+units held by reservations per feature with the first of their expiries), kept with the `gen`
+and `epoch` it was read at and its horizon: the first moment something in it changes by time
+alone (a window ends, a grant expires or starts, a hold expires). PostgreSQL stays the ledger
 and the only thing written; Redis only ever says "nothing changed since".
 
 The protocol, per customer (keys `es:d:<id>` dirty, `es:g:<id>` gen, `es:s:<id>` snapshot,
 plus the global `es:epoch`):
-- a writer of usage (consume, batch) calls `write_begin` before its transaction (INCR dirty,
-  with a TTL, and INCR gen) and `write_end` after it, committed or not (INCR gen, DECR
-  dirty); a rarer
-  writer (grants, overrides, subscriptions, the catalog) calls `changed`, which bumps gen (or
-  the epoch) at once and again when its transaction commits;
+- a writer of usage (consume, batch, hold, commit, release, reversal) calls `write_begin`
+  before its transaction (INCR dirty, with a TTL, and INCR gen) and `write_end` after it,
+  committed or not (INCR gen, DECR dirty); a rarer writer (grants, overrides, subscriptions,
+  the catalog) calls `changed`, which bumps gen (or the epoch) at once and again when its
+  transaction commits;
 - a reader gets dirty, gen, epoch and the snapshot in one call and uses the snapshot only if
   no write is in flight (dirty 0), gen and epoch are those it was stored with and now is
   before its horizon. Otherwise it reads PostgreSQL and stores what it read tagged with the
@@ -36,7 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 import orjson
@@ -178,12 +179,24 @@ class GrantRow:
     loaded: Decimal | None = None  # `consumed` as locked: to write changes only
 
 
+@dataclass(slots=True)
+class HeldRow:
+    """The reservations of one feature held at the snapshot's moment: their units, how many
+    they are and the first expiry among them (the snapshot's horizon is no later)."""
+
+    feature_id: int
+    quantity: Decimal
+    count: int
+    expires_at: dt.datetime
+
+
 @dataclass
 class Snapshot:
     version: tuple[int, int]
     counters: list[CounterRow]
     grants: list[GrantRow]
     next_grant_at: dt.datetime | None = None  # the next grant to come into force
+    held: list[HeldRow] = field(default_factory=list)  # reservations held, per feature
     horizon: dt.datetime | None = None  # valid before this moment
     loaded_at: dt.datetime | None = None  # and from this one
 
@@ -241,6 +254,9 @@ def _encode(snapshot: Snapshot, ticket: Ticket) -> bytes:
                 ]
                 for g in snapshot.grants
             ],
+            "r": [
+                [h.feature_id, str(h.quantity), h.count, _us(h.expires_at)] for h in snapshot.held
+            ],
         }  # fmt: skip
     )
 
@@ -256,8 +272,14 @@ def _decode(blob: bytes) -> tuple[Snapshot, int, int]:
         GrantRow(pk, c, f, _time(ef), _time(ex), Decimal(q), Decimal(cd), _time(v))
         for pk, c, f, ef, ex, q, cd, v in data["g"]
     ]
+    held = [HeldRow(f, Decimal(q), n, _time(ex)) for f, q, n, ex in data.get("r", ())]
     snapshot = Snapshot(
-        tuple(data["v"]), counters, grants, horizon=_time(horizon), loaded_at=_time(loaded_at)
+        tuple(data["v"]),
+        counters,
+        grants,
+        held=held,
+        horizon=_time(horizon),
+        loaded_at=_time(loaded_at),
     )
     return snapshot, gen, epoch
 

@@ -6,16 +6,13 @@ modules that record rows never import this one.
 """
 
 import datetime as dt
-import logging
 import smtplib
 
 from celery import shared_task
 
-from core.outbox import DATABASE_ERRORS, TASK_RETRIES
+from core.outbox import DATABASE_ERRORS, TASK_RETRIES, send_in_task
 
-from . import checks, notifications, snapshots, webhooks
-
-logger = logging.getLogger(__name__)
+from . import checks, engine, notifications, snapshots, webhooks
 
 # What a mail server or network outage raises, and the database going away for a moment:
 # retried with backoff (core.outbox.TASK_RETRIES), then the sweep's.
@@ -32,15 +29,12 @@ WEBHOOK_ERRORS = (webhooks.WebhookDeliveryError, *DATABASE_ERRORS)
 )
 def notification_send(self, notification_id: int) -> bool:
     """Sends one notification's email (never one already sent)."""
-    try:
-        return notifications.notification_email_send(notification_id=notification_id)
-    except MAIL_ERRORS:
-        if self.request.is_eager:
-            # In-process (no broker) a retry would run at once and hold the request: leave the
-            # notification pending for the sweep or the admin's resend.
-            logger.warning("Notification %s not sent; left pending", notification_id, exc_info=True)
-            return False
-        raise
+    return send_in_task(
+        self,
+        lambda: notifications.notification_email_send(notification_id=notification_id),
+        MAIL_ERRORS,
+        f"Notification {notification_id}",
+    )
 
 
 @shared_task(name="customers.tasks.notifications_sweep")
@@ -60,13 +54,12 @@ def notifications_sweep(due_within_seconds: float = 0) -> int:
 )
 def webhook_deliver(self, delivery_id: int) -> bool:
     """POSTs one webhook delivery (never one already delivered)."""
-    try:
-        return webhooks.webhook_delivery_send(delivery_id=delivery_id)
-    except WEBHOOK_ERRORS:
-        if self.request.is_eager:
-            logger.warning("Webhook delivery %s failed; left pending", delivery_id, exc_info=True)
-            return False
-        raise
+    return send_in_task(
+        self,
+        lambda: webhooks.webhook_delivery_send(delivery_id=delivery_id),
+        WEBHOOK_ERRORS,
+        f"Webhook delivery {delivery_id}",
+    )
 
 
 @shared_task(name="customers.tasks.webhook_deliveries_sweep")
@@ -87,6 +80,13 @@ def usage_counters_vacuum() -> bool:
     """VACUUM of the usage counters when PostgreSQL runs without autovacuum (every minute;
     customers/checks.py says why). Answers whether it ran."""
     return checks.usage_counters_vacuum()
+
+
+@shared_task(name="customers.tasks.reservations_expire")
+def reservations_expire() -> int:
+    """Marks the holds past their expiry `expired` (tidiness: they count for nothing already).
+    Returns how many."""
+    return engine.reservations_expire()
 
 
 notifications.OUTBOX.task = notification_send

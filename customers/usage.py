@@ -17,8 +17,10 @@ Which window an event belongs to, for each kind (as the engine keys them):
 
 `used` is the sum of the window's quantities; `level`/`level_at` the quantity and timestamp of
 its last event (by timestamp, then id) for `latest` features, empty for `sum` features.
-`drawn` (what the window's usage took from grants) cannot be recomputed from the events alone:
-it is kept as it is.
+Reversed events (`reversed_at`) count for nothing, as the reversal took them off the counters.
+`drawn` (what the window's usage took from grants) is kept as it is: the engine keeps it in step
+with the draw ledger (`UsageDraw`), a reversal included, and events recorded before that
+ledger existed have no rows to recompute it from.
 
 Only the counted windows are kept and checked (`CountedWindow`: the billing period of every
 metered feature, and each other kind once something uses it). `counted_windows_ensure` makes a
@@ -176,7 +178,9 @@ def _rebuild_chunk(
     counters = UsageCounter.objects.filter(
         customer_id__in=customer_ids, feature_id__in=list(scope)
     ).order_by("customer_id", "feature_id", "window", "start")
-    events = UsageEvent.objects.filter(customer_id__in=customer_ids, feature_id__in=list(scope))
+    events = UsageEvent.objects.filter(
+        customer_id__in=customer_ids, feature_id__in=list(scope), reversed_at=None
+    )
     if since is not None:
         counters = counters.filter(start__gte=since)
         events = events.filter(timestamp__gte=since)
@@ -380,7 +384,8 @@ def _sum_by_range(
             "SELECT ranges.idx, e.feature_id, SUM(e.quantity), MAX(e.timestamp) "
             f"FROM ranges JOIN {table} e ON e.customer_id = ranges.customer_id "
             "AND e.timestamp >= ranges.lo AND e.timestamp < ranges.hi "
-            f"AND e.feature_id IN ({features}) GROUP BY ranges.idx, e.feature_id",
+            f"AND e.feature_id IN ({features}) AND e.reversed_at IS NULL "
+            "GROUP BY ranges.idx, e.feature_id",
             params,
         )
         yield from cursor.fetchall()
@@ -402,7 +407,8 @@ def _levels(expected: dict[Key, _Expected], latest: set[int]) -> None:
                 f"(VALUES {', '.join(['(%s, %s, %s)'] * len(chunk))}) "
                 "SELECT e.customer_id, e.feature_id, e.timestamp, e.id, e.quantity "
                 f"FROM wanted JOIN {table} e ON e.customer_id = wanted.customer_id "
-                "AND e.feature_id = wanted.feature_id AND e.timestamp = wanted.ts",
+                "AND e.feature_id = wanted.feature_id AND e.timestamp = wanted.ts "
+                "AND e.reversed_at IS NULL",
                 params,
             )
             for c, f, at, pk, quantity in cursor.fetchall():

@@ -36,6 +36,7 @@ class DocsView(_ErrorsAsJSON, SpectacularSwaggerSplitView):
 
 C = "customers/<str:external_id>"
 E = f"{C}/entitlements/<str:feature_key>"
+R = f"{E}/reservations"
 V = "plans/<str:plan_key>/versions/<int:n>"
 
 v1 = [
@@ -45,7 +46,23 @@ v1 = [
     path(E, customers_api.EntitlementView.as_view(), name="entitlement"),
     path(f"{E}/consume", customers_api.ConsumeView.as_view(), name="consume"),
     path(f"{E}/usage", customers_api.UsageBucketsView.as_view(), name="usage-buckets"),
+    path(f"{R}", customers_api.ReservationListView.as_view(), name="reservations"),
+    path(
+        f"{R}/<str:reservation_id>",
+        customers_api.ReservationDetailView.as_view(),
+        name="reservation",
+    ),
+    path(
+        f"{R}/<str:reservation_id>/commit",
+        customers_api.ReservationCommitView.as_view(),
+        name="reservation-commit",
+    ),
     path("usage", customers_api.UsageBatchView.as_view(), name="usage"),
+    path(
+        f"{C}/usage/<path:event_id>/reversal",
+        customers_api.ReversalView.as_view(),
+        name="usage-reversal",
+    ),
     path(f"{C}/overrides", customers_api.OverrideListView.as_view(), name="overrides"),
     path(f"{C}/overrides/<int:pk>", customers_api.OverrideDetailView.as_view(), name="override"),
     path(f"{C}/grants", customers_api.GrantListView.as_view(), name="grants"),

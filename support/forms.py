@@ -10,6 +10,7 @@ from catalog.models import Feature, FeatureKind, TopUpPack
 from core.bounds import validate_url_safe
 from core.forms import ExactDecimalField, InstantField
 from core.text import quantity_text
+from customers.models import REVERSAL_REASON_MAX
 
 from .selectors import PlanOption
 
@@ -153,3 +154,20 @@ class InvoiceVoidForm(forms.Form):
         help_text="Kept on the invoice and in its history; the customer sees it.",
         widget=forms.TextInput(attrs={"autocomplete": "off"}),
     )
+
+
+class UsageReverseForm(forms.Form):
+    """Support's confirmation of "Reverse" on a usage event: why, for its history."""
+
+    reason = forms.CharField(
+        max_length=REVERSAL_REASON_MAX,
+        label="Reason",
+        help_text="Kept with the reversal and in the customer's history.",
+        widget=forms.TextInput(attrs={"autocomplete": "off"}),
+    )
+
+    def clean_reason(self) -> str:
+        reason = self.cleaned_data["reason"].strip()
+        if not reason:
+            raise forms.ValidationError("Say why the usage is given back.")
+        return reason

@@ -8,10 +8,11 @@ import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from django.core.paginator import Page, Paginator
 from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 
-from catalog.models import FeatureKind, Plan, PlanStatus
+from catalog.models import Aggregation, Feature, FeatureKind, Plan, PlanStatus
 from catalog.selectors import entitlement_overage_text, entitlement_summary, plan_is_upgrade
 from core.text import quantity_text
 from customers.engine import Entitlement, arithmetic, entitlements_resolve
@@ -21,6 +22,9 @@ from customers.models import (
     EntitlementOverride,
     Grant,
     Subscription,
+    UsageDraw,
+    UsageEvent,
+    UsageReversal,
 )
 from customers.selectors import customer_search
 
@@ -161,6 +165,95 @@ def grant_rows(customer: Customer, *, now: dt.datetime | None = None) -> list[Gr
     return rows
 
 
+# --- usage events -----------------------------------------------------------------------------
+
+USAGE_PAGE_SIZE = 25
+
+
+@dataclass(frozen=True)
+class DrawPart:
+    """Where some of an event's units went: "allowance", "grant" (with the grant) or
+    "overage"."""
+
+    kind: str
+    quantity_text: str
+    grant: Grant | None = None
+    gives_back: bool = True  # a grant's units would go back to it now (not expired or void)
+
+
+@dataclass(frozen=True)
+class UsageEventRow:
+    event: UsageEvent
+    quantity_text: str
+    parts: list[DrawPart]  # empty for a reported level (a `latest` feature)
+    reversal: UsageReversal | None
+
+    @property
+    def reversible(self) -> bool:
+        return self.reversal is None and self.event.feature.aggregation != Aggregation.LATEST
+
+
+def usage_event_features() -> list[Feature]:
+    """The features usage can be filtered by: the metered ones (the catalog is small)."""
+    return list(Feature.objects.filter(kind=FeatureKind.METERED).order_by("name"))
+
+
+def usage_event_page(
+    customer: Customer, *, feature: Feature | None = None, page=1
+) -> tuple[Page, list[UsageEventRow]]:
+    """The customer's usage events, newest first, USAGE_PAGE_SIZE a page (of `feature` only,
+    when given), each with where its units went, from the draw ledger: the allowance (its
+    quantity less its draws), each grant it drew on, overage; and its reversal, if any. A
+    page number out of range is the nearest page."""
+    events = _usage_events(customer)
+    if feature is not None:
+        events = events.filter(feature=feature)
+    current = Paginator(events, USAGE_PAGE_SIZE).get_page(page)
+    return current, _usage_event_rows(current.object_list)
+
+
+def usage_event_rows_of(customer: Customer, event_ids: list[int]) -> list[UsageEventRow]:
+    """The rows of these events (ids) of the customer, as `usage_event_page` shows them."""
+    return _usage_event_rows(_usage_events(customer).filter(pk__in=event_ids))
+
+
+def _usage_events(customer: Customer) -> QuerySet[UsageEvent]:
+    return (
+        UsageEvent.objects.filter(customer=customer)
+        .select_related("feature", "reversal", "reversal__created_by")
+        .prefetch_related(
+            Prefetch("draws", UsageDraw.objects.select_related("grant__topup_pack").order_by("pk"))
+        )
+        .order_by("-timestamp", "-pk")
+    )
+
+
+def _usage_event_rows(events) -> list[UsageEventRow]:
+    now = timezone.now()
+    rows = []
+    for event in events:
+        unit = event.feature.unit
+        parts = []
+        if event.feature.aggregation != Aggregation.LATEST:
+            draws = list(event.draws.all())
+            allowance = event.quantity - sum((d.quantity for d in draws), Decimal("0"))
+            if allowance > 0 or not draws:
+                parts.append(DrawPart("allowance", quantity_text(allowance, unit)))
+            for draw in draws:
+                kind = "grant" if draw.grant_id else "overage"
+                back = draw.grant is None or arithmetic.grant_gives_back(draw.grant, now)
+                parts.append(DrawPart(kind, quantity_text(draw.quantity, unit), draw.grant, back))
+        rows.append(
+            UsageEventRow(
+                event=event,
+                quantity_text=quantity_text(event.quantity, unit),
+                parts=parts,
+                reversal=getattr(event, "reversal", None),
+            )
+        )
+    return rows
+
+
 @dataclass(frozen=True)
 class OverrideRow:
     override: EntitlementOverride
@@ -293,6 +386,29 @@ def _text(record, name: str, value) -> str:
     return str(value)
 
 
+def _reversal_entries(customer: Customer, limit: int) -> list[HistoryEntry]:
+    reversals = (
+        UsageReversal.objects.filter(event__customer=customer)
+        .select_related("event__feature", "created_by")
+        .order_by("-created_at", "-pk")[:limit]
+    )
+    entries = []
+    for r in reversals:
+        user = r.created_by
+        who = (user.get_full_name() or user.get_username()) if user else r.who
+        quantity = quantity_text(r.quantity, r.event.feature.unit)
+        entries.append(
+            HistoryEntry(
+                when=r.created_at,
+                who=who,
+                subject=f"Usage event {r.event.event_id}: {quantity} of {r.event.feature.name}",
+                action="reversed",
+                detail=r.reason,
+            )
+        )
+    return entries
+
+
 def _subject(model_name: str, record) -> str:
     if model_name == "subscription":
         return "Subscription"
@@ -305,7 +421,8 @@ def _subject(model_name: str, record) -> str:
 
 
 def customer_history(customer: Customer, *, limit: int = 50) -> list[HistoryEntry]:
-    """The changes to the customer, its subscriptions, overrides and grants, newest first:
+    """The changes to the customer, its subscriptions, overrides and grants, and its usage
+    reversals, newest first:
     who made each (history_user), when, and each changed field's old and new value."""
     sources = {
         "customer": Customer.history.filter(id=customer.pk),
@@ -354,5 +471,6 @@ def customer_history(customer: Customer, *, limit: int = 50) -> list[HistoryEntr
                 )
             )
             previous_by_id[record.id] = record
+    entries += _reversal_entries(customer, limit)
     entries.sort(key=lambda e: e.when, reverse=True)
     return entries[:limit]

@@ -17,6 +17,12 @@ urlpatterns = [
         views.invoice_void,
         name="invoice_void",
     ),
+    path("customers/<int:pk>/usage/", views.usage_events, name="usage_events"),
+    path(
+        "customers/<int:pk>/usage/<int:event_pk>/reverse/",
+        views.usage_reverse,
+        name="usage_reverse",
+    ),
     path("customers/<int:pk>/overrides/", views.override_add, name="override_add"),
     path(
         "customers/<int:pk>/overrides/<int:override_pk>/end/",

@@ -1,7 +1,8 @@
 """Pages for support agents (HTMX): find a customer as you type; a customer's page with every
 effective entitlement and where it comes from, their grants, overrides, notifications,
-invoices and history; and the actions support takes: change plan (with the proration
-preview), grant units (free, or a paid top-up), add or end an override, void a grant.
+invoices, recent usage events (where their units went) and history; and the actions support
+takes: change plan (with the proration preview), grant units (free, or a paid top-up), add or
+end an override, void a grant, reverse a usage event.
 
 Each action is a POST form with a CSRF token, through the same services as the API (so it is
 recorded in history with the acting user by simple_history's middleware). Success: a message
@@ -9,6 +10,7 @@ and a redirect to the customer page, or, under htmx, the customer's sections re-
 place. Errors: the form again, with them.
 """
 
+from decimal import Decimal
 from functools import wraps
 
 from django.conf import settings
@@ -35,8 +37,10 @@ from catalog.models import Feature, Plan
 from catalog.selectors import entitlement_summary, plan_version_current, topup_packs_available
 from core.errors import DomainError, NotFound
 from core.roles import is_support
+from core.text import quantity_text
+from customers import engine
 from customers import services as customer_services
-from customers.models import Customer, EntitlementOverride, Grant, GrantSource
+from customers.models import Customer, EntitlementOverride, Grant, GrantSource, UsageEvent
 
 from . import selectors
 from .forms import (
@@ -46,6 +50,7 @@ from .forms import (
     PlanChoiceForm,
     SearchForm,
     TopUpForm,
+    UsageReverseForm,
     override_values_form,
 )
 
@@ -107,6 +112,7 @@ def _page_context(request, customer: Customer, **forms) -> dict:
     packs = topup_packs_available(plan=plan) if plan else topup_packs_available(plan=None).none()
     override_feature = forms.pop("override_feature", None)
     context = {
+        **_usage_context(request, customer),
         "customer": customer,
         "subscription": subscription,
         "entitlements": selectors.entitlement_rows(customer),
@@ -405,6 +411,80 @@ def override_end(request: HttpRequest, pk: int, override_pk: int) -> HttpRespons
         customer,
         f"Ended the override of {override.feature.name}; the plan's terms apply again.",
         "overrides",
+    )
+
+
+# --- usage events ---------------------------------------------------------------------------
+
+
+def _usage_context(request, customer: Customer) -> dict:
+    """The "Recent usage" section: a page of events (`?page=`), of one feature (`?feature=`)."""
+    features = selectors.usage_event_features()
+    key = request.GET.get("feature", "") if request.method == "GET" else ""
+    chosen = next((f for f in features if f.key == key), None)
+    page, rows = selectors.usage_event_page(
+        customer, feature=chosen, page=request.GET.get("page", 1)
+    )
+    return {
+        "usage_page": page,
+        "usage_rows": rows,
+        "usage_features": features,
+        "usage_feature": chosen,
+    }
+
+
+@support_required
+@require_GET
+def usage_events(request: HttpRequest, pk: int) -> HttpResponse:
+    """The "Recent usage" section, filtered and paged: the partial under htmx, else the
+    customer page showing that page of it."""
+    customer = _customer_get(pk)
+    if request.htmx:
+        context = {"customer": customer, **_usage_context(request, customer)}
+        return render(request, f"{CUSTOMER_PAGE}#usage-events", context)
+    return render(request, CUSTOMER_PAGE, _page_context(request, customer))
+
+
+@support_required
+@require_http_methods(["GET", "POST"])
+def usage_reverse(request: HttpRequest, pk: int, event_pk: int) -> HttpResponse:
+    """GET: the event, where its units went, and a confirmation form (the reason is
+    required). POST: customers.engine.usage_reverse as the signed-in agent: its units go back
+    to the period and to the grants they came from (unless expired since). Reversing twice
+    changes nothing and says so; a level (`latest`) is not reversible (409)."""
+    customer = _customer_get(pk)
+    event = get_object_or_404(
+        UsageEvent.objects.select_related("feature"), customer=customer, pk=event_pk
+    )
+    form = UsageReverseForm(request.POST or None)
+    error, status = "", 200
+    if request.method == "POST" and form.is_valid():
+        try:
+            result = engine.usage_reverse(
+                customer, event.event_id, reason=form.cleaned_data["reason"], user=request.user
+            )
+        except DomainError as failure:
+            error, status = failure.message, failure.status
+        else:
+            return _done(request, customer, _reversal_message(result, event), "usage")
+    elif request.method == "POST":
+        status = 400
+    row = selectors.usage_event_rows_of(customer, [event.pk])[0]
+    context = {"customer": customer, "row": row, "form": form, "error": error}
+    return render(request, "support/usage_reverse.html", context, status=status)
+
+
+def _reversal_message(result, event: UsageEvent) -> str:
+    unit = event.feature.unit
+    given = result.reversal.given_back
+    if not result.created:
+        return f"Usage event {event.event_id} was already reversed; nothing changed."
+    back = sum((Decimal(units) for units in given.values()), Decimal("0"))
+    to_grants = f", {quantity_text(back, unit)} of it back to grants" if back else ""
+    return (
+        f"Reversed usage event {event.event_id}: {quantity_text(result.quantity, unit)} of "
+        f"{event.feature.name} given back{to_grants}. Usage now "
+        f"{quantity_text(result.entitlement.usage, unit)}."
     )
 
 

@@ -14,6 +14,13 @@ customers/tests/test_arithmetic.py checks they agree).
   allowance and then the grants, soonest-expiring first, and the gate's decision;
   `consume_fast_bounds`: that decision's simple case as bounds on usage, for a database to
   check in the statement that writes (PostgreSQL's consume in one round trip).
+- `reversal_apply`: a usage event given back (the mirror of `draw_apply`).
+
+The allowance left in a window is `limit - (used - drawn)`: `used - drawn` is what the
+window's usage took from the allowance and overage. Without reversals that is `limit - used`
+whenever grants are drawn (the allowance is used up first); after a reversal of an event that
+drew on the allowance while later ones drew on grants, the allowance has room again although
+`drawn > 0`.
 """
 
 from __future__ import annotations
@@ -73,7 +80,8 @@ class Entitlement:
     usage: Decimal | None = None
     balance: Decimal | None = None
     overage: Decimal | None = None
-    reserved: Decimal | None = None  # held by reservations (none yet: 0 when metered)
+    reserved: Decimal | None = None  # held now by reservations (0 when metered and none)
+    drawn: Decimal | None = None  # what the window's usage took from grants (sums); not in E
     enforcement: str | None = None
     source: str | None = None
     period_start: dt.datetime | None = None
@@ -87,6 +95,7 @@ class Entitlement:
     overage_price: Money | None = None
     feature_id: int | None = None
     denied: str | None = None  # why access is refused whatever the numbers (payment_overdue)
+    holds: int = 0  # how many reservations hold the `reserved` units
 
     @property
     def percent_used(self) -> Decimal | None:
@@ -144,14 +153,15 @@ def entitlement_compute(
     grants: list,
     windows: dict,
     reserved: Decimal = ZERO,
+    holds: int = 0,
 ) -> Entitlement:
     """One effective entitlement (DESIGN.md) from the terms in force, the counters of the
     windows containing the moment (by window kind), the grants in force in burn-down order
-    and the windows by kind. `reserved`: units held now; the balance excludes them. Terms
-    `denied` keep their numbers without access."""
+    and the windows by kind. `reserved`: units held now (by `holds` reservations); the balance
+    excludes them. Terms `denied` keep their numbers without access."""
     if terms is not None and terms.denied:
         allowed = entitlement_compute(
-            feature, replace(terms, denied=None), counters, grants, windows, reserved
+            feature, replace(terms, denied=None), counters, grants, windows, reserved, holds
         )
         return replace(allowed, has_access=False, denied=terms.denied)
     base = {
@@ -201,7 +211,7 @@ def entitlement_compute(
         if limit is None:
             balance = overage = None
         else:
-            balance = max(ZERO, max(ZERO, limit - usage) + granted - reserved)
+            balance = max(ZERO, allowance_left(limit, usage, drawn) + granted - reserved)
             overage = max(ZERO, usage - limit - drawn)
     has_access = limit is None or balance > 0 or terms.enforcement == SOFT
     resets = kind != NEVER
@@ -214,6 +224,8 @@ def entitlement_compute(
         balance=balance,
         overage=ZERO if overage is None and limit is None else overage,
         reserved=reserved,
+        drawn=None if feature.aggregation == LATEST else drawn,
+        holds=holds if reserved else 0,
         enforcement=terms.enforcement,
         source=terms.source,
         period_start=window.start,
@@ -227,15 +239,24 @@ def entitlement_compute(
     )
 
 
+def allowance_left(limit: Decimal, used: Decimal, drawn: Decimal) -> Decimal:
+    """What is left of a window's allowance: its usage less what grants covered (`drawn`)
+    counts against it."""
+    return max(ZERO, limit - (used - drawn))
+
+
 @dataclass
 class Draw:
-    """The effect one usage quantity would have: what to add where. Applied only if allowed."""
+    """The effect one usage quantity would have: what to add where. Applied only if allowed.
+    `takes`: (grant, units) taken from grants; `overage`: units past the allowance and every
+    grant (reported usage, or a soft limit); the rest drew on the allowance."""
 
     allowed: bool
     reason: str | None
     quantity: Decimal
     level: Decimal | None = None
     takes: list[tuple] = field(default_factory=list)
+    overage: Decimal = ZERO
 
     @property
     def recorded(self) -> Decimal:
@@ -252,10 +273,12 @@ def draw_plan(
     *,
     enforce: bool,
     as_level: bool,
+    reserved: Decimal = ZERO,
 ) -> Draw:
     """Burn-down of `quantity` against allowance, then grants soonest-expiring first. With
-    `enforce` (a consume), a hard limit denies what the balance cannot cover. `as_level`: the
-    quantity is a reported level of a `latest` feature rather than an increment."""
+    `enforce` (a consume, a hold), a hard limit denies what the balance cannot cover once the
+    `reserved` units (held by reservations) are set aside. `as_level`: the quantity is a
+    reported level of a `latest` feature rather than an increment."""
     if enforce and terms is not None and terms.denied:
         return Draw(False, terms.denied, quantity)
     if terms is None and not grants:
@@ -268,13 +291,14 @@ def draw_plan(
     if feature.aggregation == LATEST:
         level = quantity if as_level else level_of(counters, kind) + quantity
         capacity = (terms.limit or ZERO) + sum((g.quantity for g in grants), ZERO)
-        if hard and level > capacity:
+        if hard and level + reserved > capacity:
             return Draw(False, "limit_exceeded", quantity, level=level)
         return Draw(True, None, quantity, level=level)
     if terms.unlimited:
         return Draw(True, None, quantity)
-    used = counters[kind].used
-    rest = quantity - min(quantity, max(ZERO, (terms.limit or ZERO) - used))
+    counter = counters[kind]
+    allowance = allowance_left(terms.limit or ZERO, counter.used, counter.drawn)
+    rest = quantity - min(quantity, allowance)
     takes = []
     for grant in grants:
         if rest <= 0:
@@ -283,9 +307,26 @@ def draw_plan(
         if take > 0:
             takes.append((grant, take))
             rest -= take
-    if hard and rest > 0:
+    over = reserved > 0 and quantity + reserved > balance_of(allowance, grants)
+    if hard and (rest > 0 or over):
         return Draw(False, "limit_exceeded", quantity)
-    return Draw(True, None, quantity, takes=takes)
+    return Draw(True, None, quantity, takes=takes, overage=rest)
+
+
+def overage_adding(terms: Terms | None, counters: dict, quantity: Decimal) -> Decimal:
+    """The overage of adding `quantity` of a sum without grants (the batch's fast path, which
+    skips `draw_plan`): what the allowance left does not cover. Read before adding."""
+    terms = terms or GRANT_ONLY_TERMS
+    if terms.unlimited:
+        return ZERO
+    counter = counters[effective_kind(terms)]
+    left = allowance_left(terms.limit or ZERO, counter.used, counter.drawn)
+    return quantity - min(quantity, left)
+
+
+def balance_of(allowance: Decimal, grants: list) -> Decimal:
+    """What is left of the allowance and the grants in force, before any reservation."""
+    return allowance + sum((g.quantity - g.consumed for g in grants), ZERO)
 
 
 def draw_apply(draw: Draw, terms: Terms | None, counters: dict, at: dt.datetime) -> None:
@@ -300,6 +341,35 @@ def draw_apply(draw: Draw, terms: Terms | None, counters: dict, at: dt.datetime)
         counters[effective_kind(terms or GRANT_ONLY_TERMS)].drawn += drawn
     for grant, take in draw.takes:
         grant.consumed += take
+
+
+def grant_gives_back(grant, now: dt.datetime) -> bool:
+    """Whether units taken from `grant` go back to it now: not once it expired or was voided."""
+    expired = grant.expires_at is not None and grant.expires_at <= now
+    voided = grant.voided_at is not None and grant.voided_at <= now
+    return not expired and not voided
+
+
+def reversal_apply(
+    quantity: Decimal, takes: list[tuple], kind: str | None, counters: dict, now: dt.datetime
+) -> dict:
+    """A usage event of a sum given back, the mirror of `draw_apply`: every counter whose
+    window contains the event (`counters`, by kind) drops `used` by its `quantity`; the units
+    it took from grants (`takes`: (grant, units)) leave the `drawn` of the counter of `kind`
+    (the entitlement's window when it was recorded) and go back to grants that have not
+    expired or been voided by `now`. Changes them in memory; answers {grant id: units given
+    back}."""
+    for counter in counters.values():
+        counter.used -= quantity
+    drawn = sum((take for _, take in takes), ZERO)
+    if drawn and kind in counters:
+        counters[kind].drawn -= drawn
+    given: dict = {}
+    for grant, take in takes:
+        if grant_gives_back(grant, now):
+            grant.consumed -= take
+            given[grant.pk] = given.get(grant.pk, ZERO) + take
+    return given
 
 
 def consume_result(draw: Draw, entitlement: Entitlement) -> ConsumeResult:
@@ -317,10 +387,12 @@ def may_cross(terms: Terms | None, counters: dict, quantity: Decimal) -> bool:
         return True
     if terms.unlimited or not terms.notify_at:
         return False
-    limit = terms.limit or ZERO
+    counter = counters[effective_kind(terms)]
+    # The capacity without grants in force: the allowance plus what grants covered earlier.
+    limit = (terms.limit or ZERO) + counter.drawn
     if limit <= 0:
         return True
-    before = counters[effective_kind(terms)].used
+    before = counter.used
     low, high = percent_of(before, limit), percent_of(before + quantity, limit)
     return any(low < Decimal(t) <= high for t in terms.notify_at)
 
@@ -334,17 +406,73 @@ def thresholds_crossed(before: Entitlement, after: Entitlement) -> list[int]:
 
 
 def consume_decide(
-    feature, terms: Terms | None, counters: dict, grants: list, windows: dict, quantity, at
+    feature,
+    terms: Terms | None,
+    counters: dict,
+    grants: list,
+    windows: dict,
+    quantity,
+    at,
+    held: tuple[Decimal, int] = (ZERO, 0),
 ) -> tuple[Draw, Entitlement, Entitlement]:
-    """The gate's decision on `quantity` (a consume, under its hard limit): the draw, and the
-    entitlement before and after it (the same when denied). An allowed draw is applied to
-    `counters` and `grants` in memory; the caller writes them, or drops them (a dry run)."""
-    draw = draw_plan(feature, terms, counters, grants, quantity, enforce=True, as_level=False)
-    before = entitlement_compute(feature, terms, counters, grants, windows)
+    """The gate's decision on `quantity` (a consume, under its hard limit, beside the units
+    `held` by reservations: (reserved, holds)): the draw, and the entitlement before and after
+    it (the same when denied). An allowed draw is applied to `counters` and `grants` in memory;
+    the caller writes them, or drops them (a dry run)."""
+    reserved, holds = held
+    draw = draw_plan(
+        feature, terms, counters, grants, quantity, enforce=True, as_level=False, reserved=reserved
+    )
+    before = entitlement_compute(feature, terms, counters, grants, windows, reserved, holds)
     if not draw.allowed:
         return draw, before, before
     draw_apply(draw, terms, counters, at)
-    return draw, before, entitlement_compute(feature, terms, counters, grants, windows)
+    after = entitlement_compute(feature, terms, counters, grants, windows, reserved, holds)
+    return draw, before, after
+
+
+def hold_decide(
+    feature,
+    terms: Terms | None,
+    counters: dict,
+    grants: list,
+    windows: dict,
+    quantity: Decimal,
+    held: tuple[Decimal, int],
+) -> tuple[Draw, Entitlement]:
+    """A reservation's decision: the gate's (`draw_plan` under its hard limit, beside the
+    units already `held`), nothing drawn. Answers the draw and the entitlement after the hold
+    (with it among the held units), or before it when denied."""
+    reserved, holds = held
+    draw = draw_plan(
+        feature, terms, counters, grants, quantity, enforce=True, as_level=False, reserved=reserved
+    )
+    if draw.allowed:
+        reserved, holds = reserved + quantity, holds + 1
+    return draw, entitlement_compute(feature, terms, counters, grants, windows, reserved, holds)
+
+
+def commit_decide(
+    feature,
+    terms: Terms | None,
+    counters: dict,
+    grants: list,
+    windows: dict,
+    quantity: Decimal,
+    at,
+    held: tuple[Decimal, int],
+    hold: Decimal,
+) -> tuple[Draw, Entitlement, Entitlement]:
+    """A reservation's commit of `quantity` (of the `hold` units it held, among those
+    `held`): recorded like a consume, allowance first, then grants, but never denied (the hold
+    guaranteed it). Answers the draw (applied in memory) and the entitlement before (the hold
+    still held) and after (the usage recorded, the hold gone)."""
+    reserved, holds = held
+    before = entitlement_compute(feature, terms, counters, grants, windows, reserved, holds)
+    draw = draw_plan(feature, terms, counters, grants, quantity, enforce=False, as_level=False)
+    draw_apply(draw, terms, counters, at)
+    rest = (reserved - hold, holds - 1)
+    return draw, before, entitlement_compute(feature, terms, counters, grants, windows, *rest)
 
 
 @dataclass(frozen=True)
@@ -366,11 +494,13 @@ class FastBounds:
 def consume_fast_bounds(feature, terms: Terms | None, quantity: Decimal) -> FastBounds | None:
     """`FastBounds` of a consume of `quantity` for the simple case, else None (the full
     decision must run): a sum under terms that grant access by themselves (not denied) and a
-    positive limit or none. With no grants and nothing drawn, capacity is the limit, so a
-    threshold `t` is crossed exactly when used < t% of the limit <= used + quantity (Python's
-    decimals divide exactly at these sizes: 15 digits, 4 places); a hard limit allows exactly
-    when used + quantity <= limit (`draw_plan`). `test_arithmetic` checks this against
-    `consume_decide` on random inputs."""
+    positive limit or none, with no reservation held. With no grants and nothing drawn,
+    capacity is the limit, so a threshold `t` is crossed exactly when used < t% of the limit
+    <= used + quantity (Python's decimals divide exactly at these sizes: 15 digits, 4 places);
+    the allowance covers the quantity, so that the draw is neither denied (a hard limit) nor
+    overage (a soft one, whose overage draw the full path records), exactly when used +
+    quantity <= limit (`draw_plan`). `test_arithmetic` checks this against `consume_decide` on
+    random inputs."""
     if feature.kind != METERED or feature.aggregation != SUM or terms is None or terms.denied:
         return None
     if terms.unlimited:
@@ -378,12 +508,11 @@ def consume_fast_bounds(feature, terms: Terms | None, quantity: Decimal) -> Fast
     limit = terms.limit or ZERO
     if limit <= 0:
         return None
-    hard = terms.enforcement == HARD
     gaps = []
     for t in terms.notify_at:
         at_t = Decimal(t) * limit / HUNDRED  # the usage at which percent_used is t
         gaps.append((at_t - quantity, at_t))
-    return FastBounds(limit - quantity if hard else None, tuple(gaps))
+    return FastBounds(limit - quantity, tuple(gaps))
 
 
 # --- capacity: what 100% of an allowance is ------------------------------------------------
@@ -400,8 +529,10 @@ def grant_units(e) -> Decimal:
     granted = e.granted or ZERO
     if e.aggregation == LATEST or e.limit is None:
         return granted
-    drawn = (e.usage or ZERO) - e.limit - (e.overage or ZERO)
-    return granted + max(ZERO, drawn)
+    drawn = getattr(e, "drawn", None)
+    if drawn is None:  # a figure without it (an invoice line's): what usage says was drawn
+        drawn = max(ZERO, (e.usage or ZERO) - e.limit - (e.overage or ZERO))
+    return granted + drawn
 
 
 def capacity(e) -> Decimal | None:

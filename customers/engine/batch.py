@@ -31,12 +31,15 @@ from .arithmetic import (
     effective_kind,
     entitlement_compute,
     may_cross,
+    overage_adding,
 )
 from .inputs import clean_event_id, clean_properties, parse_quantity, parse_timestamp
 from .ledger import (
     counters_and_grants_save,
     counters_create,
     counters_lock,
+    draw_rows,
+    draws_insert,
     events_insert,
     grants_lock,
     retrying_deadlocks,
@@ -254,10 +257,12 @@ def _record_reported(
     """Applies newly recorded events to the locked counters and grants, in ledger order
     (timestamp, then id) per customer and feature, each under the terms in force at its
     timestamp. `added`: what the locking statement already added to counters (as locked, they
-    read without it): those are not written again."""
+    read without it): those are not written again. The draw ledger (`UsageDraw`) gets what
+    each event took from grants or put past its allowance."""
     groups: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for i in ours:
         groups[(i["customer"].pk, i["feature"].pk)].append(i)
+    draws: list[tuple] = []
     grants_by_key = defaultdict(list)
     for g in all_grants:
         grants_by_key[(g.customer_id, g.feature_id)].append(g)
@@ -270,7 +275,7 @@ def _record_reported(
         adds_only = feature.aggregation == SUM and not keyed
         for i in group:
             if adds_only and "terms" in i:  # the locking statement added it to its counters
-                _count_added(state, feature, i, locked)
+                _count_added(state, feature, i, locked, draws)
                 continue
             at = i["timestamp"]
             terms = state.terms_at(feature_id, at)
@@ -279,6 +284,7 @@ def _record_reported(
                 for kind in i["kinds"]
             }
             if adds_only and not may_cross(terms, counters, i["quantity"]):
+                _overage_record(terms, counters, i, draws)
                 for counter in counters.values():
                     counter.used += i["quantity"]
                 continue
@@ -294,6 +300,7 @@ def _record_reported(
                 as_level=feature.aggregation == LATEST,
             )
             draw_apply(draw, terms, counters, at)
+            draws += draw_rows(i["pk"], draw, effective_kind(terms or GRANT_ONLY_TERMS))
             after = entitlement_compute(feature, terms, counters, grants, i["windows"])
             usage_after(state, feature, before, after)
     for key, quantity in (added or {}).items():
@@ -301,10 +308,20 @@ def _record_reported(
         if counter is not None:  # the statement wrote it: nothing to write back
             counter.used = counter.loaded[0] + quantity
             counter.loaded = counter_values(counter)
+    draws_insert(draws)
     counters_and_grants_save(locked.values(), all_grants)
 
 
-def _count_added(state: CustomerState, feature: Feature, i: dict, locked: dict) -> None:
+def _overage_record(terms, counters: dict, i: dict, draws: list) -> None:
+    """The overage row of a sum's event without grants (read before it is added)."""
+    if i["quantity"] and (overage := overage_adding(terms, counters, i["quantity"])) > 0:
+        kind = effective_kind(terms or GRANT_ONLY_TERMS)
+        draws.append((i["pk"], None, kind, overage))
+
+
+def _count_added(
+    state: CustomerState, feature: Feature, i: dict, locked: dict, draws: list
+) -> None:
     """An event of a sum without grants that the locking statement already added to every
     counter of its windows: the counters read back follow in memory, for the next events'
     thresholds (an event's effective kind may differ from its neighbours', when an override
@@ -315,6 +332,7 @@ def _count_added(state: CustomerState, feature: Feature, i: dict, locked: dict) 
         counter = locked.get((i["customer"].pk, feature.pk, kind, windows[kind].start))
         if counter is not None:  # read back: the event's effective counter at least
             counters[kind] = counter
+    _overage_record(terms, counters, i, draws)
     # No terms: no access, so no thresholds.
     crossing = terms is not None and may_cross(terms, counters, quantity)
     before = entitlement_compute(feature, terms, counters, [], windows) if crossing else None

@@ -26,8 +26,10 @@ from ..periods import Window
 from ..snapshots import CounterRow, GrantRow
 from . import sql
 from .arithmetic import (
+    GRANT_ONLY_TERMS,
     METERED,
     SUM,
+    ZERO,
     ConsumeResult,
     active_grants,
     consume_decide,
@@ -40,12 +42,21 @@ from .inputs import clean_event_id, clean_properties, parse_quantity, parse_time
 from .ledger import (
     counters_and_grants_save,
     counters_lock,
+    draw_rows,
+    draws_insert,
     events_insert,
     grants_lock,
+    reservations_held,
     retrying_deadlocks,
     usage_after,
 )
-from .reads import entitlement_check, feature_by_key, snapshot_and_state, window_counters
+from .reads import (
+    entitlement_check,
+    feature_by_key,
+    held_at,
+    snapshot_and_state,
+    window_counters,
+)
 from .state import (
     CustomerState,
     counted_kinds,
@@ -111,7 +122,8 @@ def _consume_dry_run(customer, feature: Feature, quantity, at) -> ConsumeResult:
         counters.setdefault(kind, UsageCounter(start=window.start, end=window.end))
     grants = active_grants(snapshot.grants, feature.pk, at)
     terms = state.terms_at(feature.pk, at)
-    draw, _, after = consume_decide(feature, terms, counters, grants, windows, quantity, at)
+    held = held_at(snapshot, feature.pk, at)
+    draw, _, after = consume_decide(feature, terms, counters, grants, windows, quantity, at, held)
     return consume_result(draw, after)
 
 
@@ -126,9 +138,11 @@ def _consume(customer, pk, feature, quantity, event_id, at, properties) -> Consu
     return _consume_in_transaction(customer, pk, feature, quantity, event_id, at, properties)
 
 
-# (customer, feature) -> until when the one-trip path is not tried (a grant was in force).
-_GRANTED_PAUSE = 10.0  # seconds
-_granted_seen: dict[tuple[int, int], float] = {}
+# (customer, feature) -> until when the one-trip path is not tried: a grant was in force, a
+# reservation held, or the consume was allowed but not simply (past a soft limit: its overage
+# draw; a threshold crossed), so that such customers do not pay a useless round trip each time.
+_SLOW_PAUSE = 10.0  # seconds
+_slow_seen: dict[tuple[int, int], float] = {}
 
 
 def _consume_one_trip(pk, feature, quantity, event_id, at, properties) -> ConsumeResult | None:
@@ -136,13 +150,14 @@ def _consume_one_trip(pk, feature, quantity, event_id, at, properties) -> Consum
     simple one (`arithmetic.consume_fast_bounds`): the statement checks the bounds under its
     locks and writes, and COMMIT follows in the same message. Answers None, having written
     nothing, when the two-trip path must decide: the state not cached or out of date, a grant
-    in force, something drawn, a missing counter, or usage outside the bounds (a threshold to
-    cross, or a hard limit: a denial is answered from the counters it locked)."""
+    in force or a reservation held, something drawn, a missing counter, or usage outside the
+    bounds (a threshold to cross, or a hard limit: a denial is answered from the counters it
+    locked)."""
     state = state_cached(pk)
     if state is None or state.version is None:
         return None
     key = (pk, feature.pk)
-    if _granted_seen and _granted_seen.get(key, 0.0) > time.monotonic():
+    if _slow_seen and _slow_seen.get(key, 0.0) > time.monotonic():
         return None
     terms = state.terms_at(feature.pk, at)
     bounds = consume_fast_bounds(feature, terms, quantity)
@@ -174,9 +189,7 @@ def _consume_one_trip(pk, feature, quantity, event_id, at, properties) -> Consum
             raise
     (_, inserted, *_, went, state_version, catalog_version, granted), *locked = rows
     if granted:
-        _granted_seen[key] = time.monotonic() + _GRANTED_PAUSE
-        if len(_granted_seen) > 10_000:
-            _granted_seen.clear()
+        _slow_down(key)
     if (state_version, catalog_version) != state.version:
         return None
     counters = {
@@ -189,7 +202,8 @@ def _consume_one_trip(pk, feature, quantity, event_id, at, properties) -> Consum
     # The reference arithmetic on the counters as locked: the answer, and the same decision.
     draw, before, after = consume_decide(feature, terms, counters, [], windows, quantity, at)
     if went:
-        if not (draw.allowed and not thresholds_crossed(before, after)):
+        simple = draw.allowed and not draw.takes and not draw.overage
+        if not (simple and not thresholds_crossed(before, after)):
             logger.error("consume_fast_bounds disagreed with consume_decide: %s", params)
         if inserted is None:
             return _replay(state.customer, feature, quantity, event_id, at, state)
@@ -198,32 +212,48 @@ def _consume_one_trip(pk, feature, quantity, event_id, at, properties) -> Consum
         # Denied on the counters as locked (nothing was written), as the two-trip path would.
         replay = _replay(state.customer, feature, quantity, event_id, at, state)
         return replay or consume_result(draw, before)
-    return None  # allowed, but not as simply (a threshold to cross, something drawn)
+    _slow_down(key)
+    return None  # allowed, but not as simply (a threshold to cross, overage, something drawn)
+
+
+def _slow_down(key: tuple[int, int]) -> None:
+    _slow_seen[key] = time.monotonic() + _SLOW_PAUSE
+    if len(_slow_seen) > 10_000:
+        _slow_seen.clear()
+
+
+def usage_lock(customer, pk: int, feature: Feature, at) -> tuple:
+    """In the caller's transaction, what every writer of a feature's usage locks and reads
+    (consume, and reservations: engine/reservations.py): the counters of its windows, then its
+    grants in force, with the customer's state as of the version read under the lock and the
+    units held by reservations. Answers (state, windows, terms, counters, grants, held)."""
+    state = state_cached(pk)
+    if state is None:
+        state = customer_state(customer if isinstance(customer, Customer) else customer_get(pk))
+    keys = _consume_keys(state, pk, feature, at)
+    locked, version = counters_lock(keys, version_of=pk)
+    if version is None:
+        customer_id_forget(customer)
+        raise NotFound("No such customer.", code="customer_not_found")
+    if state.version != version:
+        # The cached state is out of date (or new): reload it; its windows may differ.
+        features_cached(version[1])
+        state = state_for(state.customer, version)
+        keys = _consume_keys(state, pk, feature, at)
+        if set(keys) - set(locked):
+            locked.update(counters_lock(keys)[0])
+    windows = state.windows(at)
+    terms = state.terms_at(feature.pk, at)
+    counters = {key[2]: locked[key] for key in keys}
+    grants = active_grants(grants_lock([pk], [feature.pk], at, at), feature.pk, at)
+    return state, windows, terms, counters, grants, reservations_held(pk, feature.pk, at)
 
 
 def _consume_in_transaction(customer, pk, feature, quantity, event_id, at, properties):
     with transaction.atomic():
-        state = state_cached(pk)
-        if state is None:
-            state = customer_state(customer if isinstance(customer, Customer) else customer_get(pk))
-        keys = _consume_keys(state, pk, feature, at)
-        locked, version = counters_lock(keys, version_of=pk)
-        if version is None:
-            customer_id_forget(customer)
-            raise NotFound("No such customer.", code="customer_not_found")
-        if state.version != version:
-            # The cached state is out of date (or new): reload it; its windows may differ.
-            features_cached(version[1])
-            state = state_for(state.customer, version)
-            keys = _consume_keys(state, pk, feature, at)
-            if set(keys) - set(locked):
-                locked.update(counters_lock(keys)[0])
-        windows = state.windows(at)
-        terms = state.terms_at(feature.pk, at)
-        counters = {key[2]: locked[key] for key in keys}
-        grants = active_grants(grants_lock([pk], [feature.pk], at, at), feature.pk, at)
+        state, windows, terms, counters, grants, held = usage_lock(customer, pk, feature, at)
         draw, before, after = consume_decide(
-            feature, terms, counters, grants, windows, quantity, at
+            feature, terms, counters, grants, windows, quantity, at, held
         )
         if not draw.allowed:
             # A replay of an allowed request answers its first outcome even if now denied.
@@ -237,9 +267,12 @@ def _consume_in_transaction(customer, pk, feature, quantity, event_id, at, prope
             "timestamp": at,
             "properties": properties or {},
         }
-        if not events_insert([item]):
+        inserted = events_insert([item])
+        if not inserted:
             # Already recorded (the counters were locked, so the first has committed).
             return _replay(state.customer, feature, quantity, event_id, at, state)
+        kind = effective_kind(terms or GRANT_ONLY_TERMS)
+        draws_insert(draw_rows(inserted[(pk, event_id)], draw, kind))
         counters_and_grants_save(counters.values(), grants)
         snapshots.record_unheard_write()
         usage_after(state, feature, before, after)
@@ -258,32 +291,15 @@ def _consume_two_trips(pk, feature, quantity, event_id, at, properties) -> Consu
         return None
     db = sql.db()
     windows = state.windows(at)
-    counted = counted_kinds(feature.pk, state.version[1])  # before any lock is held
-    synchronous = settings.USAGE_SYNCHRONOUS_COMMIT
     with connection.cursor() as cursor:
         try:
-            rows = db.consume_lock(cursor, pk, feature.pk, at, synchronous)
-            # The counters of every window containing `at` (the index on open windows): those
-            # of the windows in force among them, or the ordinary path creates the missing ones.
-            version, counters, grants = None, {}, []
-            for kind, rid, window, t1, t2, n1, n2, n3, t3, v1, v2 in rows:
-                if kind == 0:
-                    version = None if v1 is None else (int(v1), int(v2 or 0))
-                elif kind == 1:
-                    if window in counted and windows[window].start == t1:
-                        counters[window] = CounterRow(
-                            rid, pk, feature.pk, window, t1, t2, n1, n2, n3, t3
-                        )  # fmt: skip
-                else:
-                    grants.append(GrantRow(rid, pk, feature.pk, t1, t2, n1, n2, t3))
-            if version != state.version or len(counters) != len(counted):
-                db.rollback(cursor)
+            locked = usage_lock_first_trip(cursor, state, pk, feature, at)
+            if locked is None:
                 return None
-            terms = state.terms_at(feature.pk, at)
-            grants = active_grants(grants, feature.pk, at)
+            terms, counters, grants, held, _ = locked
             loaded = {g.pk: g.consumed for g in grants}
             draw, before, after = consume_decide(
-                feature, terms, counters, grants, windows, quantity, at
+                feature, terms, counters, grants, windows, quantity, at, held
             )
             if not draw.allowed:
                 db.rollback(cursor)
@@ -295,7 +311,9 @@ def _consume_two_trips(pk, feature, quantity, event_id, at, properties) -> Consu
             event = [pk, feature.pk, event_id, draw.recorded, at,
                      orjson.dumps(properties or {}).decode(), timezone.now()]  # fmt: skip
             changed = [g for g in grants if g.consumed != loaded[g.pk]]
-            inserted = db.consume_write(cursor, event, list(counters.values()), changed)
+            inserted = db.consume_write(
+                cursor, event, list(counters.values()), changed, draw_pairs(draw, terms)
+            )
         except BaseException:
             _rollback_quietly(db, cursor)
             raise
@@ -303,6 +321,48 @@ def _consume_two_trips(pk, feature, quantity, event_id, at, properties) -> Consu
         # Already recorded (the counters were locked, so the first has committed).
         return _replay(state.customer, feature, quantity, event_id, at, state)
     return ConsumeResult(True, None, after)
+
+
+def usage_lock_first_trip(cursor, state, pk: int, feature: Feature, at, reservation_id=None):
+    """The first round trip of a usage write outside any transaction (PostgreSQL: consume,
+    hold, commit): BEGIN, the counters of every window containing `at` and the grants in force
+    locked with the versions, then the units held by reservations (and, with
+    `reservation_id`, that reservation's row locked). Answers (terms, counters, grants, held,
+    reservation row or None); or None, rolled back, when the ordinary path must do it (the
+    cached state out of date, a window's counter to create)."""
+    db = sql.db()
+    windows = state.windows(at)
+    counted = counted_kinds(feature.pk, state.version[1])  # before any lock is held
+    synchronous = settings.USAGE_SYNCHRONOUS_COMMIT
+    rows = db.consume_lock(cursor, pk, feature.pk, at, synchronous, reservation_id)
+    # The counters of every window containing `at` (the index on open windows): those of the
+    # windows in force among them, or the ordinary path creates the missing ones.
+    version, counters, grants, held, reservation = None, {}, [], (ZERO, 0), None
+    for row in rows:
+        kind, rid, window, t1, t2, n1, n2, n3, t3, v1, v2 = row
+        if kind == 0:
+            version = None if v1 is None else (int(v1), int(v2 or 0))
+        elif kind == 1:
+            if window in counted and windows[window].start == t1:
+                counters[window] = CounterRow(rid, pk, feature.pk, window, t1, t2, n1, n2, n3, t3)
+        elif kind == 2:
+            grants.append(GrantRow(rid, pk, feature.pk, t1, t2, n1, n2, t3))
+        elif kind == 3:
+            held = (n1, int(rid))  # the reservations held: their units and number
+        else:
+            reservation = row
+    if version != state.version or len(counters) != len(counted):
+        db.rollback(cursor)
+        return None
+    terms = state.terms_at(feature.pk, at)
+    return terms, counters, active_grants(grants, feature.pk, at), held, reservation
+
+
+def draw_pairs(draw, terms) -> tuple[str, list[tuple]]:
+    """The draws of an event yet to be inserted (the two-trip paths insert them with its id):
+    the entitlement's window kind and (grant id or None for overage, units)."""
+    kind = effective_kind(terms or GRANT_ONLY_TERMS)
+    return kind, [(grant, units) for _, grant, _, units in draw_rows(0, draw, kind)]
 
 
 def _rollback_quietly(db, cursor) -> None:

@@ -61,11 +61,35 @@ def clean_properties(properties) -> dict:
     return properties
 
 
-def clean_event_id(event_id) -> str:
+def clean_event_id(event_id, *, field: str = "event_id") -> str:
+    """A client's idempotency key (an event's, or a reservation's: `field`)."""
     if not isinstance(event_id, str) or not event_id.strip():
-        raise field_refused("event_id", "event_id is required: a non-empty string.")
+        raise field_refused(field, f"{field} is required: a non-empty string.")
     if len(event_id) > 255:
-        raise field_refused("event_id", "event_id is at most 255 characters.")
+        raise field_refused(field, f"{field} is at most 255 characters.")
     if bounds.text_unstorable(event_id):
-        raise field_refused("event_id", "event_id cannot contain NUL characters.")
+        raise field_refused(field, f"{field} cannot contain NUL characters.")
     return event_id
+
+
+def clean_reservation_id(reservation_id) -> str:
+    """An event id (a commit records its usage under it) that a path can name (commit,
+    release): the rule of ids in URLs, as a customer's external_id."""
+    reservation_id = clean_event_id(reservation_id, field="reservation_id")
+    try:
+        return bounds.url_safe_check(reservation_id)
+    except bounds.Refused as refused:
+        raise field_refused("reservation_id", f"reservation_id {refused}.") from None
+
+
+TTL_DEFAULT = 300  # seconds (DESIGN.md "Reservations")
+
+
+def clean_ttl(value, maximum: int) -> int:
+    """A hold's `ttl_seconds`: a whole number of seconds, 1 to `maximum`; the default when
+    absent."""
+    if value is None:
+        return TTL_DEFAULT
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise field_refused("ttl_seconds", f"ttl_seconds is a whole number from 1 to {maximum}.")
+    return value

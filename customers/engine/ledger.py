@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from django.db import OperationalError, connection
 from django.utils import timezone
 
-from ..models import Grant, UsageCounter
+from ..models import Grant, Reservation, ReservationStatus, UsageCounter
 from ..periods import Window
 from ..snapshots import CounterRow, GrantRow
 from . import sql
@@ -63,6 +64,25 @@ def grants_lock(customer_ids, feature_ids, since: dt.datetime, until: dt.datetim
     return grants
 
 
+def reservations_held(
+    customer_id: int, feature_id: int, at: dt.datetime, *, excluding: int | None = None
+) -> tuple[Decimal, int]:
+    """The units held at `at` by the reservations of a customer's feature (one range of the
+    `reservation_held` index) and how many hold them, summed in Python (exact on SQLite too).
+    Read under the counters' locks, which every hold takes: a statement of its own, so that
+    on PostgreSQL it sees every hold committed while this one waited for them."""
+    rows = Reservation.objects.filter(
+        customer_id=customer_id,
+        feature_id=feature_id,
+        status=ReservationStatus.HELD,
+        expires_at__gt=at,
+    )
+    if excluding is not None:
+        rows = rows.exclude(pk=excluding)
+    quantities = list(rows.values_list("quantity", flat=True))
+    return sum(quantities, Decimal(0)), len(quantities)
+
+
 def counters_and_grants_save(counters: Iterable[CounterRow], grants: Iterable[GrantRow]) -> None:
     """Writes back the locked counters and grants that changed (bulk_update's CASE
     expressions cost seconds for a batch of thousands: each database has its statement)."""
@@ -83,6 +103,21 @@ def events_insert(items: list[dict]) -> dict[tuple[int, str], int]:
     batches sharing event ids wait for each other instead of deadlocking."""
     items = sorted(items, key=lambda i: (i["customer"].pk, i["event_id"]))
     return sql.db().events_insert(items, timezone.now())
+
+
+def draw_rows(event_pk: int, draw, kind: str) -> list[tuple]:
+    """The draw ledger's rows of one recorded event (`UsageDraw`): (event id, grant id or None
+    for overage, window kind of the entitlement, units). None for what the allowance covered."""
+    rows = [(event_pk, grant.pk, kind, take) for grant, take in draw.takes]
+    if draw.overage > 0:
+        rows.append((event_pk, None, kind, draw.overage))
+    return rows
+
+
+def draws_insert(rows: list[tuple]) -> None:
+    """Records `draw_rows` (one statement; nothing when there are none)."""
+    if rows:
+        sql.db().draws_insert(rows)
 
 
 def retrying_deadlocks(attempt):

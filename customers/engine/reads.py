@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable
+from decimal import Decimal
 
 from django.utils import timezone
 
@@ -17,7 +18,7 @@ from ..models import Customer, UsageCounter
 from ..periods import Window
 from ..snapshots import Snapshot
 from . import sql
-from .arithmetic import METERED, Entitlement, active_grants, entitlement_compute
+from .arithmetic import METERED, ZERO, Entitlement, active_grants, entitlement_compute
 from .state import CustomerState, customer_id_forget, customer_pk, features_cached, state_for
 
 
@@ -44,7 +45,19 @@ def _snapshot_horizon(snapshot: Snapshot, state: CustomerState, at: dt.datetime)
         moments += [t for t in (g.expires_at, g.voided_at) if t is not None]
     if snapshot.next_grant_at is not None:
         moments.append(snapshot.next_grant_at)
+    # The first hold to expire: from then on its units count for nothing, read afresh.
+    moments += [h.expires_at for h in snapshot.held]
     return min(m for m in moments if m is not None and m > at)
+
+
+def held_at(snapshot: Snapshot, feature_id: int, at: dt.datetime) -> tuple[Decimal, int]:
+    """The units held by reservations of a feature at `at` and how many hold them. The
+    snapshot is never used past its first hold's expiry (its horizon), so every hold in it is
+    still held; should one have expired, nothing of its feature is trusted as held."""
+    for h in snapshot.held:
+        if h.feature_id == feature_id and h.expires_at > at:
+            return h.quantity, h.count
+    return ZERO, 0
 
 
 def window_counters(
@@ -111,7 +124,8 @@ def entitlement_check(
     windows = state.windows(at)
     counters = window_counters(snapshot.counters, feature.pk, windows)
     grants = active_grants(snapshot.grants, feature.pk, at)
-    return entitlement_compute(feature, terms, counters, grants, windows)
+    held = held_at(snapshot, feature.pk, at)
+    return entitlement_compute(feature, terms, counters, grants, windows, *held)
 
 
 def entitlements_resolve(
@@ -136,6 +150,7 @@ def entitlements_resolve(
             window_counters(snapshot.counters, feature.pk, windows),
             active_grants(grants_by_feature[feature.pk], feature.pk, at),
             windows,
+            *held_at(snapshot, feature.pk, at),
         )
         for feature in sorted((by_id[f] for f in feature_ids), key=lambda f: (f.name, f.pk))
     ]

@@ -338,3 +338,23 @@ def test_a_subscribed_customers_currency_and_external_id_are_read_only(support_c
     form = page.context["adminform"].form
     assert "currency" not in form.fields and "external_id" not in form.fields
     assert "name" in form.fields
+
+
+def test_a_usage_event_says_where_its_units_went_and_who_reversed_it(support_client, acme):
+    # Given a sum past its allowance of 10 into a grant of 5 and beyond, then reversed
+    transfer = FeatureFactory(key="data-transfer", name="Data transfer", metered=True)
+    plan = acme.subscriptions.get().plan
+    PlanEntitlementFactory(plan=plan, feature=transfer, limit=Decimal("10"), enforcement="soft")
+    grant = GrantFactory(customer=acme, feature=transfer, quantity=Decimal("5"))
+    engine.entitlement_consume(acme, "data-transfer", "18", "big-job")
+    engine.usage_reverse(acme, "big-job", reason="Ticket 77", api_key_name="billing-app")
+    event = UsageEvent.objects.get(event_id="big-job")
+
+    html = support_client.get(
+        reverse("admin:customers_usageevent_change", args=[event.pk])
+    ).content.decode()
+
+    assert f"allowance 10, grant #{grant.pk} 5, overage 3" in html
+    assert "by API key billing-app: Ticket 77" in html
+    listing = support_client.get(reverse("admin:customers_usageevent_changelist"))
+    assert listing.status_code == 200

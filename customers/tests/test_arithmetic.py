@@ -160,8 +160,9 @@ def _fast_cases(draw):
 @given(_fast_cases())
 def test_the_fast_bounds_say_exactly_when_the_gate_allows_without_crossing(case):
     """Given a sum with no grants (nothing drawn), then `consume_fast_bounds` holds for a usage
-    exactly when `consume_decide` allows the quantity as it is, adds it to the counter and
-    crosses no threshold: PostgreSQL's one-statement consume decides as the arithmetic does."""
+    exactly when `consume_decide` allows the quantity as it is, from the allowance (no draw on
+    a grant, no overage to record), adds it to the counter and crosses no threshold:
+    PostgreSQL's one-statement consume decides as the arithmetic does."""
     terms, quantity, used = case
     bounds = arithmetic.consume_fast_bounds(feature(), terms, quantity)
     counters = {Reset.BILLING_PERIOD: counter(used)}
@@ -170,6 +171,8 @@ def test_the_fast_bounds_say_exactly_when_the_gate_allows_without_crossing(case)
     )
     simple = (
         draw.allowed
+        and not draw.takes
+        and (terms.unlimited or draw.overage == 0)
         and draw.recorded == quantity
         and counters[Reset.BILLING_PERIOD].used == used + quantity
         and not arithmetic.thresholds_crossed(before, after)

@@ -171,6 +171,7 @@ def test_beat_schedules_the_sweeps_and_the_period_close():
     assert schedules["billing.tasks.close_periods"] == (15, "minutes", True)
     assert schedules["customers.tasks.notifications_sweep"] == (1, "minutes", True)
     assert schedules["customers.tasks.webhook_deliveries_sweep"] == (1, "minutes", True)
+    assert schedules["customers.tasks.reservations_expire"] == (10, "minutes", True)
     celery_app.loader.import_default_modules()
     # Each schedule names a task the worker knows
     assert set(schedules) <= set(celery_app.tasks)

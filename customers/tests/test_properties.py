@@ -1,18 +1,24 @@
 """The engine's invariants over generated sequences of operations (hypothesis): consume q,
 report a batch (its events a little apart), grant units, start an override with any reset kind,
-replay an earlier event; time moves forward between them, across billing periods, grant expiries
-and overrides that start between the events of a batch.
+replay an earlier event, reverse an earlier event; time moves forward between them, across
+billing periods, grant expiries and overrides that start between the events of a batch.
 
 After every operation, under a hard limit:
 - a consume is allowed exactly when the balance covers it, and an allowed consume adds no
   overage: usage never goes past allowance plus grants through consume; the balance is never
   negative; a denial changes nothing;
-- usage equals the sum of the accepted events of the period, and what grants gave up equals
-  what the periods drew;
+- usage equals the sum of the accepted events of the period not reversed, and what grants gave
+  up equals what the periods drew, as the draw ledger says: each grant's `consumed` is what
+  unreversed events drew from it plus what reversed ones drew while it had expired or been
+  voided by the reversal (those units are not given back);
+- a reversal drops the usage of the event's windows by its quantity, once (a second one
+  changes nothing);
 - burn-down order: a grant is drawn only once every grant in force expiring before it is used
   up;
 - a replayed event_id changes nothing;
-- at the end, every counter is what its window's events add up to (the rebuild finds no drift).
+- at the end, every counter is what its window's events add up to (the rebuild finds no drift);
+  then reversing every event leaves every counter at zero and gives back every unit of every
+  grant still in force.
 """
 
 import itertools
@@ -21,12 +27,12 @@ from decimal import Decimal
 
 import pytest
 from django.db.models import Sum
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from catalog.models import Reset
 from customers import engine
-from customers.models import Grant, UsageCounter, UsageEvent
+from customers.models import Grant, UsageCounter, UsageDraw, UsageEvent, UsageReversal
 from customers.tests.factories import (
     CustomerFactory,
     EntitlementOverrideFactory,
@@ -60,6 +66,7 @@ operations = st.lists(
             ),
         ),
         st.tuples(st.just("replay"), hours, st.integers(min_value=0, max_value=100)),
+        st.tuples(st.just("reverse"), hours, st.integers(min_value=0, max_value=100)),
         st.tuples(
             st.just("override"),
             hours,
@@ -89,6 +96,23 @@ def snapshot(customer, feature) -> tuple:
     )
 
 
+def grants_agree_with_the_draw_ledger(customer, feature) -> None:
+    """Each grant's `consumed` and the counters' `drawn`, recomputed from the draw ledger."""
+    counted = UsageDraw.objects.filter(event__customer=customer, event__reversed_at=None)
+    kept: dict[int, Decimal] = {}  # drawn by reversed events and not given back
+    for reversal in UsageReversal.objects.filter(event__customer=customer):
+        for draw in reversal.event.draws.exclude(grant=None):  # one per grant and event
+            back = D(reversal.given_back.get(str(draw.grant_id), "0"))
+            kept[draw.grant_id] = kept.get(draw.grant_id, D(0)) + draw.quantity - back
+    for grant in Grant.objects.filter(customer=customer):
+        drew = counted.filter(grant=grant).aggregate(total=Sum("quantity"))["total"] or D(0)
+        assert grant.consumed == drew + kept.get(grant.pk, D(0)), grant
+    drawn = UsageCounter.objects.filter(customer=customer, feature=feature).aggregate(
+        total=Sum("drawn")
+    )["total"] or D(0)
+    assert drawn == (counted.exclude(grant=None).aggregate(total=Sum("quantity"))["total"] or 0)
+
+
 def in_force(grant: Grant, at: datetime) -> bool:
     return grant.effective_at <= at and (grant.expires_at is None or at < grant.expires_at)
 
@@ -104,6 +128,13 @@ def expires_sooner(a: Grant, b: Grant) -> bool:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(limit=st.integers(min_value=0, max_value=15), steps=operations)
+# The allowance is free again once the event that used it is reversed, while a later event's
+# draw from the grant stands (the allowance left is `limit - (used - drawn)`).
+@example(
+    limit=10,
+    steps=[("grant", 0, (10, None)), ("consume", 1, 8), ("consume", 1, 5), ("reverse", 1, 0),
+           ("consume", 1, 9), ("reverse", 1, 1), ("report", 1, [6, 6])],
+)  # fmt: skip
 def test_engine_invariants_hold_for_any_sequence_of_operations(limit, steps):
     # A fresh customer, plan and feature for every example.
     plan = PlanFactory()
@@ -113,6 +144,7 @@ def test_engine_invariants_hold_for_any_sequence_of_operations(limit, steps):
     SubscriptionFactory(customer=customer, plan=plan, started_at=START)
     ids = itertools.count()
     recorded: list[tuple[str, str, Decimal]] = []  # (how, event_id, quantity) accepted
+    reversed_ids: set[str] = set()
     at = START
 
     for kind, advance, argument in steps:
@@ -195,17 +227,41 @@ def test_engine_invariants_hold_for_any_sequence_of_operations(limit, steps):
                 assert (result.accepted, result.duplicates) == (0, 1)
             assert snapshot(customer, feature) == state_before
 
+        elif kind == "reverse" and recorded:
+            how, event_id, quantity = recorded[argument % len(recorded)]
+            event = UsageEvent.objects.get(customer=customer, event_id=event_id)
+            then = engine.entitlement_check(customer, feature.key, event.timestamp)
+            result = engine.usage_reverse(customer, event_id, reason="property", at=at)
+            assert result.created == (event_id not in reversed_ids)
+            later = engine.entitlement_check(customer, feature.key, event.timestamp)
+            if result.created:
+                reversed_ids.add(event_id)
+                assert later.usage == then.usage - quantity
+            else:
+                assert snapshot(customer, feature) == state_before
+
         now = engine.entitlement_check(customer, feature.key, at)
         # The balance is never negative.
         assert now.balance >= 0
         # Usage is the sum of the accepted events of the period, and all of them ever.
-        events = UsageEvent.objects.filter(customer=customer, timestamp__gte=now.period_start)
+        events = UsageEvent.objects.filter(
+            customer=customer, timestamp__gte=now.period_start, reversed_at=None
+        )
         if now.period_end is not None:  # `never` has no end
             events = events.filter(timestamp__lt=now.period_end)
         in_period = events.aggregate(total=Sum("quantity"))["total"] or D(0)
         assert now.usage == in_period
+        # The balance from the ledger: the allowance less what the window's unreversed events
+        # took from it (their quantity less what they drew from grants), plus the grants' rest
+        # (when every draw of the window went to the counter of the kind in force now).
+        draws = UsageDraw.objects.filter(event__in=events).exclude(grant=None)
+        if not draws.exclude(window=now.reset).exists():
+            from_grants = draws.aggregate(total=Sum("quantity"))["total"] or D(0)
+            rest = sum((g.remaining for g in Grant.objects.filter(customer=customer)
+                        if in_force(g, at)), D(0))  # fmt: skip
+            assert now.balance == max(D(0), now.limit - (in_period - from_grants)) + rest
         assert UsageEvent.objects.filter(customer=customer).count() == len(recorded)
-        assert sum(q for _, _, q in recorded) == sum(
+        assert sum(q for _, e, q in recorded if e not in reversed_ids) == sum(
             UsageCounter.objects.filter(
                 customer=customer, feature=feature, window=Reset.BILLING_PERIOD
             ).values_list("used", flat=True),
@@ -214,10 +270,7 @@ def test_engine_invariants_hold_for_any_sequence_of_operations(limit, steps):
         # What grants gave up is what the periods drew from them (each draw is kept on the
         # counter of the kind in force: an override may reset by day, week, month or never).
         grants = list(Grant.objects.filter(customer=customer))
-        drawn = UsageCounter.objects.filter(customer=customer, feature=feature).aggregate(
-            total=Sum("drawn")
-        )["total"] or D(0)
-        assert sum((g.consumed for g in grants), D(0)) == drawn
+        grants_agree_with_the_draw_ledger(customer, feature)
         # Burn-down order: a grant drawn now had no sooner-expiring grant in force with units left.
         for grant in grants:
             if grant.consumed > grants_before.get(grant.pk, D(0)):
@@ -232,3 +285,15 @@ def test_engine_invariants_hold_for_any_sequence_of_operations(limit, steps):
     # Every counter is what its window's events add up to.
     report = usage_counters_rebuild(dry_run=True, customers=[customer])
     assert report.drifts == [], [str(drift) for drift in report.drifts]
+
+    # Reversing everything leaves nothing counted and gives every grant in force its units back.
+    for _, event_id, _ in recorded:
+        engine.usage_reverse(customer, event_id, reason="all of it", at=at)
+    assert set(UsageCounter.objects.filter(customer=customer).values_list("used", "drawn")) <= {
+        (D(0), D(0))
+    }
+    for grant in Grant.objects.filter(customer=customer):
+        if grant.expires_at is None or at < grant.expires_at:
+            assert grant.consumed == 0, grant
+    grants_agree_with_the_draw_ledger(customer, feature)
+    assert usage_counters_rebuild(dry_run=True, customers=[customer]).drifts == []

@@ -35,10 +35,11 @@ COLD_CHECK_QUERIES = 4
 CHECK_QUERIES = 1
 # the same query for every feature
 RESOLVE_QUERIES = 1
-# savepoint, counters locked with the versions, grants locked, event insert (ON CONFLICT DO
-# NOTHING RETURNING), counters update, release (one more, the grants update, when the usage
+# savepoint, counters locked with the versions, grants locked, the units reservations hold
+# (summed after the locks), event insert (ON CONFLICT DO NOTHING RETURNING), counters update,
+# release (one more, the grants update, when the usage
 # draws on a grant; two more the first time a window is used: its counters created, locked again)
-CONSUME_QUERIES = 6
+CONSUME_QUERIES = 7
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from billing.services.purchases import topup_purchase
 from billing.services.subscriptions import subscription_create
 from catalog.models import Enforcement, Feature
 from catalog.tests.factories import PlanEntitlementFactory, PlanFactory
-from customers.engine import entitlement_check
+from customers.engine import entitlement_check, reservation_hold
 from customers.models import Customer, CustomerUser, EntitlementOverride
 from dashboard import selectors
 
@@ -220,3 +220,17 @@ def test_a_yearly_period_charts_the_last_30_days(db, world, django_user_model, c
     CustomerUser.objects.create(user=user, customer=customer)
     client.force_login(user)
     assert bars_of(client.get(OVERVIEW).content.decode(), "storage") == 30
+
+
+def test_units_held_by_reservations_show_on_the_card(client_a, world):
+    # Given 10 GB held by two reservations of the 15 GB left
+    reservation_hold(world.a, "storage", "render-1", "6")
+    reservation_hold(world.a, "storage", "render-2", "4")
+    html = client_a.get(OVERVIEW).content.decode()
+    card = re.search(r'<article[^>]*id="usage-storage".*?</article>', html, re.S).group(0)
+    # Then the card says what is held and by how many, and what is left excludes it
+    assert "<dt>Held</dt>" in card and "10 GB" in card and "by 2 reservations" in card
+    assert "<dt>Left</dt><dd>5 GB</dd>" in card
+    # and a card without holds says nothing of them
+    transfer = re.search(r'<article[^>]*id="usage-data-transfer".*?</article>', html, re.S)
+    assert "Held" not in transfer.group(0)

@@ -19,6 +19,9 @@ RUNTIME_VIEWS = {
     "usage-buckets",
     "usage",
     "portal-sessions",
+    "reservations",
+    "reservation",
+    "reservation-commit",
 }
 ARGS = {
     "external_id": "acme",
@@ -28,6 +31,8 @@ ARGS = {
     "plan_key": "basic",
     "n": "1",
     "pack_key": "extra",
+    "reservation_id": "r-1",
+    "event_id": "e-1",  # reversals: management only (DESIGN.md's runtime list omits them)
 }
 
 
@@ -40,7 +45,8 @@ def v1_endpoints():
         view = pattern.callback.view_class
         path = "/api/v1/" + str(pattern.pattern)
         for name, value in ARGS.items():
-            path = path.replace(f"<str:{name}>", value).replace(f"<int:{name}>", value)
+            for converter in ("str", "int", "path"):
+                path = path.replace(f"<{converter}:{name}>", value)
         methods = [m.upper() for m in view.http_method_names if hasattr(view, m) and m != "options"]
         yield pattern.name, path, [m for m in methods if m != "HEAD"]
 

@@ -14,10 +14,10 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from catalog.models import Feature, FeatureKind, Reset
-from customers import retention
+from customers import engine, retention
 from customers import services as customer_services
 from customers.engine import usage_record_batch
-from customers.models import CountedWindow, UsageCounter, UsageEvent
+from customers.models import CountedWindow, UsageCounter, UsageDraw, UsageEvent, UsageReversal
 from customers.periods import add_months
 from customers.selectors import usage_buckets
 from customers.usage import counted_windows_ensure, usage_counters_rebuild
@@ -234,6 +234,9 @@ def test_archive_files_are_gzipped_json_lines(ledger, tmp_path):
         "timestamp",
         "properties",
         "recorded_at",
+        "reversed_at",
+        "draws",
+        "reversal",
     }
 
 
@@ -268,3 +271,34 @@ def test_a_rebuild_after_an_archive_keeps_the_archived_windows(ledger, tmp_path)
     retention.usage_events_archive(before=month(-3), output_dir=tmp_path)
 
     assert len(usage_counters_rebuild(dry_run=True).drifts) == drift_before
+
+
+def test_an_archive_keeps_reversals_and_draws_and_a_restore_puts_them_back(ledger, tmp_path):
+    # Given, in month -6, an event past the allowance (overage) and another one reversed
+    at = month(-6) + dt.timedelta(days=20)
+    big = {"event_id": "big", "customer": "globex", "feature": "data-transfer",
+           "quantity": "25", "timestamp": at.isoformat()}  # fmt: skip
+    assert usage_record_batch([big]).accepted == 1
+    UsageEvent.objects.filter(event_id="big").update(recorded_at=at)
+    reversal = engine.usage_reverse("globex", "t-6-1", reason="Duplicate upload")
+    assert reversal.created
+    lifetime_counted()  # recomputed from the ledger: the reversed event left out
+    before, rows = counters(), ledger_rows()
+    overage = list(UsageDraw.objects.values_list("event__event_id", "grant", "quantity"))
+    assert overage == [("big", None, Decimal("8"))]  # 1.5 + 1.5 + 25 past 20
+
+    # When month -6 is archived, then restored
+    retention.usage_events_archive(before=month(-5), output_dir=tmp_path)
+    assert not UsageReversal.objects.exists() and not UsageDraw.objects.exists()
+    assert counters() == before  # counters untouched: the reversal stays counted out
+    retention.usage_events_restore(sorted(tmp_path.iterdir()))
+
+    # Then the events come back with their mark, their draws and their reversal
+    assert ledger_rows() == rows
+    event = UsageEvent.objects.get(event_id="t-6-1")
+    assert event.reversed_at == reversal.reversal.created_at
+    assert event.reversal.reason == "Duplicate upload"
+    assert event.reversal.api_key_name == ""
+    assert list(UsageDraw.objects.values_list("event__event_id", "grant", "quantity")) == overage
+    # ...and the ledger still adds up to the counters, the reversed event left out
+    assert usage_counters_rebuild(dry_run=True).drifts == []

@@ -37,7 +37,7 @@ from core.bounds import INSTANT_RULE
 from core.roles import PRODUCT_MANAGERS, SUPPORT
 from core.services import api_key_create
 from customers import services as customer_services
-from customers.models import Customer, EntitlementOverride, Grant, UsageEvent
+from customers.models import Customer, EntitlementOverride, Grant, Reservation, UsageEvent
 from support.tests.conftest import report, user_in
 
 ACME = "acme-001"
@@ -336,6 +336,32 @@ def _consume(c, world, value):
     return c.api.post(url, body, format="json")
 
 
+HOLDS = f"/api/v1/customers/{ACME}/entitlements/data-transfer/reservations"
+
+
+def _hold(c, world, value):
+    body = {"quantity": value, "reservation_id": f"edge-{next(_ids)}", "ttl_seconds": 60}
+    return c.api.post(HOLDS, body, format="json")
+
+
+def _held_read(c, world, response):
+    reservation_id = response.json()["reservation"]["id"]
+    return c.api.get(f"{HOLDS}/{reservation_id}").json()["reservation"]["quantity"]
+
+
+def _commit(c, world, value):
+    """A commit of `value` from a hold of the most a commit may take: the bound's ceiling."""
+    reservation_id = f"edge-{next(_ids)}"
+    held = {"quantity": "99999999999.9999", "reservation_id": reservation_id}
+    assert c.api.post(HOLDS, held, format="json").status_code == 201
+    commit = f"{HOLDS}/{reservation_id}/commit"
+    return c.api.post(commit, {"quantity": value}, format="json")
+
+
+def _committed_read(c, world, response):
+    return response.json()["reservation"]["committed_quantity"]
+
+
 def _batch(c, world, value):
     event = {"event_id": f"edge-{next(_ids)}", "customer": ACME, "feature": "data-transfer"}
     return c.api.post("/api/v1/usage", {"events": [{**event, "quantity": value}]}, format="json")
@@ -506,6 +532,25 @@ PATHS += [
         _rows(UsageEvent, "event_id", "quantity"),
         "/admin/customers/usageevent/",
         _usage_read,
+    ),
+    Path(
+        "api reservation hold: quantity",
+        "api",
+        "quantity",
+        _hold,
+        _rows(Reservation, "reservation_id", "quantity"),
+        "/admin/customers/reservation/",
+        _held_read,
+    ),
+    Path(
+        "api reservation commit: quantity",
+        "api",
+        "quantity",
+        _commit,
+        _rows(UsageEvent, "event_id", "quantity"),
+        "/admin/customers/reservation/",
+        _committed_read,
+        edges=("99999999999.9999", "0.0001"),
     ),
     Path(
         "api usage batch: quantity",
@@ -960,6 +1005,8 @@ ID_PATHS = [
      _rows(Feature, "key")),
     ("top-up idempotency key", "idempotency_key", f"/api/v1/customers/{ACME}/topups",
      {"pack": "extra-20-gb"}, _rows(Invoice, "number")),
+    ("reservation id", "reservation_id", f"{HOLDS}", {"quantity": "1"},
+     _rows(Reservation, "reservation_id")),
 ]  # fmt: skip
 
 

@@ -61,7 +61,7 @@ from catalog.tests.factories import (
 from core.roles import PRODUCT_MANAGERS, SUPPORT
 from core.services import api_key_create
 from customers import services as customer_services
-from customers.engine import usage_record_batch
+from customers.engine import reservation_hold, usage_record_batch
 from customers.models import (
     Customer,
     Notification,
@@ -134,6 +134,8 @@ PAGES = {
     "support:override_end": {"GET": SUPPORT_POST_ONLY, "POST": SUPPORT_DOES_IT},
     "support:version_move": {"GET": SUPPORT_POST_ONLY, "POST": SUPPORT_DOES_IT},
     "support:invoice_void": {"GET": SUPPORT_ONLY, "POST": SUPPORT_DOES_IT},
+    "support:usage_events": {"GET": SUPPORT_ONLY},
+    "support:usage_reverse": {"GET": SUPPORT_ONLY, "POST": SUPPORT_DOES_IT},
     # the end customer's dashboard: the customer comes from the login, never from the URL
     "dashboard:overview": {"GET": EVERY_CUSTOMER},
     "dashboard:topup_packs": {"GET": EVERY_CUSTOMER},  # a feature key: B has storage too
@@ -180,8 +182,12 @@ API = {
     "api:entitlements": {"GET": (*API_401, 200)},
     "api:entitlement": {"GET": (*API_401, 200)},
     "api:consume": {"GET": (*API_401, 405), "POST": (*API_401, Done(200))},
+    "api:reservations": {"GET": (*API_401, 405), "POST": (*API_401, Done(201))},
+    "api:reservation": {"GET": (*API_401, 200), "DELETE": (*API_401, Done(200))},
+    "api:reservation-commit": {"GET": (*API_401, 405), "POST": (*API_401, Done(200))},
     "api:usage-buckets": {"GET": (*API_401, 200)},
     "api:usage": {"GET": (*API_401, 405), "POST": (*API_401, Done(200))},
+    "api:usage-reversal": {"GET": (*API_401, 405), "POST": (*API_401, Done(201))},
     "api:overrides": {"GET": (*API_401, 200), "POST": (*API_401, Done(201))},
     "api:override": {"GET": (*API_401, 200), "DELETE": (*API_401, Done(204))},
     "api:grants": {"GET": (*API_401, 200), "POST": (*API_401, Done(201))},
@@ -288,6 +294,7 @@ ADMIN_MODELS = {
     "customers.grant": ((200, 200, 200, 200, 403, 200), VIEW_HISTORY),
     "customers.usageevent": (VIEW, VIEW),
     "customers.usagecounter": (VIEW, VIEW),
+    "customers.reservation": (VIEW, VIEW),  # made through the API only
     "customers.notification": (VIEW, VIEW),
     "customers.webhookendpoint": (NO_ACCESS, NO_ACCESS),
     "customers.webhookdelivery": (NO_ACCESS, NO_ACCESS),
@@ -410,6 +417,8 @@ class Owned:
     notification: Notification
     grant: object
     override: object
+    reservation: object  # held for a day
+    usage_event: object  # of data-transfer: reversible
 
 
 @dataclass
@@ -488,7 +497,14 @@ def _owned(external_id, name, *, start_plan, plan, pack, period_start) -> Owned:
     override = customer_services.override_create(
         customer=customer, feature=transfer, reason="Enterprise deal", limit=Decimal("900")
     )
+    reservation = reservation_hold(
+        customer, transfer, f"hold-{external_id}", "1", ttl_seconds=86400
+    ).reservation
+    _report(customer, "data-transfer", "3")
+    event = customer.usage_events.get(feature__key="data-transfer")
     return Owned(
+        reservation=reservation,
+        usage_event=event,
         customer=customer,
         user=user,
         pack=pack,
@@ -640,12 +656,29 @@ def _path_kwargs(key: str, w: World, own: Owned) -> dict:
         "dashboard:invoice_detail": {"number": own.proration_invoice.number},
         "dashboard:invoice_pay": {"number": own.proration_invoice.number},
         "support:invoice_void": {"pk": c.pk, "number": own.proration_invoice.number},
+        "support:usage_events": {"pk": c.pk},
+        "support:usage_reverse": {"pk": c.pk, "event_pk": own.usage_event.pk},
+        "api:usage-reversal": {
+            "external_id": c.external_id,
+            "event_id": own.usage_event.event_id,
+        },
         "dashboard:portal_enter": {"token": "not-a-token"},
         "billing:invoice_detail": {"number": own.proration_invoice.number},
         "api:customer": {"external_id": c.external_id},
         "api:entitlements": {"external_id": c.external_id},
         "api:entitlement": {"external_id": c.external_id, "feature_key": w.transfer.key},
         "api:consume": {"external_id": c.external_id, "feature_key": w.transfer.key},
+        "api:reservations": {"external_id": c.external_id, "feature_key": w.transfer.key},
+        "api:reservation": {
+            "external_id": c.external_id,
+            "feature_key": w.transfer.key,
+            "reservation_id": own.reservation.reservation_id,
+        },
+        "api:reservation-commit": {
+            "external_id": c.external_id,
+            "feature_key": w.transfer.key,
+            "reservation_id": own.reservation.reservation_id,
+        },
         "api:usage-buckets": {"external_id": c.external_id, "feature_key": w.transfer.key},
         "api:overrides": {"external_id": c.external_id},
         "api:override": {"external_id": c.external_id, "pk": own.override.pk},
@@ -721,6 +754,8 @@ def _body(key: str, method: str, w: World, own: Owned) -> dict:
         },
         ("support:override_end", "POST"): {},
         ("support:invoice_void", "POST"): {"reason": "Matrix"},
+        ("support:usage_reverse", "POST"): {"reason": "Matrix"},
+        ("api:usage-reversal", "POST"): {"reason": "Matrix"},
         ("dashboard:topup_confirm", "POST"): {"idempotency_key": "dashboard-buy-1"},
         ("dashboard:plan_change", "POST"): {"from_plan": w.basic.key},
         ("api:customers", "POST"): {"external_id": "initech", "name": "Initech"},
@@ -732,6 +767,8 @@ def _body(key: str, method: str, w: World, own: Owned) -> dict:
         },
         ("api:customer", "PATCH"): {"name": "Renamed"},
         ("api:consume", "POST"): {"quantity": "1", "event_id": "matrix-consume-1"},
+        ("api:reservations", "POST"): {"reservation_id": "matrix-hold-1", "quantity": "1"},
+        ("api:reservation-commit", "POST"): {"quantity": "0.5"},
         ("api:usage", "POST"): {
             "events": [
                 {

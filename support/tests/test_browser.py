@@ -120,3 +120,40 @@ def test_keyboard_users_start_in_the_search_and_see_focus(transactional_db, live
             " getComputedStyle(document.activeElement).outlineStyle]"
         )
         assert focused == ["Search", "solid"]
+
+
+def test_support_filters_recent_usage_and_reverses_an_event(transactional_db, live_server, world):
+    from playwright.sync_api import expect
+
+    from customers.engine import entitlement_consume
+
+    for n, quantity in enumerate(["120", "50", "20"]):
+        assert entitlement_consume(world.acme, "data-transfer", quantity, f"export-{n}").allowed
+    with chromium_browser() as browser:
+        page = browser.new_page(viewport=DESKTOP)
+        browser_login(
+            page, live_server.url, "sam", PASSWORD, next_path=f"/support/customers/{world.acme.pk}/"
+        )
+        usage = page.locator("#usage-events")
+        expect(usage).to_contain_text("Level reported")  # the storage level, not reversible
+
+        # The feature filter swaps the list in place (htmx)
+        page.locator("#usage").get_by_label("Feature").select_option("data-transfer")
+        expect(usage).not_to_contain_text("Level reported")
+        expect(usage.locator("tbody tr")).to_have_count(3)
+        screenshot(page, "support-usage-desktop")
+
+        # Reverse the newest: a confirmation with the reason, then the new numbers
+        page.get_by_role("link", name="Reverse usage event export-2").click()
+        expect(page.get_by_role("heading", name="Reverse usage event export-2?")).to_be_visible()
+        page.get_by_label("Reason").fill("Ticket 5120: the export ran twice")
+        page.get_by_role("button", name="Reverse usage").click()
+
+        expect(page.locator(".messages")).to_contain_text("Reversed usage event export-2: 20 GB")
+        expect(page.locator(".messages")).to_contain_text("Usage now 170 GB")
+        row = page.locator("#usage-events tbody tr", has_text="export-2")
+        expect(row).to_contain_text("Reversed")
+        expect(row).to_contain_text("by sam: Ticket 5120: the export ran twice")
+        expect(page.locator("#history")).to_contain_text("Sam reversed Usage event export-2")
+        screenshot(page, "support-usage-reversed-desktop")
+        assert entitlement_check(world.acme, "data-transfer").usage == Decimal("170")

@@ -8,7 +8,7 @@ from django.urls import reverse
 
 from billing.models import Invoice, InvoicePurpose, TopUpPurchase
 from customers import services as customer_services
-from customers.engine import entitlement_check
+from customers.engine import entitlement_check, reservation_hold, reservation_release
 from customers.models import EntitlementOverride, Grant, Subscription
 
 from .conftest import user_in
@@ -440,3 +440,20 @@ def test_history_says_who_changed_what(support_client, world):
     assert [c.field for c in ended.changes] == ["ends at"]
     assert ended.changes[0].old == "—"
     assert entries[-1].who == "system"  # the customer was created outside a request
+
+
+def test_customer_page_shows_units_held_by_reservations(support_client, world):
+    # Given 12 GB of the 15 GB left held by three reservations
+    for n in range(3):
+        assert reservation_hold(world.acme, "storage", f"job-{n}", "4").allowed
+    html = support_client.get(customer_url(world)).content.decode()
+    # Then the storage row says so, and what is left excludes them
+    assert "<strong>12 GB</strong> held by 3 reservations" in html
+    assert "<strong>3 GB</strong> left" in html
+    # and a feature without holds says nothing of them
+    reservation_release(world.acme, "storage", "job-0")
+    reservation_release(world.acme, "storage", "job-1")
+    html = support_client.get(customer_url(world)).content.decode()
+    assert "<strong>4 GB</strong> held by 1 reservation<" in html
+    reservation_release(world.acme, "storage", "job-2")
+    assert "held by" not in support_client.get(customer_url(world)).content.decode()

@@ -17,8 +17,6 @@ from customers.tests.factories import CustomerFactory, SubscriptionFactory
 
 from .proxy import Proxy
 
-RESERVATIONS_MISSING = "reservations endpoint not on the server yet (issue 18)"
-
 
 @dataclass(frozen=True)
 class Catalog:
@@ -81,17 +79,17 @@ def stoppable_server(transactional_db):
 
 @pytest.fixture
 def reservations(server_url, api_key, catalog):
-    """Skips unless the server has the reservations endpoint (DESIGN.md "Reservations")."""
+    """The server's reservations endpoint (DESIGN.md "Reservations"), probed with a hold of
+    its own that is released at once: a server without it fails these tests, never skips."""
+    url = (
+        f"{server_url}/api/v1/customers/{catalog.customer}/entitlements/{catalog.transfer}"
+        "/reservations"
+    )
+    headers = {"Authorization": f"Bearer {api_key}"}
     response = httpx.post(
-        f"{server_url}/api/v1/customers/{catalog.customer}/entitlements/{catalog.transfer}"
-        "/reservations",
+        url,
         json={"reservation_id": "probe", "quantity": "0.0001", "ttl_seconds": 1},
-        headers={"Authorization": f"Bearer {api_key}"},
+        headers=headers,
     )
-    if response.status_code == 404 and response.json()["error"]["code"] == "not_found":
-        pytest.skip(RESERVATIONS_MISSING)
-    httpx.delete(
-        f"{server_url}/api/v1/customers/{catalog.customer}/entitlements/{catalog.transfer}"
-        "/reservations/probe",
-        headers={"Authorization": f"Bearer {api_key}"},
-    )
+    assert response.status_code == 201, response.text
+    assert httpx.delete(f"{url}/probe", headers=headers).status_code == 200

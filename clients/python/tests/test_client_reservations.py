@@ -1,8 +1,7 @@
 """`reserve()`: hold, then commit or release, as a context manager.
 
 The tests that need the server's reservations endpoint (DESIGN.md "Reservations", issue 18)
-probe it first and skip while it answers 404 for the route itself; they run the day it lands.
-The fail policy's holds need no endpoint and always run."""
+probe it first (the `reservations` fixture). The fail policy's holds need no endpoint."""
 
 import asyncio
 import time

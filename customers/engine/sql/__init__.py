@@ -5,6 +5,7 @@ database in use (postgresql or sqlite), each with the same functions:
 - `counters_save(counters)`: write back changed counters
 - `grants_lock(customer_ids, feature_ids, since, until)` -> grant rows, locked in id order
 - `events_insert(items, now)` -> {(customer id, event_id): event id} of the rows inserted
+- `draws_insert(rows)`: the draw ledger's rows (event id, grant id or None, window, units)
 - `batch_customers(external_ids)` -> rows (id, external_id, state_version, catalog version)
 - `counters_vacuum()`, `vacuum_settings(connection)`: VACUUM of the usage counters and the
   server's autovacuum settings (nothing on SQLite)

@@ -14,16 +14,25 @@ from django.utils.dateparse import parse_datetime
 from catalog.models import CatalogVersion
 from core.errors import NotFound
 
-from ...models import Customer, Grant, UsageCounter, UsageEvent
-from ...snapshots import CounterRow, GrantRow, Snapshot
+from ...models import (
+    Customer,
+    Grant,
+    Reservation,
+    ReservationStatus,
+    UsageCounter,
+    UsageEvent,
+)
+from ...snapshots import CounterRow, GrantRow, HeldRow, Snapshot
 
 
 def usage_snapshot(customer_id: int, feature_id: int | None, at: dt.datetime) -> Snapshot:
     """One query: the customer's state version and the catalog's, the usage counters of every
-    window containing `at`, the grants in force at `at` (of one feature, or all) and when the
-    next grant comes into force. Raises NotFound when the customer does not exist."""
+    window containing `at`, the grants in force at `at` (of one feature, or all), when the
+    next grant comes into force and the reservations held at `at` (summed here, per feature,
+    exactly on both databases). Raises NotFound when the customer does not exist."""
     quote = connection.ops.quote_name
     counter, grant = UsageCounter._meta.db_table, Grant._meta.db_table
+    reservation = Reservation._meta.db_table
     stamp = connection.ops.adapt_datetimefield_value(at)
     feature_filter = " AND feature_id = %s" if feature_id is not None else ""
     feature_param = [feature_id] if feature_id is not None else []
@@ -45,11 +54,16 @@ def usage_snapshot(customer_id: int, feature_id: int | None, at: dt.datetime) ->
         UNION ALL
         SELECT 3, NULL, NULL, NULL, MIN(effective_at), NULL, NULL, NULL, NULL, NULL
           FROM {grant} WHERE customer_id = %s{feature_filter} AND effective_at > %s
+        UNION ALL
+        SELECT 4, NULL, feature_id, NULL, expires_at, NULL, quantity, NULL, NULL, NULL
+          FROM {reservation} WHERE customer_id = %s{feature_filter} AND status = %s
+               AND expires_at > %s
     """
     params = [customer_id, customer_id, *feature_param, stamp, stamp]
     params += [customer_id, *feature_param, stamp, stamp, stamp]
     params += [customer_id, *feature_param, stamp]
-    version, counters, grants, next_grant_at = None, [], [], None
+    params += [customer_id, *feature_param, ReservationStatus.HELD.value, stamp]
+    version, counters, grants, next_grant_at, held = None, [], [], None, {}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -84,11 +98,25 @@ def usage_snapshot(customer_id: int, feature_id: int | None, at: dt.datetime) ->
                     db_time(stamp_at),
                 )  # fmt: skip
             )
-        else:
+        elif kind == 3:
             next_grant_at = db_time(start)
+        else:
+            held_add(held, feature, db_decimal(a), db_time(start))
     if version is None:
         raise NotFound("No such customer.", code="customer_not_found")
-    return Snapshot(version, counters, grants, next_grant_at)
+    return Snapshot(version, counters, grants, next_grant_at, list(held.values()))
+
+
+def held_add(held: dict[int, HeldRow], feature_id: int, quantity: Decimal, expires_at) -> None:
+    """Adds one held reservation to its feature's sum (Python's Decimals: SQLite's SUM of
+    decimals would be a float's)."""
+    row = held.get(feature_id)
+    if row is None:
+        held[feature_id] = HeldRow(feature_id, quantity, 1, expires_at)
+    else:
+        row.quantity += quantity
+        row.count += 1
+        row.expires_at = min(row.expires_at, expires_at)
 
 
 FOUR_PLACES = Decimal("0.0001")

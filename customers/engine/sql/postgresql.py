@@ -11,7 +11,7 @@ from django.db import connection
 
 from catalog.models import CatalogVersion
 
-from ...models import Customer, Grant, UsageCounter, UsageEvent
+from ...models import Customer, Grant, Reservation, UsageCounter, UsageDraw, UsageEvent
 from ...snapshots import CounterRow
 from .common import counter_values, event_columns, versions_sql
 
@@ -19,6 +19,12 @@ from .common import counter_values, event_columns, versions_sql
 COUNTER = UsageCounter._meta.db_table
 GRANT = Grant._meta.db_table
 EVENT = UsageEvent._meta.db_table
+DRAW = UsageDraw._meta.db_table
+DRAW_COLUMNS = ", ".join(
+    f'"{UsageDraw._meta.get_field(name).column}"'
+    for name in ("event", "grant", "window", "quantity")
+)
+RESERVATION = Reservation._meta.db_table
 CUSTOMER = Customer._meta.db_table
 CATALOG_VERSION = CatalogVersion._meta.db_table
 LOCK_CHUNK = 1000  # counter keys per locking statement
@@ -137,8 +143,13 @@ CONSUME_LOCK = f"""
     SELECT 1, id, "window", start, "end", used, drawn, level, level_at, NULL, NULL FROM c
     UNION ALL
     SELECT 2, id, NULL, effective_at, expires_at, quantity, consumed, NULL, voided_at, NULL, NULL
-      FROM g
+      FROM g;
+    SELECT count(*), coalesce(sum(quantity), 0) FROM {RESERVATION}
+     WHERE customer_id = %s AND feature_id = %s AND status = 'held' AND expires_at > %s
 """
+# The reservations held are summed by a statement of their own, after the one that waited for
+# the counters' locks: under READ COMMITTED it then sees every hold committed before it got
+# them (in the locking statement, its snapshot would be the one taken before the wait).
 
 
 CONSUME_WRITE = f"""
@@ -152,6 +163,10 @@ CONSUME_WRITE = f"""
         UPDATE {GRANT} AS g SET consumed = v.consumed
           FROM unnest(%s::bigint[], %s::numeric[]) AS v(id, consumed)
          WHERE g.id = v.id AND EXISTS (SELECT 1 FROM ev)
+    ), draws AS (
+        INSERT INTO {DRAW} ({DRAW_COLUMNS})
+        SELECT ev.id, d.grant_id, %s, d.quantity
+          FROM ev, unnest(%s::bigint[], %s::numeric[]) AS d(grant_id, quantity)
     )
     SELECT id FROM ev;
     COMMIT
@@ -163,10 +178,15 @@ CONSUME_WRITE = f"""
 # moment, a statement that checks and writes, and COMMIT. The second statement runs with a
 # snapshot taken once it holds the locks (READ COMMITTED: a statement's snapshot is taken when
 # it starts, so a lock waited for inside it would leave it blind to what committed meanwhile),
-# so it reads the versions, the grants in force and the counters as the last writer left them.
+# so it reads the versions, the grants in force, the reservations held and the counters as the
+# last writer left them (a hold takes the same counter locks). It locks the counters again: no
+# wait for those the first holds, and a counter created after the first started is locked
+# before it is checked (without that, two consumes could both pass the check on its snapshot:
+# test_concurrency's fifty consumes against twenty allowed 23).
 # When the versions are those of the state the engine decided on, every counted window's
-# counter is there, no grant is in force, nothing was drawn and the effective counter's `used`
-# is within the bounds, it inserts the event and adds the quantity to those counters. So the
+# counter is there, no grant is in force and no reservation held (`granted` says either),
+# nothing was drawn and the effective counter's `used` is within the bounds, it inserts the
+# event and adds the quantity to those counters. So the
 # counters are locked for these statements and the commit only: no round trip and no Python in
 # between. Rows: (0, event id or NULL, .., whether it went ahead, state version, catalog
 # version, a grant in force), then (1, counter ..) as they were before.
@@ -181,6 +201,7 @@ CONSUME_ONE_TRIP = f"""
           FROM {COUNTER}
          WHERE customer_id = %(customer)s AND feature_id = %(feature)s
                AND start <= %(at)s AND "end" > %(at)s
+         ORDER BY customer_id, feature_id, "window", start FOR UPDATE
     ), m AS (
         SELECT c.id, c."window", c.used, c.drawn
           FROM c JOIN unnest(%(windows)s::varchar[], %(starts)s::timestamptz[]) AS w(win, start)
@@ -192,7 +213,10 @@ CONSUME_ONE_TRIP = f"""
                         WHERE customer_id = %(customer)s AND feature_id = %(feature)s
                               AND effective_at <= %(at)s
                               AND (expires_at IS NULL OR expires_at > %(at)s)
-                              AND (voided_at IS NULL OR voided_at > %(at)s)) AS granted,
+                              AND (voided_at IS NULL OR voided_at > %(at)s))
+               OR EXISTS (SELECT 1 FROM {RESERVATION}
+                           WHERE customer_id = %(customer)s AND feature_id = %(feature)s
+                                 AND status = 'held' AND expires_at > %(at)s) AS granted,
                (SELECT count(*) FROM m) AS found
     ), go AS (
         SELECT 1 FROM v, m
@@ -219,6 +243,23 @@ CONSUME_ONE_TRIP = f"""
     UNION ALL
     SELECT 1, id, "window", start, "end", used, drawn, level, level_at, NULL, NULL, NULL, NULL
       FROM c;
+    COMMIT
+"""
+
+
+RESERVATION_LOCK = f"""
+    SELECT id, status, expires_at, committed_at, quantity, committed_quantity, NULL::numeric,
+           NULL::timestamptz, feature_id, event_id
+      FROM {RESERVATION} WHERE customer_id = %s AND reservation_id = %s FOR UPDATE
+"""
+
+
+# A hold's second round trip: the reservation, unless its id is taken, and COMMIT.
+HOLD_WRITE = f"""
+    INSERT INTO {RESERVATION} (customer_id, feature_id, reservation_id, quantity, status,
+                               ttl_seconds, expires_at, created_at)
+    VALUES (%s, %s, %s, %s, 'held', %s, %s, %s)
+    ON CONFLICT (customer_id, reservation_id) DO NOTHING RETURNING id;
     COMMIT
 """
 
@@ -259,6 +300,53 @@ def counters_vacuum() -> None:
     index entries of the versions that left their page (customers/checks.py)."""
     with connection.cursor() as cursor:
         cursor.execute(f"VACUUM {COUNTER}")
+
+
+def hold_write(cursor, values: list) -> list:
+    """The hold's second round trip; answers the new reservation's id, if any."""
+    cursor.execute(HOLD_WRITE, values)
+    return cursor.fetchall()
+
+
+# A commit's second round trip: the event (unless its id is taken), the counters, the grants
+# and the reservation committed, then COMMIT; nothing is written if the event_id is taken.
+COMMIT_WRITE = f"""
+    WITH ev AS (
+        INSERT INTO {EVENT}
+               (customer_id, feature_id, event_id, quantity, "timestamp", properties, recorded_at)
+        VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s)
+        ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING id
+    ), counters AS ({COUNTERS_FROM_VALUES} AND EXISTS (SELECT 1 FROM ev)
+    ), grants AS (
+        UPDATE {GRANT} AS g SET consumed = v.consumed
+          FROM unnest(%s::bigint[], %s::numeric[]) AS v(id, consumed)
+         WHERE g.id = v.id AND EXISTS (SELECT 1 FROM ev)
+    ), r AS (
+        UPDATE {RESERVATION} SET status = 'committed', committed_quantity = %s,
+               committed_at = %s, event_id = (SELECT id FROM ev)
+         WHERE id = %s AND EXISTS (SELECT 1 FROM ev)
+    ), draws AS (
+        INSERT INTO {DRAW} ({DRAW_COLUMNS})
+        SELECT ev.id, d.grant_id, %s, d.quantity
+          FROM ev, unnest(%s::bigint[], %s::numeric[]) AS d(grant_id, quantity)
+    )
+    SELECT id FROM ev;
+    COMMIT
+"""
+
+
+def commit_write(
+    cursor, event: list, counters: list, grants: list, reservation: list, draws: tuple
+) -> list:
+    """The commit's second round trip (`reservation`: committed quantity, when, its id;
+    `draws` as `consume_write`'s); answers the new event's id, or nothing (nothing written)
+    when the event_id is taken."""
+    changed = [[g.pk for g in grants], [g.consumed for g in grants]]
+    cursor.execute(
+        COMMIT_WRITE,
+        [*event, *counter_columns(counters), *changed, *reservation, *_draw_params(draws)],
+    )
+    return cursor.fetchall()
 
 
 TURNS_CLASS = 0x75736167  # the advisory locks' first key: "usag"
@@ -420,24 +508,60 @@ def constraints_immediate() -> None:
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
 
-def consume_lock(cursor, pk: int, feature_id: int, at: dt.datetime, synchronous: bool) -> list:
-    """The consume's first round trip: BEGIN, then its counters (every window containing
-    `at`) and grants in force locked, with the customer's and the catalog's versions. Rows:
-    (0, .., state version, catalog version), (1, counter ..), (2, grant ..)."""
+def consume_lock(
+    cursor, pk: int, feature_id: int, at: dt.datetime, synchronous: bool, reservation_id=None
+) -> list:
+    """The first round trip of a consume (or a hold, or a commit): BEGIN, then its counters
+    (every window containing `at`) and grants in force locked, with the customer's and the
+    catalog's versions and the reservations held (read under the counters' locks, which every
+    hold takes); with `reservation_id`, that reservation locked too. Rows: (0, .., state
+    version, catalog version), (1, counter ..), (2, grant ..), (3, holds, .., units held, ..),
+    and (4, id, status, expires_at, committed_at, quantity, committed_quantity, .., feature,
+    event id) for the reservation if it exists."""
     commit = "on" if synchronous else "off"
-    params = [commit, pk, feature_id, at, at, pk, feature_id, at, at, at, pk]
-    cursor.execute(CONSUME_LOCK, params)
+    params = [commit, pk, feature_id, at, at, pk, feature_id, at, at, at, pk, pk, feature_id, at]
+    statement = CONSUME_LOCK
+    if reservation_id is not None:
+        statement += ";" + RESERVATION_LOCK
+        params += [pk, reservation_id]
+    cursor.execute(statement, params)
     cursor.nextset()  # past BEGIN's
     cursor.nextset()  # past SET's
-    return cursor.fetchall()
+    rows = cursor.fetchall()
+    cursor.nextset()
+    holds, reserved = cursor.fetchone()
+    rows.append((3, holds, None, None, None, reserved, None, None, None, None, None))
+    if reservation_id is not None:
+        cursor.nextset()
+        rows += [(4, *row) for row in cursor.fetchall()]
+    return rows
 
 
-def consume_write(cursor, event: list, counters: list, grants: list) -> list:
-    """The second round trip: the event, the counters and the grants, then COMMIT; nothing
-    is written when the event_id is already recorded. Answers the new event's id, if any."""
+def consume_write(cursor, event: list, counters: list, grants: list, draws: list) -> list:
+    """The second round trip: the event, the counters, the grants and the event's draws
+    ((grant id or None, units), of the window kind `draws[0]`), then COMMIT; nothing is
+    written when the event_id is already recorded. Answers the new event's id, if any."""
     changed = [[g.pk for g in grants], [g.consumed for g in grants]]
-    cursor.execute(CONSUME_WRITE, [*event, *counter_columns(counters), *changed])
+    cursor.execute(
+        CONSUME_WRITE, [*event, *counter_columns(counters), *changed, *_draw_params(draws)]
+    )
     return cursor.fetchall()
+
+
+def _draw_params(draws: tuple) -> list:
+    """(window kind, [(grant id or None, units)]) as the draws CTE's three parameters."""
+    kind, rows = draws
+    return [kind, pg_array([g for g, _ in rows]), pg_array([q for _, q in rows])]
+
+
+def draws_insert(rows: list[tuple]) -> None:
+    """The draw ledger's rows (event, grant or None, window, units) as four arrays."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {DRAW} ({DRAW_COLUMNS}) "
+            "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::varchar[], %s::numeric[])",
+            [pg_array(column) for column in zip(*rows, strict=True)],
+        )
 
 
 def rollback(cursor) -> None:

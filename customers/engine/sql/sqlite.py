@@ -10,7 +10,7 @@ from django.db.models import Q, Subquery
 
 from catalog.models import CatalogVersion
 
-from ...models import Customer, Grant, UsageCounter
+from ...models import Customer, Grant, UsageCounter, UsageDraw
 from .common import (
     COUNTER_VALUES,
     GRANT_ROW,
@@ -119,6 +119,16 @@ def events_insert(items: list[dict], now: dt.datetime) -> dict[tuple[int, str], 
             )
             inserted.update(((c, e), pk) for c, e, pk in cursor.fetchall())
     return inserted
+
+
+def draws_insert(rows: list[tuple]) -> None:
+    UsageDraw.objects.bulk_create(
+        [
+            UsageDraw(event_id=event, grant_id=grant, window=kind, quantity=quantity)
+            for event, grant, kind, quantity in rows
+        ],
+        batch_size=500,
+    )
 
 
 def batch_customers(external_ids: set[str]):
