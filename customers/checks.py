@@ -1,7 +1,7 @@
 """The PostgreSQL settings the usage counters depend on (docs/performance.md, "Decay", and
 docs/deploy.md, "Database settings"): `manage.py check --database default` (and `migrate`)
-warns when the server runs without autovacuum, and the beat's `usage_counters_vacuum` then
-vacuums the counters itself every minute.
+warns when the server runs without autovacuum, and the beat's `usage_counters_vacuum` (its
+schedule: migration 0019) then vacuums the counters itself every minute.
 
 Every consume and batch rewrites a counter row, so the counters table makes dead row versions
 as fast as usage comes in. PostgreSQL reclaims most of them in passing (HOT pruning, as each

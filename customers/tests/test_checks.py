@@ -43,3 +43,18 @@ def test_the_beat_vacuums_the_counters_only_when_the_server_would_not(monkeypatc
     if connection.vendor == "postgresql":
         monkeypatch.setattr(checks, "server_settings", lambda alias: {"autovacuum": "off"})
         assert tasks.usage_counters_vacuum() is True  # and VACUUM ran without an error
+
+
+@pytest.mark.django_db
+def test_the_beat_runs_the_vacuum_every_minute():
+    """The migration's schedule names the task by its registered name."""
+    from celery import current_app
+    from django_celery_beat.models import PeriodicTask
+
+    schedule = PeriodicTask.objects.get(task="customers.tasks.usage_counters_vacuum")
+    assert (schedule.interval.every, schedule.interval.period, schedule.enabled) == (
+        60,
+        "seconds",
+        True,
+    )
+    assert schedule.task in current_app.tasks
