@@ -152,7 +152,12 @@ CONSUME_LOCK = f"""
 # them (in the locking statement, its snapshot would be the one taken before the wait).
 
 
-CONSUME_WRITE = f"""
+def usage_write(extra: str = "") -> str:
+    """A usage write's second round trip: the event (unless its event_id is taken), the
+    counters, the grants, `extra` (more CTEs, which may use `ev`), the draws, then COMMIT;
+    nothing is written when the event_id is taken. Parameters: the event, the counters'
+    columns, the grants' ids and consumed, those of `extra`, the draws'."""
+    return f"""
     WITH ev AS (
         INSERT INTO {EVENT}
                (customer_id, feature_id, event_id, quantity, "timestamp", properties, recorded_at)
@@ -163,7 +168,7 @@ CONSUME_WRITE = f"""
         UPDATE {GRANT} AS g SET consumed = v.consumed
           FROM unnest(%s::bigint[], %s::numeric[]) AS v(id, consumed)
          WHERE g.id = v.id AND EXISTS (SELECT 1 FROM ev)
-    ), draws AS (
+{extra}    ), draws AS (
         INSERT INTO {DRAW} ({DRAW_COLUMNS})
         SELECT ev.id, d.grant_id, %s, d.quantity
           FROM ev, unnest(%s::bigint[], %s::numeric[]) AS d(grant_id, quantity)
@@ -171,6 +176,9 @@ CONSUME_WRITE = f"""
     SELECT id FROM ev;
     COMMIT
 """
+
+
+CONSUME_WRITE = usage_write()
 
 
 # The consume in ONE round trip, for the simple case (`arithmetic.consume_fast_bounds`): one
@@ -310,29 +318,13 @@ def hold_write(cursor, values: list) -> list:
 
 # A commit's second round trip: the event (unless its id is taken), the counters, the grants
 # and the reservation committed, then COMMIT; nothing is written if the event_id is taken.
-COMMIT_WRITE = f"""
-    WITH ev AS (
-        INSERT INTO {EVENT}
-               (customer_id, feature_id, event_id, quantity, "timestamp", properties, recorded_at)
-        VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s)
-        ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING id
-    ), counters AS ({COUNTERS_FROM_VALUES} AND EXISTS (SELECT 1 FROM ev)
-    ), grants AS (
-        UPDATE {GRANT} AS g SET consumed = v.consumed
-          FROM unnest(%s::bigint[], %s::numeric[]) AS v(id, consumed)
-         WHERE g.id = v.id AND EXISTS (SELECT 1 FROM ev)
-    ), r AS (
+COMMIT_WRITE = usage_write(
+    f"""    ), r AS (
         UPDATE {RESERVATION} SET status = 'committed', committed_quantity = %s,
                committed_at = %s, event_id = (SELECT id FROM ev)
          WHERE id = %s AND EXISTS (SELECT 1 FROM ev)
-    ), draws AS (
-        INSERT INTO {DRAW} ({DRAW_COLUMNS})
-        SELECT ev.id, d.grant_id, %s, d.quantity
-          FROM ev, unnest(%s::bigint[], %s::numeric[]) AS d(grant_id, quantity)
-    )
-    SELECT id FROM ev;
-    COMMIT
 """
+)
 
 
 def commit_write(
