@@ -80,6 +80,38 @@ def cpu(kind: str, key: str, args, workers: set[int]) -> None:
               f"({100 * seconds / elapsed:5.1f}% of a core)")  # fmt: skip
 
 
+def spy(kind: str, key: str, args, workers: set[int]) -> None:
+    """py-spy on every worker while wrk runs `kind`: the share of the workers' busy samples
+    (threads waiting on a socket or a lock are not sampled) spent in each function, callers
+    included, so that the request's parts add up from the handler down."""
+    bench.wrk_run(kind, key, 2, args.connections)
+    wrk = subprocess.Popen(
+        [sys.executable, "-c", "import sys, run; run.wrk_run(*sys.argv[1:3], int(sys.argv[3]), "
+         "int(sys.argv[4]))", kind, key, str(args.seconds + 4), str(args.connections)],
+        cwd=Path(__file__).resolve().parent,
+    )  # fmt: skip
+    time.sleep(2)
+    outputs = []
+    for pid in sorted(workers):
+        output = f"/tmp/spy-{kind}-{pid}.txt"
+        outputs.append(output)
+        subprocess.Popen([args.py_spy, "record", "-p", str(pid), "-d", str(args.seconds),
+                          "-r", "250", "-f", "raw", "-o", output, "--nonblocking"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    wrk.wait()
+    time.sleep(1)
+    total, inclusive = 0, {}
+    for output in outputs:
+        for line in Path(output).read_text().splitlines():
+            stack, count = line.rsplit(" ", 1)
+            total += int(count)
+            for frame in set(stack.split(";")):
+                inclusive[frame] = inclusive.get(frame, 0) + int(count)
+    print(f"{kind}: {total} busy samples of {len(outputs)} workers (raw: /tmp/spy-{kind}-*.txt)")
+    for frame, count in sorted(inclusive.items(), key=lambda kv: -kv[1])[: args.top]:
+        print(f"  {100 * count / (total or 1):5.1f}%  {frame[:120]}")
+
+
 def _statement_kind(text: str) -> str:
     if text.startswith("BEGIN; SET LOCAL") and "WITH c AS MATERIALIZED" in text:
         return "consume, one trip: BEGIN; lock; check and write; COMMIT"
@@ -144,7 +176,7 @@ def statements(kind: str, key: str, args) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["cpu", "statements"])
+    parser.add_argument("what", choices=["cpu", "statements", "spy"])
     parser.add_argument("kinds", help="comma-separated scenarios of bench/run.py")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
@@ -158,6 +190,8 @@ def main() -> int:
         help="seconds of check_all first: every worker must "
         "have seen every customer (a loaded machine needs longer)",
     )
+    parser.add_argument("--py-spy", default="py-spy", help="spy: the py-spy executable")
+    parser.add_argument("--top", type=int, default=60, help="spy: functions listed")
     parser.add_argument("--log", default="/var/log/postgresql/postgresql-15-main.log")
     args = parser.parse_args()
     if not bench.database_seeded():
@@ -179,6 +213,8 @@ def main() -> int:
         for kind in args.kinds.split(","):
             if args.what == "cpu":
                 cpu(kind, key, args, {int(pid) for pid in children})
+            elif args.what == "spy":
+                spy(kind, key, args, {int(pid) for pid in children})
             else:
                 statements(kind, key, args)
     finally:
