@@ -1,8 +1,9 @@
 """The quick start's web server: what `make run` serves with (`gunicorn -c` this file).
 
-gunicorn with threads (gthread), DEBUG off and a database connection per request. Production
-runs sync workers with persistent connections instead (docs/deploy.md, `make bench`); this
-file is not read there.
+gunicorn with threads (gthread, with the connections shared out among the workers:
+gunicorn_worker.py), DEBUG off and a database connection per request. Production runs the
+same workers with persistent connections instead (gunicorn_prod.py, docs/deploy.md,
+`make bench`); this file is not read there.
 
 Why these numbers: each thread that is inside a request holds at most one database connection
 and closes it when the request ends (DB_CONN_MAX_AGE=0), so the web server never holds more
@@ -28,7 +29,7 @@ THREADS = 8
 
 wsgi_app = "entitlements_site.wsgi:application"
 bind = [f"127.0.0.1:{os.environ.get('PORT', '8000')}"]
-worker_class = "gthread"
+worker_class = "entitlements_site.gunicorn_worker.BalancedThreadWorker"  # gthread, shared out
 workers = WORKERS
 threads = THREADS
 backlog = 2048

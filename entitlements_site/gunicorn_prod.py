@@ -6,7 +6,9 @@ the ones measured on the reference machine (2 cores).
 
 - `WEB_WORKERS` (default 2 per core): processes, each with its own database connection per
   thread (persistent: `DB_CONN_MAX_AGE`, default 60 s).
-- `WEB_WORKER_CLASS` (default `gthread`) and `WEB_THREADS` (default 4): each worker serves
+- `WEB_WORKER_CLASS` (default gthread, as `entitlements_site.gunicorn_worker.BalancedThreadWorker`,
+  which shares a client's burst of connections out among the workers instead of leaving
+  them all with the first to wake) and `WEB_THREADS` (default 4): each worker serves
   four requests at once on threads, which overlaps one request's waits (its PostgreSQL and
   Redis round trips, the commit's flush to disk) with another's work, and keeps clients'
   connections alive between requests (a sync worker closes every connection after its
@@ -31,7 +33,10 @@ os.environ.setdefault("DJANGO_DEBUG", "false")
 wsgi_app = "entitlements_site.wsgi:application"
 bind = os.environ.get("WEB_BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}").split(",")
 workers = int(os.environ.get("WEB_WORKERS", 2 * multiprocessing.cpu_count()))
-worker_class = os.environ.get("WEB_WORKER_CLASS", "gthread")
+# gthread with the connections shared out among the workers (gunicorn_worker.py)
+worker_class = os.environ.get(
+    "WEB_WORKER_CLASS", "entitlements_site.gunicorn_worker.BalancedThreadWorker"
+)
 threads = int(os.environ.get("WEB_THREADS", "4"))
 backlog = 2048
 timeout = 30
