@@ -129,7 +129,7 @@ def statements(kind: str, key: str, args) -> None:
         # New connections read the setting: the workers reconnect after a HUP.
         os.kill(args.server_pid, signal.SIGHUP)
         time.sleep(3)
-        bench.wrk_run("check_all", key, args.warmup, args.connections)
+        bench.wrk_run("warm", key, args.warmup, args.connections)
         bench.wrk_run(kind, key, 2, args.connections)
         start = Path(args.log).stat().st_size
         figures = bench.wrk_figures(bench.wrk_run(kind, key, args.seconds, args.connections))
@@ -187,8 +187,8 @@ def main() -> int:
         "--warmup",
         type=int,
         default=30,
-        help="seconds of check_all first: every worker must "
-        "have seen every customer (a loaded machine needs longer)",
+        help="seconds of check_all first, each on a new connection: every "
+        "worker must have seen every customer (a loaded machine needs longer)",
     )
     parser.add_argument("--py-spy", default="py-spy", help="spy: the py-spy executable")
     parser.add_argument("--top", type=int, default=60, help="spy: functions listed")
@@ -207,7 +207,7 @@ def main() -> int:
     args.server_pid = server.pid
     try:
         bench.wait_http("/healthz")
-        bench.wrk_run("check_all", key, args.warmup, args.connections)
+        bench.wrk_run("warm", key, args.warmup, args.connections)
         children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True,
                                   text=True).stdout.split()  # fmt: skip
         for kind in args.kinds.split(","):
