@@ -40,6 +40,11 @@ class CustomersConfig(AppConfig):
         pre_save.connect(feature_counting, sender=Feature, dispatch_uid=uid + ".before")
         post_save.connect(feature_created_counting, sender=Feature, dispatch_uid=uid + ".after")
 
+        # The engine's PostgreSQL functions follow the code: (re)created after every migrate.
+        from django.db.models.signals import post_migrate
+
+        post_migrate.connect(functions_create, sender=self, dispatch_uid="customers.functions")
+
         # The catalog's plan versions reach subscribers through this port (catalog never
         # imports customers).
         from catalog.subscribers import provide
@@ -56,6 +61,15 @@ class CustomersConfig(AppConfig):
             uid = f"customers.snapshots.{model._meta.label}"
             post_save.connect(catalog_changed, sender=model, dispatch_uid=uid + ".saved")
             post_delete.connect(catalog_changed, sender=model, dispatch_uid=uid + ".del")
+
+
+def functions_create(sender, using="default", **kwargs) -> None:
+    from django.db import connections
+
+    from .engine.sql import postgresql
+
+    if connections[using].vendor == "postgresql":
+        postgresql.functions_create(connections[using])
 
 
 def _in_a_draft(instance) -> bool:

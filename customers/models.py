@@ -209,12 +209,18 @@ class Grant(models.Model):
     """Extra units of a metered feature, used after the period allowance, soonest-expiring
     first. `consumed` only grows; `latest` features use grants as capacity and never consume."""
 
-    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="grants")
+    # No index of their own: the (customer, feature, expires_at) index leads with both. One on
+    # the feature alone tempted the consume function's generic plans into reading every grant
+    # of the feature (engine/sql/postgresql.py, test_consume_function).
+    customer = models.ForeignKey(
+        Customer, on_delete=models.CASCADE, related_name="grants", db_index=False
+    )
     feature = models.ForeignKey(
         Feature,
         on_delete=models.PROTECT,
         related_name="grants",
         limit_choices_to={"kind": FeatureKind.METERED},
+        db_index=False,
     )
     quantity = models.DecimalField(
         max_digits=20,
@@ -483,11 +489,13 @@ class UsageCounter(models.Model):
     `latest` features); `drawn` what the window's usage took from grants (kept on the window of
     the entitlement in force when the usage was recorded)."""
 
-    # No index of its own: the unique key and the open-window index lead with it.
+    # No index of their own: the unique key and the open-window index lead with the customer
+    # and the feature. An index on the feature alone tempted the consume function's generic
+    # plans into reading every customer's counter of the feature (engine/sql/postgresql.py).
     customer = models.ForeignKey(
         Customer, on_delete=models.CASCADE, related_name="+", db_index=False
     )
-    feature = models.ForeignKey(Feature, on_delete=models.CASCADE, related_name="+")
+    feature = models.ForeignKey(Feature, on_delete=models.CASCADE, related_name="+", db_index=False)
     window = models.CharField(max_length=16, choices=Reset.choices)
     start = models.DateTimeField()
     end = models.DateTimeField()

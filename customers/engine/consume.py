@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from catalog.models import Feature
+from catalog.models import CatalogVersion, Feature
 from core.errors import Conflict, InvalidInput, NotFound
 
 from .. import snapshots
@@ -58,6 +58,7 @@ from .reads import (
     window_counters,
 )
 from .state import (
+    CustomerKey,
     CustomerState,
     counted_kinds,
     customer_get,
@@ -67,6 +68,7 @@ from .state import (
     features_cached,
     state_cached,
     state_for,
+    states_current,
 )
 
 logger = logging.getLogger(__name__)
@@ -155,7 +157,10 @@ def _consume_one_trip(pk, feature, quantity, event_id, at, properties) -> Consum
     locked)."""
     state = state_cached(pk)
     if state is None or state.version is None:
-        return None
+        # Not yet seen by this process: loaded once, then the one trip as for any other.
+        state = _state_loaded(pk)
+        if state is None:
+            return None
     key = (pk, feature.pk)
     if _slow_seen and _slow_seen.get(key, 0.0) > time.monotonic():
         return None
@@ -214,6 +219,17 @@ def _consume_one_trip(pk, feature, quantity, event_id, at, properties) -> Consum
         return replay or consume_result(draw, before)
     _slow_down(key)
     return None  # allowed, but not as simply (a threshold to cross, overage, something drawn)
+
+
+def _state_loaded(pk: int) -> CustomerState | None:
+    """A customer's state loaded and cached, tagged with the versions read just before it (so
+    at least as new as them: a change in between fails the statement's version check, and the
+    ordinary path decides)."""
+    row = Customer.objects.filter(pk=pk).values_list("external_id", "state_version").first()
+    if row is None:
+        return None
+    catalog = CatalogVersion.objects.filter(pk=1).values_list("version", flat=True).first()
+    return states_current([CustomerKey(pk, row[0], row[1], catalog or 0)]).get(pk)
 
 
 def _slow_down(key: tuple[int, int]) -> None:

@@ -7,7 +7,8 @@ import datetime as dt
 
 import orjson
 from django.conf import settings
-from django.db import connection
+from django.db import ProgrammingError, connection
+from psycopg import errors
 
 from catalog.models import CatalogVersion
 
@@ -182,66 +183,78 @@ CONSUME_WRITE = usage_write()
 
 
 # The consume in ONE round trip, for the simple case (`arithmetic.consume_fast_bounds`): one
-# message with BEGIN, a statement that locks the counters of every window containing the
-# moment, a statement that checks and writes, and COMMIT. The second statement runs with a
-# snapshot taken once it holds the locks (READ COMMITTED: a statement's snapshot is taken when
-# it starts, so a lock waited for inside it would leave it blind to what committed meanwhile),
-# so it reads the versions, the grants in force, the reservations held and the counters as the
-# last writer left them (a hold takes the same counter locks). It locks the counters again: no
-# wait for those the first holds, and a counter created after the first started is locked
-# before it is checked (without that, two consumes could both pass the check on its snapshot:
-# test_concurrency's fifty consumes against twenty allowed 23).
+# call of the function CONSUME_FUNCTION, in autocommit (its own transaction, committed when
+# the call ends). A PL/pgSQL function keeps its statements' plans for the connection's life:
+# a statement sent as text is planned again at every call, and planning these two cost more
+# than running them (about 0.7 ms of the database's CPU per consume, measured:
+# docs/performance.md). The plans are generic (for any parameters): every lookup must lead
+# with the customer (test_consume_function_plans checks them).
+# Its first statement locks the counters of every window containing the moment; the second
+# checks and writes. In a VOLATILE function each statement takes its own snapshot (READ
+# COMMITTED), so the second, started once the first holds the locks, reads the versions, the
+# grants in force, the reservations held and the counters as the last writer left them (a
+# hold takes the same counter locks). It locks the counters again: no wait for those the
+# first holds, and a counter created after the first started is locked before it is checked
+# (without that, two consumes could both pass the check on its snapshot: test_concurrency's
+# fifty consumes against twenty allowed 23).
 # When the versions are those of the state the engine decided on, every counted window's
 # counter is there, no grant is in force and no reservation held (`granted` says either),
 # nothing was drawn and the effective counter's `used` is within the bounds, it inserts the
-# event and adds the quantity to those counters. So the
-# counters are locked for these statements and the commit only: no round trip and no Python in
-# between. Rows: (0, event id or NULL, .., whether it went ahead, state version, catalog
-# version, a grant in force), then (1, counter ..) as they were before.
-CONSUME_ONE_TRIP = f"""
-    BEGIN; SET LOCAL synchronous_commit = %(commit)s;
+# event and adds the quantity to those counters. So the counters are locked for these
+# statements and the commit only: no round trip and no Python in between. Rows: (0, event id
+# or NULL, .., whether it went ahead, state version, catalog version, a grant in force), then
+# (1, counter ..) as they were before.
+CONSUME_FUNCTION_NAME = "entitlements_consume_one_trip"
+CONSUME_FUNCTION_ARGS = (
+    ("p_customer", "bigint"), ("p_feature", "bigint"), ("p_at", "timestamptz"),
+    ("p_state", "bigint"), ("p_catalog", "bigint"), ("p_windows", "varchar[]"),
+    ("p_starts", "timestamptz[]"), ("p_counted", "integer"), ("p_kind", "varchar"),
+    ("p_event_id", "varchar"), ("p_quantity", "numeric"), ("p_properties", "jsonb"),
+    ("p_now", "timestamptz"), ("p_max_used", "numeric"), ("p_gap_lo", "numeric[]"),
+    ("p_gap_hi", "numeric[]"), ("p_commit", "text"),
+)  # fmt: skip
+CONSUME_LOCK_BODY = f"""
     SELECT 1 FROM {COUNTER}
-     WHERE customer_id = %(customer)s AND feature_id = %(feature)s
-           AND start <= %(at)s AND "end" > %(at)s
-     ORDER BY customer_id, feature_id, "window", start FOR UPDATE;
+     WHERE customer_id = p_customer AND feature_id = p_feature AND start <= p_at AND "end" > p_at
+     ORDER BY customer_id, feature_id, "window", start FOR UPDATE"""
+CONSUME_CHECK_AND_WRITE_BODY = f"""
     WITH c AS MATERIALIZED (
         SELECT id, "window", start, "end", used, drawn, level, level_at
           FROM {COUNTER}
-         WHERE customer_id = %(customer)s AND feature_id = %(feature)s
-               AND start <= %(at)s AND "end" > %(at)s
+         WHERE customer_id = p_customer AND feature_id = p_feature
+               AND start <= p_at AND "end" > p_at
          ORDER BY customer_id, feature_id, "window", start FOR UPDATE
     ), m AS (
         SELECT c.id, c."window", c.used, c.drawn
-          FROM c JOIN unnest(%(windows)s::varchar[], %(starts)s::timestamptz[]) AS w(win, start)
+          FROM c JOIN unnest(p_windows, p_starts) AS w(win, start)
                ON c."window" = w.win AND c.start = w.start
     ), v AS (
-        SELECT (SELECT state_version FROM {CUSTOMER} WHERE id = %(customer)s) AS state,
+        SELECT (SELECT state_version FROM {CUSTOMER} WHERE id = p_customer) AS state,
                (SELECT version FROM {CATALOG_VERSION} WHERE id = 1) AS catalog,
                EXISTS (SELECT 1 FROM {GRANT}
-                        WHERE customer_id = %(customer)s AND feature_id = %(feature)s
-                              AND effective_at <= %(at)s
-                              AND (expires_at IS NULL OR expires_at > %(at)s)
-                              AND (voided_at IS NULL OR voided_at > %(at)s))
+                        WHERE customer_id = p_customer AND feature_id = p_feature
+                              AND effective_at <= p_at
+                              AND (expires_at IS NULL OR expires_at > p_at)
+                              AND (voided_at IS NULL OR voided_at > p_at))
                OR EXISTS (SELECT 1 FROM {RESERVATION}
-                           WHERE customer_id = %(customer)s AND feature_id = %(feature)s
-                                 AND status = 'held' AND expires_at > %(at)s) AS granted,
+                           WHERE customer_id = p_customer AND feature_id = p_feature
+                                 AND status = 'held' AND expires_at > p_at) AS granted,
                (SELECT count(*) FROM m) AS found
     ), go AS (
         SELECT 1 FROM v, m
-         WHERE v.state = %(state)s AND v.catalog = %(catalog)s AND NOT v.granted
-               AND v.found = %(counted)s AND m."window" = %(kind)s AND m.drawn = 0
-               AND (%(max_used)s::numeric IS NULL OR m.used <= %(max_used)s::numeric)
+         WHERE v.state = p_state AND v.catalog = p_catalog AND NOT v.granted
+               AND v.found = p_counted AND m."window" = p_kind AND m.drawn = 0
+               AND (p_max_used IS NULL OR m.used <= p_max_used)
                AND NOT EXISTS (
-                   SELECT 1 FROM unnest(%(gap_lo)s::numeric[], %(gap_hi)s::numeric[]) AS g(lo, hi)
+                   SELECT 1 FROM unnest(p_gap_lo, p_gap_hi) AS g(lo, hi)
                     WHERE m.used >= g.lo AND m.used < g.hi)
     ), ev AS (
         INSERT INTO {EVENT}
                (customer_id, feature_id, event_id, quantity, "timestamp", properties, recorded_at)
-        SELECT %(customer)s, %(feature)s, %(event_id)s, %(quantity)s, %(at)s,
-               %(properties)s::jsonb, %(now)s FROM go
+        SELECT p_customer, p_feature, p_event_id, p_quantity, p_at, p_properties, p_now FROM go
         ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING id
     ), added AS (
-        UPDATE {COUNTER} AS t SET used = t.used + %(quantity)s
+        UPDATE {COUNTER} AS t SET used = t.used + p_quantity
           FROM m WHERE t.id = m.id AND EXISTS (SELECT 1 FROM ev)
     )
     SELECT 0, (SELECT id FROM ev), NULL::varchar, NULL::timestamptz, NULL::timestamptz,
@@ -249,10 +262,36 @@ CONSUME_ONE_TRIP = f"""
            EXISTS (SELECT 1 FROM go), v.state, v.catalog, v.granted
       FROM v
     UNION ALL
-    SELECT 1, id, "window", start, "end", used, drawn, level, level_at, NULL, NULL, NULL, NULL
-      FROM c;
-    COMMIT
-"""
+    SELECT 1, id, "window"::varchar, start, "end", used, drawn, level, level_at, NULL, NULL,
+           NULL, NULL
+      FROM c"""
+CONSUME_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION {CONSUME_FUNCTION_NAME}(
+    {", ".join(f"{name} {kind}" for name, kind in CONSUME_FUNCTION_ARGS)})
+RETURNS TABLE (o_kind integer, o_id bigint, o_window varchar, o_t1 timestamptz,
+               o_t2 timestamptz, o_n1 numeric, o_n2 numeric, o_n3 numeric, o_t3 timestamptz,
+               o_went boolean, o_state bigint, o_catalog bigint, o_granted boolean)
+LANGUAGE plpgsql VOLATILE AS $fn$
+BEGIN
+    IF p_commit <> 'on' THEN
+        PERFORM set_config('synchronous_commit', p_commit, true);
+    END IF;
+    PERFORM {CONSUME_LOCK_BODY.strip().removeprefix("SELECT ")};
+    RETURN QUERY {CONSUME_CHECK_AND_WRITE_BODY.strip()};
+END
+$fn$"""
+CONSUME_CALL = (
+    f"SELECT * FROM {CONSUME_FUNCTION_NAME}("
+    + ", ".join(f"%({name[2:]})s::{kind}" for name, kind in CONSUME_FUNCTION_ARGS)
+    + ")"
+)
+
+
+def functions_create(on_connection=None) -> None:
+    """Creates (or replaces) the engine's functions in the database: after every `migrate`
+    (customers.apps), and when a call finds one missing (a database restored without them)."""
+    with (on_connection or connection).cursor() as cursor:
+        cursor.execute(CONSUME_FUNCTION)
 
 
 RESERVATION_LOCK = f"""
@@ -273,24 +312,27 @@ HOLD_WRITE = f"""
 
 
 def consume_one_trip(cursor, params: dict, bounds) -> list:
-    """`CONSUME_ONE_TRIP` (BEGIN, the statement, COMMIT): its rows. `params` names the
+    """One call of `CONSUME_FUNCTION` (its own transaction): its rows. `params` names the
     customer, feature, moment, versions, the counted windows (`windows`, `starts`), the
     effective `kind`, the event; `bounds` is the arithmetic's FastBounds."""
     gaps = bounds.gaps
-    cursor.execute(
-        CONSUME_ONE_TRIP,
-        {
-            **params,
-            "max_used": bounds.max_used,
-            "gap_lo": pg_array(lo for lo, _ in gaps) if gaps else "{}",
-            "gap_hi": pg_array(hi for _, hi in gaps) if gaps else "{}",
-            "windows": pg_array(params["windows"]),
-            "starts": pg_array(params["starts"]),
-        },
-    )
-    cursor.nextset()  # past BEGIN's
-    cursor.nextset()  # past SET's
-    cursor.nextset()  # past the locks'
+    values = {
+        **params,
+        "max_used": bounds.max_used,
+        "gap_lo": pg_array(lo for lo, _ in gaps) if gaps else "{}",
+        "gap_hi": pg_array(hi for _, hi in gaps) if gaps else "{}",
+        "windows": pg_array(params["windows"]),
+        "starts": pg_array(params["starts"]),
+    }
+    try:
+        cursor.execute(CONSUME_CALL, values)
+    except ProgrammingError as error:
+        if not isinstance(error.__cause__, errors.UndefinedFunction):
+            raise
+        # Not created in this database (restored without it, or not migrated since): nothing
+        # ran, and in autocommit nothing is left to roll back.
+        functions_create()
+        cursor.execute(CONSUME_CALL, values)
     return cursor.fetchall()
 
 
