@@ -81,9 +81,10 @@ def cpu(kind: str, key: str, args, workers: set[int]) -> None:
 
 
 def spy(kind: str, key: str, args, workers: set[int]) -> None:
-    """py-spy on every worker while wrk runs `kind`: the share of the workers' busy samples
-    (threads waiting on a socket or a lock are not sampled) spent in each function, callers
-    included, so that the request's parts add up from the handler down."""
+    """py-spy on every worker while wrk runs `kind`: the share of the samples of the thread
+    holding the GIL (the Python CPU; threads waiting on a socket, a lock or the GIL are not
+    sampled) spent in each function, callers included, so that the request's parts add up
+    from the handler down."""
     bench.wrk_run(kind, key, 2, args.connections)
     wrk = subprocess.Popen(
         [sys.executable, "-c", "import sys, run; run.wrk_run(*sys.argv[1:3], int(sys.argv[3]), "
@@ -96,7 +97,7 @@ def spy(kind: str, key: str, args, workers: set[int]) -> None:
         output = f"/tmp/spy-{kind}-{pid}.txt"
         outputs.append(output)
         subprocess.Popen([args.py_spy, "record", "-p", str(pid), "-d", str(args.seconds),
-                          "-r", "250", "-f", "raw", "-o", output, "--nonblocking"],
+                          "-r", "250", "-f", "raw", "-o", output, "--nonblocking", "--gil"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     wrk.wait()
     time.sleep(1)
