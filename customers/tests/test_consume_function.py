@@ -148,3 +148,25 @@ def test_a_consume_creates_the_function_when_the_database_has_none():
         cursor.execute("SELECT count(*) FROM pg_proc WHERE proname = %s",
                        [postgresql.CONSUME_FUNCTION_NAME])  # fmt: skip
         assert cursor.fetchone()[0] == 1
+
+
+def test_a_customer_this_process_has_not_cached_takes_the_one_trip(monkeypatch):
+    plan = PlanFactory()
+    feature = FeatureFactory(metered=True, key="calls")
+    PlanEntitlementFactory(plan=plan, feature=feature, limit=Decimal("10"))
+    customer = CustomerFactory()
+    SubscriptionFactory(customer=customer, plan=plan)
+    engine.entitlement_consume(customer.external_id, "calls", "1", "first")  # its counter
+    engine.caches_clear()  # as a worker that has never seen this customer
+    one_trip, went = postgresql.consume_one_trip, []
+
+    def counting(cursor, params, bounds):
+        rows = one_trip(cursor, params, bounds)
+        went.append(rows[0][9])
+        return rows
+
+    monkeypatch.setattr(postgresql, "consume_one_trip", counting)
+    result = engine.entitlement_consume(customer.external_id, "calls", "2", "second")
+
+    assert result.allowed and result.entitlement.usage == 3
+    assert went == [True]
