@@ -157,6 +157,9 @@ USAGE_SYNCHRONOUS_COMMIT = env.bool("USAGE_SYNCHRONOUS_COMMIT", default=True)
 USAGE_BATCH_TURNS = env.int("USAGE_BATCH_TURNS", default=64)
 # Checks answered from usage snapshots mirrored in that Redis (customers/snapshots.py).
 USAGE_SNAPSHOTS = env.bool("USAGE_SNAPSHOTS", default=True)
+# A write's end in that protocol is sent just after its answer, with the others due, by a
+# thread of each process (false: before the answer, one round trip per write).
+USAGE_SNAPSHOT_END_DEFERRED = env.bool("USAGE_SNAPSHOT_END_DEFERRED", default=True)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -266,3 +266,55 @@ def test_a_read_of_a_past_moment_never_uses_the_snapshot_of_the_present(
     # and the snapshot of the present is still the one answered now
     with django_assert_num_queries(0):
         assert check(api)["usage"] == "2"
+
+
+# --- the write ends sent after the answer (USAGE_SNAPSHOT_END_DEFERRED, the default) --------
+
+
+def _reader_elsewhere(customer) -> tuple:
+    """What a reader in another process gets: no ends of this one's sent first."""
+    due, snapshots._ends.due = snapshots._ends.due, []
+    try:
+        return snapshots.fetch(customer.pk, timezone.now())
+    finally:
+        snapshots._ends.due = due + snapshots._ends.due
+
+
+def test_a_deferred_end_keeps_other_readers_on_the_database_until_it_is_sent(
+    mirror, customer, api, settings, django_assert_num_queries, monkeypatch
+):
+    settings.USAGE_SNAPSHOT_END_DEFERRED = True
+    check(api)  # a snapshot stored
+    # The sending thread not woken: the end stays due
+    monkeypatch.setattr(snapshots._ends, "owe", snapshots._ends.due.extend)
+    try:
+        assert consume(api, "1.5", "deferred-1")["allowed"] is True
+
+        # Then the customer is still marked written: a reader elsewhere uses the database
+        assert mirror.get(f"es:d:{customer.pk}") == b"1"
+        assert _reader_elsewhere(customer) == (None, None)
+        # and a check in this process sends the end first, then reads and stores afresh
+        with django_assert_num_queries(1):
+            assert check(api)["usage"] == "1.5"
+        assert not mirror.exists(f"es:d:{customer.pk}")
+        with django_assert_num_queries(0):
+            assert check(api)["usage"] == "1.5"
+    finally:
+        snapshots.ends_flush()
+
+
+def test_the_thread_sends_the_ends_of_many_writes_together(mirror, customer, api, settings):
+    settings.USAGE_SNAPSHOT_END_DEFERRED = True
+    check(api)
+    for n in range(5):
+        assert consume(api, "1", f"many-{n}")["allowed"] is True
+
+    # Within moments every end has reached Redis, without any read asking for it
+    deadline = timezone.now() + dt.timedelta(seconds=5)
+    while mirror.exists(f"es:d:{customer.pk}") and timezone.now() < deadline:
+        threading.Event().wait(0.01)
+    assert not mirror.exists(f"es:d:{customer.pk}")
+    assert snapshots._ends.due == []
+    snapshot, ticket = _reader_elsewhere(customer)
+    assert snapshot is None and ticket is not None  # free to read and store again
+    assert check(api)["usage"] == "5"
