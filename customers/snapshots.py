@@ -11,7 +11,8 @@ The protocol, per customer (keys `es:d:<id>` dirty, `es:g:<id>` gen, `es:s:<id>`
 plus the global `es:epoch`):
 - a writer of usage (consume, batch, hold, commit, release, reversal) calls `write_begin`
   before its transaction (INCR dirty, with a TTL, and INCR gen) and `write_end` after it,
-  committed or not (INCR gen, DECR dirty); a rarer writer (grants, overrides, subscriptions,
+  committed or not (INCR gen, DECR dirty; a heard end goes out just after the answer, with
+  the others due in the process: `_DeferredEnds`); a rarer writer (grants, overrides, subscriptions,
   the catalog) calls `changed`, which bumps gen (or the epoch) at once and again when its
   transaction commits;
 - a reader gets dirty, gen, epoch and the snapshot in one call and uses the snapshot only if
