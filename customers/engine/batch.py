@@ -72,9 +72,11 @@ def usage_record_batch(events: list[dict]) -> BatchResult:
     features = features_cached(catalog_version)[0]
     seen: set[tuple[int, str]] = set()
     now = timezone.now()  # the time of events sent without one
+    # The texts of quantities and timestamps repeat within a batch: each is parsed once.
+    texts: dict = {}
     for index, raw in enumerate(events):
         try:
-            item = _parse_batch_event(raw, customers, features, now)
+            item = _parse_batch_event(raw, customers, features, now, texts)
         except (InvalidInput, NotFound) as error:
             result.rejected.append(
                 {
@@ -169,13 +171,17 @@ def _record_batch(
                 wanted.add((customer_id, feature_id, kind, windows[kind].start))
         if db.turns():
             db.take_turns(customer_ids)
-        locked = _lock_and_add(db, keys, adds, wanted) if adds else counters_lock(keys)[0]
         # With the counters locked, a kind coming into use waits for this transaction (its
-        # table lock) or has committed: read now, the counted kinds are final.
-        now_counted = counted_windows(feature_ids)
+        # table lock) or has committed: read after them, the counted kinds are final.
+        if adds:
+            then = (customer_ids, feature_ids, since, until)
+            locked, now_counted, grants = _lock_and_add(db, keys, adds, wanted, then)
+        else:
+            locked = counters_lock(keys)[0]
+            now_counted = counted_windows(feature_ids)
+            grants = grants_lock(customer_ids, feature_ids, since, until)
         if any(now_counted.get(f, COUNTED_ALWAYS) != counted[f] for f in feature_ids):
             raise _CountedChanged({f: now_counted.get(f, COUNTED_ALWAYS) for f in feature_ids})
-        grants = grants_lock(customer_ids, feature_ids, since, until)
         if adds and any((g.customer_id, g.feature_id) not in granted for g in grants):
             raise _GrantAppeared
         _record_reported(fresh, states, locked, grants, adds)
@@ -206,16 +212,28 @@ class _CountedChanged(Exception):
         self.counted = counted
 
 
-def _lock_and_add(db, keys: dict[tuple, Window], adds: dict[tuple, Decimal], wanted: set) -> dict:
+def _lock_and_add(
+    db, keys: dict[tuple, Window], adds: dict[tuple, Decimal], wanted: set, then: tuple
+) -> tuple[dict, dict[int, tuple], list[GrantRow]]:
     """PostgreSQL: `counters_lock` that also adds `adds` to their counters and answers only
     the `wanted` ones, creating the missing counters (then locked and added to in a second
-    statement)."""
+    statement). In the same round trip as the first statement (`then`: customer ids, feature
+    ids, since, until), the counted window kinds of the features and the grants locked, as
+    `counted_windows` and `grants_lock` answer them. A counter created by the second
+    statement is locked after those grants: a consume that created it at the same instant
+    may deadlock with this batch, and the victim runs again (`retrying_deadlocks`)."""
     ordered = sorted(keys)
-    locked, missing = db.lock_and_add(ordered, adds, wanted)
+    locked, missing, counted_rows, grant_rows = db.lock_and_add(ordered, adds, wanted, then)
     if missing:
         counters_create(missing, keys)
         locked.update(db.lock_and_add(missing, adds, wanted)[0])
-    return locked
+    counted: dict[int, tuple[str, ...]] = {}
+    for feature_id, kind in counted_rows:
+        counted[feature_id] = counted.get(feature_id, COUNTED_ALWAYS) + (kind,)
+    grants = [GrantRow(*row) for row in grant_rows]
+    for g in grants:
+        g.loaded = g.consumed
+    return locked, counted, grants
 
 
 def _batch_customers(external_ids: set[str]) -> dict[str, CustomerKey]:
@@ -225,7 +243,7 @@ def _batch_customers(external_ids: set[str]) -> dict[str, CustomerKey]:
     return {row[1]: CustomerKey(row[0], row[1], row[2], row[3] or 0) for row in rows}
 
 
-def _parse_batch_event(raw, customers, features, now: dt.datetime) -> dict:
+def _parse_batch_event(raw, customers, features, now: dt.datetime, texts: dict) -> dict:
     if not isinstance(raw, dict):
         raise InvalidInput("Each event is an object.", code="invalid_event")
     customer = customers.get(str(raw.get("customer")))
@@ -236,13 +254,33 @@ def _parse_batch_event(raw, customers, features, now: dt.datetime) -> dict:
         raise NotFound(f"No feature {raw.get('feature')!r}.", code="feature_not_found")
     if feature.kind != METERED:
         raise InvalidInput(f"{feature.key!r} is not a metered feature.", code="not_metered")
-    properties = clean_properties(raw.get("properties"))
+    properties = raw.get("properties")
+    properties = {} if properties is None else clean_properties(properties)
+    event_id = clean_event_id(raw.get("event_id"))
+    quantity = raw.get("quantity")
+    if type(quantity) is str:
+        parsed = texts.get(("q", quantity))
+        if parsed is None:
+            texts[("q", quantity)] = parsed = parse_quantity(quantity, allow_zero=True)
+        quantity = parsed
+    else:
+        quantity = parse_quantity(quantity, allow_zero=True)
+    stamp = raw.get("timestamp")
+    if stamp is None or stamp == "":
+        stamp = now
+    elif type(stamp) is str:
+        parsed = texts.get(("t", stamp))
+        if parsed is None:
+            texts[("t", stamp)] = parsed = parse_timestamp(stamp, now)
+        stamp = parsed
+    else:
+        stamp = parse_timestamp(stamp, now)
     return {
         "customer": customer,
         "feature": feature,
-        "event_id": clean_event_id(raw.get("event_id")),
-        "quantity": parse_quantity(raw.get("quantity"), allow_zero=True),
-        "timestamp": parse_timestamp(raw.get("timestamp"), now),
+        "event_id": event_id,
+        "quantity": quantity,
+        "timestamp": stamp,
         "properties": properties,
     }
 
@@ -267,12 +305,14 @@ def _record_reported(
     for g in all_grants:
         grants_by_key[(g.customer_id, g.feature_id)].append(g)
     for (customer_id, feature_id), group in groups.items():
-        state = states[customer_id]
-        group.sort(key=lambda i: (i["timestamp"], i["pk"]))
         feature = group[0]["feature"]
         keyed = grants_by_key.get((customer_id, feature_id))
         # Without grants, a sum's usage draws nothing: it only adds to every counter.
         adds_only = feature.aggregation == SUM and not keyed
+        if adds_only and _added_quietly(group, locked):
+            continue
+        state = states[customer_id]
+        group.sort(key=lambda i: (i["timestamp"], i["pk"]))
         for i in group:
             if adds_only and "terms" in i:  # the locking statement added it to its counters
                 _count_added(state, feature, i, locked, draws)
@@ -310,6 +350,26 @@ def _record_reported(
             counter.loaded = counter_values(counter)
     draws_insert(draws)
     counters_and_grants_save(locked.values(), all_grants)
+
+
+def _added_quietly(group: list[dict], locked: dict) -> bool:
+    """Whether the events of one customer's feature, all added by the locking statement
+    under the same terms to the same effective counter, together take nothing past the
+    allowance and cross no threshold: then none of them does (usage only grows, so what one
+    event passes, the total passes), and they need no arithmetic one by one."""
+    first = group[0]
+    terms = first.get("terms")
+    if terms is None:  # not added by the statement, or no access (its overage is recorded)
+        return False
+    kind = effective_kind(terms)
+    start = first["windows"][kind].start
+    total = ZERO
+    for i in group:
+        if i.get("terms") is not terms or i["windows"][kind].start != start:
+            return False
+        total += i["quantity"]
+    counters = {kind: locked[(first["customer"].pk, first["feature"].pk, kind, start)]}
+    return overage_adding(terms, counters, total) == 0 and not may_cross(terms, counters, total)
 
 
 def _overage_record(terms, counters: dict, i: dict, draws: list) -> None:

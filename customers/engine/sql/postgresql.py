@@ -11,7 +11,15 @@ from django.db import connection
 
 from catalog.models import CatalogVersion
 
-from ...models import Customer, Grant, Reservation, UsageCounter, UsageDraw, UsageEvent
+from ...models import (
+    CountedWindow,
+    Customer,
+    Grant,
+    Reservation,
+    UsageCounter,
+    UsageDraw,
+    UsageEvent,
+)
 from ...snapshots import CounterRow
 from .common import counter_values, event_columns, versions_sql
 
@@ -27,6 +35,7 @@ DRAW_COLUMNS = ", ".join(
 RESERVATION = Reservation._meta.db_table
 CUSTOMER = Customer._meta.db_table
 CATALOG_VERSION = CatalogVersion._meta.db_table
+COUNTED_WINDOW = CountedWindow._meta.db_table
 LOCK_CHUNK = 1000  # counter keys per locking statement
 consume_in_two_trips = True  # consume_lock and consume_write, and consume_one_trip
 
@@ -405,23 +414,43 @@ LOCK_AND_ADD = f"""
            CASE WHEN count(*) < %s THEN array_agg(n) END FROM l"""
 
 
-def lock_and_add(ordered: list[tuple], adds: dict, wanted: set) -> tuple[dict, list]:
-    """One `LOCK_AND_ADD`: the wanted counters by key, and the keys it found no counter for."""
+def lock_and_add(
+    ordered: list[tuple], adds: dict, wanted: set, then: tuple | None = None
+) -> tuple[dict, list, list | None, list | None]:
+    """One `LOCK_AND_ADD`: the wanted counters by key, and the keys it found no counter for.
+
+    `then` (customer ids, feature ids, since, until): in the same message, two statements
+    after it, each with a snapshot taken once the counters are locked: the counted window
+    kinds of these features (`CountedWindow` rows: feature, kind) and the grants that may be
+    in force, locked in id order (`grants_lock`'s rows). Otherwise those two are None."""
     columns = [pg_array(column) for column in zip(*ordered, strict=True)]
     columns.append("{" + ",".join([str(adds.get(key, "NULL")) for key in ordered]) + "}")
     columns.append("{" + ",".join(["t" if key in wanted else "f" for key in ordered]) + "}")
-    locked = {}
+    params = [*columns, len(ordered)]
+    # Nested loops only: the update finds each locked counter by its id, rather than by a
+    # scan of the table, which the planner may prefer while the table is small.
+    statement = (
+        "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; "
+        f"{LOCK_AND_ADD}; RESET enable_hashjoin; RESET enable_mergejoin"
+    )
+    if then is not None:
+        customer_ids, feature_ids, since, until = then
+        statement += f"; {COUNTED_OF}; {GRANTS_LOCK}"
+        params += [pg_array(feature_ids), *grants_between(customer_ids, feature_ids, since, until)]
+    counted = grants = None
     with connection.cursor() as cursor:
-        # Nested loops only: the update finds each locked counter by its id, rather than by a
-        # scan of the table, which the planner may prefer while the table is small.
-        cursor.execute(
-            "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; "
-            f"{LOCK_AND_ADD}; RESET enable_hashjoin; RESET enable_mergejoin",
-            [*columns, len(ordered)],
-        )
+        cursor.execute(statement, params)
         cursor.nextset()  # past the SETs
         cursor.nextset()
         *rows, (_, count, _, _, _, _, found) = cursor.fetchall()
+        if then is not None:
+            cursor.nextset()  # past the RESETs
+            cursor.nextset()
+            cursor.nextset()
+            counted = cursor.fetchall()
+            cursor.nextset()
+            grants = cursor.fetchall()
+    locked = {}
     for pk, n, used, drawn, level, level_at, _ in rows:
         customer_id, feature_id, kind, start = key = ordered[n - 1]
         counter = CounterRow(pk, customer_id, feature_id, kind, start, None, used, drawn, level,
@@ -429,9 +458,9 @@ def lock_and_add(ordered: list[tuple], adds: dict, wanted: set) -> tuple[dict, l
         counter.loaded = (used, drawn, level, level_at)
         locked[key] = counter
     if count == len(ordered):
-        return locked, []
+        return locked, [], counted, grants
     found = set(found or ())
-    return locked, [key for n, key in enumerate(ordered, 1) if n not in found]
+    return locked, [key for n, key in enumerate(ordered, 1) if n not in found], counted, grants
 
 
 def batch_customers(external_ids: set[str]) -> list[tuple]:
@@ -460,25 +489,35 @@ def counters_select_for_update(ordered: list[tuple], version_of: int | None):
     return locked, version
 
 
+# The grants that may be in force between two moments, locked in id order.
+GRANTS_LOCK = (
+    "SELECT id, customer_id, feature_id, effective_at, expires_at, quantity, "
+    f"consumed, voided_at FROM {GRANT} {GRANTS_BETWEEN} ORDER BY id FOR UPDATE"
+)
+# The window kinds counted for some features, besides the billing period (`CountedWindow`).
+COUNTED_OF = (
+    f'SELECT feature_id, "window" FROM {COUNTED_WINDOW} '
+    'WHERE feature_id = ANY(%s::bigint[]) ORDER BY feature_id, "window"'
+)
+
+
 def grants_lock(customer_ids, feature_ids, since: dt.datetime, until: dt.datetime) -> list:
     """Arrays rather than IN lists: a batch names up to a thousand customers."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT id, customer_id, feature_id, effective_at, expires_at, quantity, "
-            f"consumed, voided_at FROM {GRANT} {GRANTS_BETWEEN} ORDER BY id FOR UPDATE",
-            grants_between(customer_ids, feature_ids, since, until),
-        )
+        cursor.execute(GRANTS_LOCK, grants_between(customer_ids, feature_ids, since, until))
         return cursor.fetchall()
 
 
 def events_insert(items: list[dict], now: dt.datetime) -> dict[tuple[int, str], int]:
-    """Seven array parameters, whatever the number of events: no giant statement."""
+    """Six array parameters and the time recorded, whatever the number of events: no giant
+    statement."""
     _, columns, table, pk_column = event_columns()
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {table} ({columns}) SELECT c, f, e, q, t, p::jsonb, r FROM "
             "unnest(%s::bigint[], %s::bigint[], %s::varchar[], %s::numeric[], "
-            "%s::timestamptz[], %s::text[], %s::timestamptz[]) AS u(c, f, e, q, t, p, r) "
+            "%s::timestamptz[], %s::text[]) AS u(c, f, e, q, t, p), "
+            "(SELECT %s::timestamptz) AS n(r) "
             "ON CONFLICT (customer_id, event_id) DO NOTHING "
             f"RETURNING customer_id, event_id, {pk_column}",
             [
@@ -487,11 +526,15 @@ def events_insert(items: list[dict], now: dt.datetime) -> dict[tuple[int, str], 
                 pg_text_array(i["event_id"] for i in items),
                 pg_array(i["quantity"] for i in items),
                 pg_array(i["timestamp"] for i in items),
-                pg_text_array(orjson.dumps(i["properties"]).decode() for i in items),
-                pg_array([now] * len(items)),
+                pg_text_array(_properties_text(i["properties"]) for i in items),
+                now,
             ],
         )
         return {(c, e): pk for c, e, pk in cursor.fetchall()}
+
+
+def _properties_text(properties: dict) -> str:
+    return orjson.dumps(properties).decode() if properties else "{}"
 
 
 def constraints_immediate() -> None:
