@@ -25,7 +25,9 @@ from .arithmetic import (
     SUM,
     ZERO,
     BatchResult,
+    FastBounds,
     active_grants,
+    consume_fast_bounds,
     draw_apply,
     draw_plan,
     effective_kind,
@@ -148,6 +150,7 @@ def _record_batch(
         keys: dict[tuple, Window] = {}
         adds: dict[tuple, Decimal] = {}
         wanted: set[tuple] = set()  # the counters the arithmetic reads
+        effective: dict[tuple, tuple] = {}  # an added-to counter -> (terms, feature) of its events
         for i in fresh:
             customer_id, feature_id = i["customer"].pk, i["feature"].pk
             state = states[customer_id]
@@ -168,14 +171,18 @@ def _record_batch(
             if adding_to:
                 i["terms"] = terms = state.terms_at(feature_id, i["timestamp"])
                 kind = effective_kind(terms or GRANT_ONLY_TERMS)
-                wanted.add((customer_id, feature_id, kind, windows[kind].start))
+                key = (customer_id, feature_id, kind, windows[kind].start)
+                wanted.add(key)
+                if effective.setdefault(key, (terms, i["feature"]))[0] is not terms:
+                    effective[key] = (None, None)  # under several terms: never quiet
         if db.turns():
             db.take_turns(customer_ids)
         # With the counters locked, a kind coming into use waits for this transaction (its
         # table lock) or has committed: read after them, the counted kinds are final.
         if adds:
             then = (customer_ids, feature_ids, since, until)
-            locked, now_counted, grants = _lock_and_add(db, keys, adds, wanted, then)
+            quiet = _quiet_bounds(effective, adds)
+            locked, now_counted, grants = _lock_and_add(db, keys, adds, wanted, then, quiet)
         else:
             locked = counters_lock(keys)[0]
             now_counted = counted_windows(feature_ids)
@@ -212,21 +219,60 @@ class _CountedChanged(Exception):
         self.counted = counted
 
 
+def _quiet_bounds(effective: dict[tuple, tuple], adds: dict[tuple, Decimal]) -> tuple:
+    """The bounds within which each added-to counter is quiet: what the batch adds to it takes
+    nothing past the allowance and crosses no threshold under the terms of the events whose
+    effective counter it is (`consume_fast_bounds` of their total: usage only grows, so what
+    one event passes, the total passes). Answers (key -> bounds index, bounds); a counter
+    whose events have several terms, or none, has no bounds."""
+    of_key: dict[tuple, int] = {}
+    bounds: list[FastBounds] = []
+    seen: dict[tuple, int | None] = {}  # (terms, total) -> index: most share both
+    for key, (terms, feature) in effective.items():
+        if terms is None:
+            continue
+        total = adds[key]
+        index = seen.get((id(terms), total), -1)
+        if index == -1:
+            found = consume_fast_bounds(feature, terms, total)
+            index = seen[(id(terms), total)] = None if found is None else len(bounds)
+            if found is not None:
+                bounds.append(found)
+        if index is not None:
+            of_key[key] = index
+    return of_key, bounds
+
+
 def _lock_and_add(
-    db, keys: dict[tuple, Window], adds: dict[tuple, Decimal], wanted: set, then: tuple
+    db,
+    keys: dict[tuple, Window],
+    adds: dict[tuple, Decimal],
+    wanted: set,
+    then: tuple,
+    quiet: tuple,
 ) -> tuple[dict, dict[int, tuple], list[GrantRow]]:
-    """PostgreSQL: `counters_lock` that also adds `adds` to their counters and answers only
-    the `wanted` ones, creating the missing counters (then locked and added to in a second
-    statement). In the same round trip as the first statement (`then`: customer ids, feature
-    ids, since, until), the counted window kinds of the features and the grants locked, as
-    `counted_windows` and `grants_lock` answer them. A counter created by the second
-    statement is locked after those grants: a consume that created it at the same instant
-    may deadlock with this batch, and the victim runs again (`retrying_deadlocks`)."""
+    """PostgreSQL: `counters_lock` that also adds `adds` to their counters and answers the
+    `wanted` ones of the customers' features that are not `quiet` (`_quiet_bounds`), creating
+    the missing counters (then locked and added to in a second statement). In the same round
+    trip as the first statement (`then`: customer ids, feature ids, since, until), the counted
+    window kinds of the features and the grants locked, as `counted_windows` and `grants_lock`
+    answer them. A counter created by the second statement is locked after those grants: a
+    consume that created it at the same instant may deadlock with this batch, and the victim
+    runs again (`retrying_deadlocks`)."""
     ordered = sorted(keys)
-    locked, missing, counted_rows, grant_rows = db.lock_and_add(ordered, adds, wanted, then)
+    locked, missing, counted_rows, grant_rows = db.lock_and_add(ordered, adds, wanted, then, quiet)
     if missing:
         counters_create(missing, keys)
-        locked.update(db.lock_and_add(missing, adds, wanted)[0])
+        locked.update(db.lock_and_add(missing, adds, wanted)[0])  # every wanted one
+        # A feature found quiet by the first statement but not by the second (a counter it
+        # created) needs every wanted counter: read as they were before this batch added.
+        loud = {key[:2] for key in locked}
+        unread = {key: keys[key] for key in wanted if key not in locked and key[:2] in loud}
+        if unread:
+            for key, counter in counters_lock(unread)[0].items():
+                counter.used -= adds.get(key, ZERO)
+                counter.loaded = counter_values(counter)
+                locked[key] = counter
     counted: dict[int, tuple[str, ...]] = {}
     for feature_id, kind in counted_rows:
         counted[feature_id] = counted.get(feature_id, COUNTED_ALWAYS) + (kind,)
@@ -309,7 +355,7 @@ def _record_reported(
         keyed = grants_by_key.get((customer_id, feature_id))
         # Without grants, a sum's usage draws nothing: it only adds to every counter.
         adds_only = feature.aggregation == SUM and not keyed
-        if adds_only and _added_quietly(group, locked):
+        if adds_only and _quiet(group[0], locked):
             continue
         state = states[customer_id]
         group.sort(key=lambda i: (i["timestamp"], i["pk"]))
@@ -352,24 +398,15 @@ def _record_reported(
     counters_and_grants_save(locked.values(), all_grants)
 
 
-def _added_quietly(group: list[dict], locked: dict) -> bool:
-    """Whether the events of one customer's feature, all added by the locking statement
-    under the same terms to the same effective counter, together take nothing past the
-    allowance and cross no threshold: then none of them does (usage only grows, so what one
-    event passes, the total passes), and they need no arithmetic one by one."""
-    first = group[0]
-    terms = first.get("terms")
-    if terms is None:  # not added by the statement, or no access (its overage is recorded)
+def _quiet(first: dict, locked: dict) -> bool:
+    """Whether the events of a customer's feature that the locking statement added to their
+    counters need no arithmetic: it answered none of their counters (all quiet, so none of
+    them takes anything past the allowance or crosses a threshold)."""
+    if "terms" not in first:  # not added by the statement
         return False
-    kind = effective_kind(terms)
-    start = first["windows"][kind].start
-    total = ZERO
-    for i in group:
-        if i.get("terms") is not terms or i["windows"][kind].start != start:
-            return False
-        total += i["quantity"]
-    counters = {kind: locked[(first["customer"].pk, first["feature"].pk, kind, start)]}
-    return overage_adding(terms, counters, total) == 0 and not may_cross(terms, counters, total)
+    kind = effective_kind(first["terms"] or GRANT_ONLY_TERMS)
+    key = (first["customer"].pk, first["feature"].pk, kind, first["windows"][kind].start)
+    return key not in locked
 
 
 def _overage_record(terms, counters: dict, i: dict, draws: list) -> None:
