@@ -128,9 +128,7 @@ def _record_batch(
     db = sql.db()
     outermost = not connection.in_atomic_block  # else the caller's checks stay as they are
     with transaction.atomic():
-        if outermost:
-            db.constraints_immediate()
-        inserted = events_insert(parsed)
+        inserted = events_insert(parsed, immediate=outermost)
         fresh = []
         for i in parsed:
             pk = inserted.get((i["customer"].pk, i["event_id"]))

@@ -412,9 +412,9 @@ LOCK_AND_ADD = f"""
     ), a AS (
         UPDATE {COUNTER} c SET used = c.used + l.add
           FROM l WHERE c.id = l.id AND l.add IS NOT NULL
-    ), q AS (
+    ), q AS MATERIALIZED (
         SELECT * FROM unnest(%s::int[], %s::numeric[]) AS q(quiet, max_used)
-    ), g AS (
+    ), g AS MATERIALIZED (
         SELECT * FROM unnest(%s::int[], %s::numeric[], %s::numeric[]) AS g(quiet, lo, hi)
     ), v AS (
         SELECT l.*, bool_or(l.want AND NOT (
@@ -542,13 +542,17 @@ def grants_lock(customer_ids, feature_ids, since: dt.datetime, until: dt.datetim
         return cursor.fetchall()
 
 
-def events_insert(items: list[dict], now: dt.datetime) -> dict[tuple[int, str], int]:
+def events_insert(
+    items: list[dict], now: dt.datetime, *, immediate: bool = False
+) -> dict[tuple[int, str], int]:
     """Six array parameters and the time recorded, whatever the number of events: no giant
-    statement."""
+    statement. `immediate`: its foreign keys checked at once (`SET CONSTRAINTS ALL IMMEDIATE`,
+    in the same round trip), rather than at COMMIT."""
     _, columns, table, pk_column = event_columns()
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} ({columns}) SELECT c, f, e, q, t, p::jsonb, r FROM "
+            ("SET CONSTRAINTS ALL IMMEDIATE; " if immediate else "")
+            + f"INSERT INTO {table} ({columns}) SELECT c, f, e, q, t, p::jsonb, r FROM "
             "unnest(%s::bigint[], %s::bigint[], %s::varchar[], %s::numeric[], "
             "%s::timestamptz[], %s::text[]) AS u(c, f, e, q, t, p), "
             "(SELECT %s::timestamptz) AS n(r) "
@@ -564,17 +568,13 @@ def events_insert(items: list[dict], now: dt.datetime) -> dict[tuple[int, str], 
                 now,
             ],
         )
+        if immediate:
+            cursor.nextset()  # past SET's
         return {(c, e): pk for c, e, pk in cursor.fetchall()}
 
 
 def _properties_text(properties: dict) -> str:
     return orjson.dumps(properties).decode() if properties else "{}"
-
-
-def constraints_immediate() -> None:
-    """Checks foreign keys at once (the batch's insert, before its counters are locked)."""
-    with connection.cursor() as cursor:
-        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
 
 def consume_lock(
