@@ -217,28 +217,26 @@ class _CountedChanged(Exception):
         self.counted = counted
 
 
-def _quiet_bounds(effective: dict[tuple, tuple], adds: dict[tuple, Decimal]) -> tuple:
+def _quiet_bounds(effective: dict[tuple, tuple], adds: dict[tuple, Decimal]) -> dict:
     """The bounds within which each added-to counter is quiet: what the batch adds to it takes
     nothing past the allowance and crosses no threshold under the terms of the events whose
     effective counter it is (`consume_fast_bounds` of their total: usage only grows, so what
-    one event passes, the total passes). Answers (key -> bounds index, bounds); a counter
-    whose events have several terms, or none, has no bounds."""
-    of_key: dict[tuple, int] = {}
-    bounds: list[FastBounds] = []
-    seen: dict[tuple, int | None] = {}  # (terms, total) -> index: most share both
+    one event passes, the total passes). A counter whose events have several terms, or none,
+    has no bounds."""
+    quiet: dict[tuple, FastBounds] = {}
+    seen: dict[tuple, FastBounds | None] = {}  # most counters share their terms and total
     for key, (terms, feature) in effective.items():
         if terms is None:
             continue
         total = adds[key]
-        index = seen.get((id(terms), total), -1)
-        if index == -1:
-            found = consume_fast_bounds(feature, terms, total)
-            index = seen[(id(terms), total)] = None if found is None else len(bounds)
-            if found is not None:
-                bounds.append(found)
-        if index is not None:
-            of_key[key] = index
-    return of_key, bounds
+        alike = (terms.limit, terms.unlimited, terms.notify_at, terms.denied, total)
+        if alike in seen:
+            bounds = seen[alike]
+        else:
+            bounds = seen[alike] = consume_fast_bounds(feature, terms, total)
+        if bounds is not None:
+            quiet[key] = bounds
+    return quiet
 
 
 def _lock_and_add(
@@ -247,7 +245,7 @@ def _lock_and_add(
     adds: dict[tuple, Decimal],
     wanted: set,
     then: tuple,
-    quiet: tuple,
+    quiet: dict,
 ) -> tuple[dict, dict[int, tuple], list[GrantRow]]:
     """PostgreSQL: `counters_lock` that also adds `adds` to their counters and answers the
     `wanted` ones of the customers' features that are not `quiet` (`_quiet_bounds`), creating

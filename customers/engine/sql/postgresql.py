@@ -386,24 +386,31 @@ def granted(customer_ids, feature_ids, since, until) -> set[tuple[int, int]]:
         return set(cursor.fetchall())
 
 
-# PostgreSQL: locks counters in key order and adds to some of them in the same statement (the
-# keys, what to add, whether to answer the counter and its quiet bounds as eight arrays; add
-# NULL: nothing). The keys come sorted, and each is looked up and locked in turn (a lateral
-# index lookup): the order of the locks whatever the plan, and no scan of the table however
-# large it grows. Answers the wanted counters as they were before, but only those of a
-# customer's feature with some wanted counter that is not quiet: a counter is quiet when
-# nothing was drawn from grants and its `used` is within its bounds (`quiet`: an index into
-# the bounds' arrays, `arithmetic.FastBounds` as rows: (quiet, max_used) and (quiet, lo, hi)
-# per gap; NULL: never quiet). Then a last row with how many it locked and, should some be
-# missing, which.
+# PostgreSQL: locks counters in key order and adds to some of them in the same statement (per
+# key: the key, what to add, whether to answer the counter, and its quiet bounds; add NULL:
+# nothing). The keys come sorted, and each is looked up and locked in turn (a lateral index
+# lookup): the order of the locks whatever the plan, and no scan of the table however large
+# it grows. Answers the wanted counters as they were before, but only those of a customer's
+# feature with some wanted counter that is not calm: a counter is calm when it has bounds
+# (`arithmetic.FastBounds`: `max_used` and up to QUIET_GAPS gaps [lo, hi), NULL when fewer),
+# nothing was drawn from grants and its `used` is within them. Then a last row with how many
+# it locked and, should some be missing, which.
+QUIET_GAPS = 3
 LOCK_AND_ADD = f"""
     WITH k AS (
         SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::varchar[], %s::timestamptz[],
-                             %s::numeric[], %s::boolean[], %s::int[])
-               WITH ORDINALITY AS k(customer_id, feature_id, win, start, add, want, quiet, n)
+                             %s::numeric[], %s::boolean[], %s::boolean[], %s::numeric[],
+                             %s::numeric[], %s::numeric[], %s::numeric[], %s::numeric[],
+                             %s::numeric[], %s::numeric[])
+               WITH ORDINALITY AS k(customer_id, feature_id, win, start, add, want, quiet,
+                                    max_used, lo1, hi1, lo2, hi2, lo3, hi3, n)
     ), l AS MATERIALIZED (
-        SELECT c.id, k.n, k.add, k.want, k.quiet, c.customer_id, c.feature_id, c.used, c.drawn,
-               c.level, c.level_at
+        SELECT c.id, k.n, k.add, k.want, c.customer_id, c.feature_id, c.used, c.drawn,
+               c.level, c.level_at,
+               k.quiet AND c.drawn = 0 AND NOT coalesce(c.used > k.max_used, false)
+               AND NOT coalesce(c.used >= k.lo1 AND c.used < k.hi1, false)
+               AND NOT coalesce(c.used >= k.lo2 AND c.used < k.hi2, false)
+               AND NOT coalesce(c.used >= k.lo3 AND c.used < k.hi3, false) AS calm
           FROM k CROSS JOIN LATERAL (
                 SELECT * FROM {COUNTER} c WHERE c.customer_id = k.customer_id
                    AND c.feature_id = k.feature_id AND c."window" = k.win AND c.start = k.start
@@ -412,18 +419,9 @@ LOCK_AND_ADD = f"""
     ), a AS (
         UPDATE {COUNTER} c SET used = c.used + l.add
           FROM l WHERE c.id = l.id AND l.add IS NOT NULL
-    ), q AS MATERIALIZED (
-        SELECT * FROM unnest(%s::int[], %s::numeric[]) AS q(quiet, max_used)
-    ), g AS MATERIALIZED (
-        SELECT * FROM unnest(%s::int[], %s::numeric[], %s::numeric[]) AS g(quiet, lo, hi)
     ), v AS (
-        SELECT l.*, bool_or(l.want AND NOT (
-                   l.quiet IS NOT NULL AND l.drawn = 0
-                   AND NOT EXISTS (SELECT 1 FROM q WHERE q.quiet = l.quiet
-                                                     AND l.used > q.max_used)
-                   AND NOT EXISTS (SELECT 1 FROM g WHERE g.quiet = l.quiet
-                                                     AND l.used >= g.lo AND l.used < g.hi)
-               )) OVER (PARTITION BY l.customer_id, l.feature_id) AS loud
+        SELECT l.*, bool_or(l.want AND NOT l.calm)
+                        OVER (PARTITION BY l.customer_id, l.feature_id) AS loud
           FROM l
     )
     SELECT id, n, used, drawn, level, level_at, NULL::bigint[] FROM v WHERE want AND loud
@@ -432,16 +430,25 @@ LOCK_AND_ADD = f"""
            CASE WHEN count(*) < %s THEN array_agg(n) END FROM l"""
 
 
+def _quiet_texts(bounds) -> tuple[str, ...]:
+    """A key's quiet columns (quiet, max_used, lo1, hi1 .. lo3, hi3) as array elements."""
+    if bounds is None or len(bounds.gaps) > QUIET_GAPS:
+        return ("f",) + ("NULL",) * (1 + 2 * QUIET_GAPS)
+    gaps = [str(value) for gap in bounds.gaps for value in gap]
+    gaps += ["NULL"] * (2 * QUIET_GAPS - len(gaps))
+    return ("t", "NULL" if bounds.max_used is None else str(bounds.max_used), *gaps)
+
+
 def lock_and_add(
     ordered: list[tuple],
     adds: dict,
     wanted: set,
     then: tuple | None = None,
-    quiet: tuple[dict, list, list] | None = None,
+    quiet: dict | None = None,
 ) -> tuple[dict, list, list | None, list | None]:
     """One `LOCK_AND_ADD`: the wanted counters by key (those of customers' features that are
-    not quiet), and the keys it found no counter for. `quiet`: each key's bounds (an index
-    into the list of `FastBounds`, none: never quiet), those bounds, and nothing else.
+    not calm), and the keys it found no counter for. `quiet`: the `FastBounds` of keys
+    (others are never calm).
 
     `then` (customer ids, feature ids, since, until): in the same message, two statements
     after it, each with a snapshot taken once the counters are locked: the counted window
@@ -450,12 +457,16 @@ def lock_and_add(
     columns = [pg_array(column) for column in zip(*ordered, strict=True)]
     columns.append("{" + ",".join([str(adds.get(key, "NULL")) for key in ordered]) + "}")
     columns.append("{" + ",".join(["t" if key in wanted else "f" for key in ordered]) + "}")
-    of_key, bounds = quiet if quiet is not None else ({}, [])
-    columns.append("{" + ",".join([str(of_key.get(key, "NULL")) for key in ordered]) + "}")
-    limits = [(n, b.max_used) for n, b in enumerate(bounds) if b.max_used is not None]
-    gaps = [(n, lo, hi) for n, b in enumerate(bounds) for lo, hi in b.gaps]
-    columns += [pg_array(column) if column else "{}" for column in _columns(limits, 2)]
-    columns += [pg_array(column) if column else "{}" for column in _columns(gaps, 3)]
+    quiet = quiet or {}
+    texts: dict[int, tuple[str, ...]] = {}  # per bounds: most keys share a few
+    calm = []
+    for key in ordered:
+        bounds = quiet.get(key)
+        row = texts.get(id(bounds))
+        if row is None:
+            row = texts[id(bounds)] = _quiet_texts(bounds)
+        calm.append(row)
+    columns += ["{" + ",".join(column) + "}" for column in zip(*calm, strict=True)]
     params = [*columns, len(ordered)]
     # Nested loops only: the update finds each locked counter by its id, rather than by a
     # scan of the table, which the planner may prefer while the table is small.
@@ -491,10 +502,6 @@ def lock_and_add(
         return locked, [], counted, grants
     found = set(found or ())
     return locked, [key for n, key in enumerate(ordered, 1) if n not in found], counted, grants
-
-
-def _columns(rows: list[tuple], width: int) -> list:
-    return list(zip(*rows, strict=True)) if rows else [()] * width
 
 
 def batch_customers(external_ids: set[str]) -> list[tuple]:
