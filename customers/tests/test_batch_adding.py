@@ -202,3 +202,23 @@ def test_a_counter_the_batch_creates_next_to_quiet_ones_is_counted_with_them(tra
     assert now == {**dict.fromkeys(engine.WINDOW_KINDS, Decimal("15")), "never": Decimal("105")}
     assert later == dict.fromkeys(["billing_period", "day", "week", "month"], Decimal("90"))
     assert list(Notification.objects.values_list("threshold", flat=True)) == [80]
+
+
+def test_thresholds_beyond_the_bounds_a_row_carries_are_each_recorded():
+    """Four thresholds: more gaps than the locking statement checks per counter, so the
+    feature is never quiet and each event's arithmetic runs; every threshold crossed is
+    recorded once."""
+    plan = PlanFactory()
+    feature = FeatureFactory(metered=True, key="transfer")
+    PlanEntitlementFactory(
+        plan=plan, feature=feature, limit=Decimal("100"), notify_at=[25, 50, 75, 100]
+    )
+    customer = subscribed(plan)
+
+    result = engine.usage_record_batch(
+        [event(customer, q, f"n-{n}", minutes=n) for n, q in enumerate([10, 20, 30])]
+    )
+
+    assert result.accepted == 3
+    assert sorted(Notification.objects.values_list("threshold", flat=True)) == [25, 50]
+    assert used(customer, feature)["billing_period"] == Decimal("60")
