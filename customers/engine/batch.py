@@ -25,7 +25,9 @@ from .arithmetic import (
     SUM,
     ZERO,
     BatchResult,
+    FastBounds,
     active_grants,
+    consume_fast_bounds,
     draw_apply,
     draw_plan,
     effective_kind,
@@ -72,9 +74,11 @@ def usage_record_batch(events: list[dict]) -> BatchResult:
     features = features_cached(catalog_version)[0]
     seen: set[tuple[int, str]] = set()
     now = timezone.now()  # the time of events sent without one
+    # The texts of quantities and timestamps repeat within a batch: each is parsed once.
+    texts: dict = {}
     for index, raw in enumerate(events):
         try:
-            item = _parse_batch_event(raw, customers, features, now)
+            item = _parse_batch_event(raw, customers, features, now, texts)
         except (InvalidInput, NotFound) as error:
             result.rejected.append(
                 {
@@ -124,9 +128,7 @@ def _record_batch(
     db = sql.db()
     outermost = not connection.in_atomic_block  # else the caller's checks stay as they are
     with transaction.atomic():
-        if outermost:
-            db.constraints_immediate()
-        inserted = events_insert(parsed)
+        inserted = events_insert(parsed, immediate=outermost)
         fresh = []
         for i in parsed:
             pk = inserted.get((i["customer"].pk, i["event_id"]))
@@ -146,6 +148,7 @@ def _record_batch(
         keys: dict[tuple, Window] = {}
         adds: dict[tuple, Decimal] = {}
         wanted: set[tuple] = set()  # the counters the arithmetic reads
+        effective: dict[tuple, tuple] = {}  # an added-to counter -> (terms, feature) of its events
         for i in fresh:
             customer_id, feature_id = i["customer"].pk, i["feature"].pk
             state = states[customer_id]
@@ -166,16 +169,24 @@ def _record_batch(
             if adding_to:
                 i["terms"] = terms = state.terms_at(feature_id, i["timestamp"])
                 kind = effective_kind(terms or GRANT_ONLY_TERMS)
-                wanted.add((customer_id, feature_id, kind, windows[kind].start))
+                key = (customer_id, feature_id, kind, windows[kind].start)
+                wanted.add(key)
+                if effective.setdefault(key, (terms, i["feature"]))[0] is not terms:
+                    effective[key] = (None, None)  # under several terms: never quiet
         if db.turns():
             db.take_turns(customer_ids)
-        locked = _lock_and_add(db, keys, adds, wanted) if adds else counters_lock(keys)[0]
         # With the counters locked, a kind coming into use waits for this transaction (its
-        # table lock) or has committed: read now, the counted kinds are final.
-        now_counted = counted_windows(feature_ids)
+        # table lock) or has committed: read after them, the counted kinds are final.
+        if adds:
+            then = (customer_ids, feature_ids, since, until)
+            quiet = _quiet_bounds(effective, adds)
+            locked, now_counted, grants = _lock_and_add(db, keys, adds, wanted, then, quiet)
+        else:
+            locked = counters_lock(keys)[0]
+            now_counted = counted_windows(feature_ids)
+            grants = grants_lock(customer_ids, feature_ids, since, until)
         if any(now_counted.get(f, COUNTED_ALWAYS) != counted[f] for f in feature_ids):
             raise _CountedChanged({f: now_counted.get(f, COUNTED_ALWAYS) for f in feature_ids})
-        grants = grants_lock(customer_ids, feature_ids, since, until)
         if adds and any((g.customer_id, g.feature_id) not in granted for g in grants):
             raise _GrantAppeared
         _record_reported(fresh, states, locked, grants, adds)
@@ -206,16 +217,65 @@ class _CountedChanged(Exception):
         self.counted = counted
 
 
-def _lock_and_add(db, keys: dict[tuple, Window], adds: dict[tuple, Decimal], wanted: set) -> dict:
-    """PostgreSQL: `counters_lock` that also adds `adds` to their counters and answers only
-    the `wanted` ones, creating the missing counters (then locked and added to in a second
-    statement)."""
+def _quiet_bounds(effective: dict[tuple, tuple], adds: dict[tuple, Decimal]) -> dict:
+    """The bounds within which each added-to counter is quiet: what the batch adds to it takes
+    nothing past the allowance and crosses no threshold under the terms of the events whose
+    effective counter it is (`consume_fast_bounds` of their total: usage only grows, so what
+    one event passes, the total passes). A counter whose events have several terms, or none,
+    has no bounds."""
+    quiet: dict[tuple, FastBounds] = {}
+    seen: dict[tuple, FastBounds | None] = {}  # most counters share their terms and total
+    for key, (terms, feature) in effective.items():
+        if terms is None:
+            continue
+        total = adds[key]
+        alike = (terms.limit, terms.unlimited, terms.notify_at, terms.denied, total)
+        if alike in seen:
+            bounds = seen[alike]
+        else:
+            bounds = seen[alike] = consume_fast_bounds(feature, terms, total)
+        if bounds is not None:
+            quiet[key] = bounds
+    return quiet
+
+
+def _lock_and_add(
+    db,
+    keys: dict[tuple, Window],
+    adds: dict[tuple, Decimal],
+    wanted: set,
+    then: tuple,
+    quiet: dict,
+) -> tuple[dict, dict[int, tuple], list[GrantRow]]:
+    """PostgreSQL: `counters_lock` that also adds `adds` to their counters and answers the
+    `wanted` ones of the customers' features that are not `quiet` (`_quiet_bounds`), creating
+    the missing counters (then locked and added to in a second statement). In the same round
+    trip as the first statement (`then`: customer ids, feature ids, since, until), the counted
+    window kinds of the features and the grants locked, as `counted_windows` and `grants_lock`
+    answer them. A counter created by the second statement is locked after those grants: a
+    consume that created it at the same instant may deadlock with this batch, and the victim
+    runs again (`retrying_deadlocks`)."""
     ordered = sorted(keys)
-    locked, missing = db.lock_and_add(ordered, adds, wanted)
+    locked, missing, counted_rows, grant_rows = db.lock_and_add(ordered, adds, wanted, then, quiet)
     if missing:
         counters_create(missing, keys)
-        locked.update(db.lock_and_add(missing, adds, wanted)[0])
-    return locked
+        locked.update(db.lock_and_add(missing, adds, wanted)[0])  # every wanted one
+        # A feature found quiet by the first statement but not by the second (a counter it
+        # created) needs every wanted counter: read as they were before this batch added.
+        loud = {key[:2] for key in locked}
+        unread = {key: keys[key] for key in wanted if key not in locked and key[:2] in loud}
+        if unread:
+            for key, counter in counters_lock(unread)[0].items():
+                counter.used -= adds.get(key, ZERO)
+                counter.loaded = counter_values(counter)
+                locked[key] = counter
+    counted: dict[int, tuple[str, ...]] = {}
+    for feature_id, kind in counted_rows:
+        counted[feature_id] = counted.get(feature_id, COUNTED_ALWAYS) + (kind,)
+    grants = [GrantRow(*row) for row in grant_rows]
+    for g in grants:
+        g.loaded = g.consumed
+    return locked, counted, grants
 
 
 def _batch_customers(external_ids: set[str]) -> dict[str, CustomerKey]:
@@ -225,7 +285,7 @@ def _batch_customers(external_ids: set[str]) -> dict[str, CustomerKey]:
     return {row[1]: CustomerKey(row[0], row[1], row[2], row[3] or 0) for row in rows}
 
 
-def _parse_batch_event(raw, customers, features, now: dt.datetime) -> dict:
+def _parse_batch_event(raw, customers, features, now: dt.datetime, texts: dict) -> dict:
     if not isinstance(raw, dict):
         raise InvalidInput("Each event is an object.", code="invalid_event")
     customer = customers.get(str(raw.get("customer")))
@@ -236,13 +296,33 @@ def _parse_batch_event(raw, customers, features, now: dt.datetime) -> dict:
         raise NotFound(f"No feature {raw.get('feature')!r}.", code="feature_not_found")
     if feature.kind != METERED:
         raise InvalidInput(f"{feature.key!r} is not a metered feature.", code="not_metered")
-    properties = clean_properties(raw.get("properties"))
+    properties = raw.get("properties")
+    properties = {} if properties is None else clean_properties(properties)
+    event_id = clean_event_id(raw.get("event_id"))
+    quantity = raw.get("quantity")
+    if type(quantity) is str:
+        parsed = texts.get(("q", quantity))
+        if parsed is None:
+            texts[("q", quantity)] = parsed = parse_quantity(quantity, allow_zero=True)
+        quantity = parsed
+    else:
+        quantity = parse_quantity(quantity, allow_zero=True)
+    stamp = raw.get("timestamp")
+    if stamp is None or stamp == "":
+        stamp = now
+    elif type(stamp) is str:
+        parsed = texts.get(("t", stamp))
+        if parsed is None:
+            texts[("t", stamp)] = parsed = parse_timestamp(stamp, now)
+        stamp = parsed
+    else:
+        stamp = parse_timestamp(stamp, now)
     return {
         "customer": customer,
         "feature": feature,
-        "event_id": clean_event_id(raw.get("event_id")),
-        "quantity": parse_quantity(raw.get("quantity"), allow_zero=True),
-        "timestamp": parse_timestamp(raw.get("timestamp"), now),
+        "event_id": event_id,
+        "quantity": quantity,
+        "timestamp": stamp,
         "properties": properties,
     }
 
@@ -267,12 +347,14 @@ def _record_reported(
     for g in all_grants:
         grants_by_key[(g.customer_id, g.feature_id)].append(g)
     for (customer_id, feature_id), group in groups.items():
-        state = states[customer_id]
-        group.sort(key=lambda i: (i["timestamp"], i["pk"]))
         feature = group[0]["feature"]
         keyed = grants_by_key.get((customer_id, feature_id))
         # Without grants, a sum's usage draws nothing: it only adds to every counter.
         adds_only = feature.aggregation == SUM and not keyed
+        if adds_only and _quiet(group[0], locked):
+            continue
+        state = states[customer_id]
+        group.sort(key=lambda i: (i["timestamp"], i["pk"]))
         for i in group:
             if adds_only and "terms" in i:  # the locking statement added it to its counters
                 _count_added(state, feature, i, locked, draws)
@@ -310,6 +392,17 @@ def _record_reported(
             counter.loaded = counter_values(counter)
     draws_insert(draws)
     counters_and_grants_save(locked.values(), all_grants)
+
+
+def _quiet(first: dict, locked: dict) -> bool:
+    """Whether the events of a customer's feature that the locking statement added to their
+    counters need no arithmetic: it answered none of their counters (all quiet, so none of
+    them takes anything past the allowance or crosses a threshold)."""
+    if "terms" not in first:  # not added by the statement
+        return False
+    kind = effective_kind(first["terms"] or GRANT_ONLY_TERMS)
+    key = (first["customer"].pk, first["feature"].pk, kind, first["windows"][kind].start)
+    return key not in locked
 
 
 def _overage_record(terms, counters: dict, i: dict, draws: list) -> None:

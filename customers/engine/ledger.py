@@ -96,13 +96,14 @@ def counters_and_grants_save(counters: Iterable[CounterRow], grants: Iterable[Gr
         )
 
 
-def events_insert(items: list[dict]) -> dict[tuple[int, str], int]:
+def events_insert(items: list[dict], *, immediate: bool = False) -> dict[tuple[int, str], int]:
     """INSERT .. ON CONFLICT DO NOTHING RETURNING: the (customer, event_id) pairs that this
     transaction recorded, with their ids. A pair another transaction recorded first is a
     duplicate, even when both arrive at once. Rows go in (customer, event_id) order so that two
-    batches sharing event ids wait for each other instead of deadlocking."""
+    batches sharing event ids wait for each other instead of deadlocking. `immediate`: the
+    foreign keys are checked by the insert itself, not at COMMIT."""
     items = sorted(items, key=lambda i: (i["customer"].pk, i["event_id"]))
-    return sql.db().events_insert(items, timezone.now())
+    return sql.db().events_insert(items, timezone.now(), immediate=immediate)
 
 
 def draw_rows(event_pk: int, draw, kind: str) -> list[tuple]:

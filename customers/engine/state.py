@@ -10,6 +10,7 @@ import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from django.conf import settings
 
@@ -306,9 +307,9 @@ def customer_get(pk: int) -> Customer:
     return customer
 
 
-@dataclass(frozen=True, slots=True)
-class CustomerKey:
-    """A customer as a batch looks it up: the id and the versions its cached state must have."""
+class CustomerKey(NamedTuple):
+    """A customer as a batch looks it up: the id and the versions its cached state must have
+    (a tuple: a batch makes a thousand)."""
 
     pk: int
     external_id: str

@@ -181,6 +181,22 @@ def test_the_fast_bounds_say_exactly_when_the_gate_allows_without_crossing(case)
     assert bounds.holds(used) == simple, (terms, quantity, used, bounds)
 
 
+@settings(max_examples=1500, deadline=None)
+@given(_fast_cases())
+def test_the_fast_bounds_say_exactly_when_reported_usage_needs_no_arithmetic(case):
+    """Given a sum with no grants (nothing drawn), then `consume_fast_bounds` of a batch's
+    total for a counter holds exactly when adding that total takes nothing past the allowance
+    and crosses no threshold (`overage_adding`, `may_cross`): the batch's locking statement
+    answers only the counters where it does not hold."""
+    terms, quantity, used = case
+    bounds = arithmetic.consume_fast_bounds(feature(), terms, quantity)
+    counters = {Reset.BILLING_PERIOD: counter(used)}
+    quiet = arithmetic.overage_adding(terms, counters, quantity) == 0 and not (
+        arithmetic.may_cross(terms, counters, quantity)
+    )
+    assert bounds.holds(used) == quiet, (terms, quantity, used, bounds)
+
+
 def test_the_fast_bounds_leave_the_unusual_cases_to_the_full_decision():
     """Levels, denied terms, no terms and a zero limit have no fast bounds."""
     terms = arithmetic.Terms(source="plan", limit=Decimal("10"))

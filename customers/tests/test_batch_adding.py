@@ -179,3 +179,46 @@ def test_events_whose_window_kind_changes_within_a_batch_count_in_every_window(t
     assert list(Notification.objects.values_list("threshold", flat=True)) == [80]
     check = engine.entitlement_check(customer, "transfer", AT + timedelta(minutes=90))
     assert (check.usage, check.balance) == (Decimal("12"), Decimal("3"))
+
+
+def test_a_counter_the_batch_creates_next_to_quiet_ones_is_counted_with_them(transfer):
+    """One event in a window whose counters exist and stay quiet (nothing past the allowance, no
+    threshold), one in next month's window, whose counters do not exist yet and which crosses
+    80%: the quiet counters are read back as they were before the batch added to them, and
+    each event is counted once in its own windows."""
+    plan, feature = transfer
+    customer = subscribed(plan)
+    engine.usage_record_batch([event(customer, 10, "first")])
+    next_month = 60 * 24 * 30
+
+    result = engine.usage_record_batch(
+        [event(customer, 5, "same-window", 1), event(customer, 90, "next", next_month)]
+    )
+
+    assert result.accepted == 2
+    counters = UsageCounter.objects.filter(customer=customer, feature=feature)
+    now = {c.window: c.used for c in counters if c.start <= AT < c.end}
+    later = {c.window: c.used for c in counters if c.start > AT}
+    assert now == {**dict.fromkeys(engine.WINDOW_KINDS, Decimal("15")), "never": Decimal("105")}
+    assert later == dict.fromkeys(["billing_period", "day", "week", "month"], Decimal("90"))
+    assert list(Notification.objects.values_list("threshold", flat=True)) == [80]
+
+
+def test_thresholds_beyond_the_bounds_a_row_carries_are_each_recorded():
+    """Four thresholds: more gaps than the locking statement checks per counter, so the
+    feature is never quiet and each event's arithmetic runs; every threshold crossed is
+    recorded once."""
+    plan = PlanFactory()
+    feature = FeatureFactory(metered=True, key="transfer")
+    PlanEntitlementFactory(
+        plan=plan, feature=feature, limit=Decimal("100"), notify_at=[25, 50, 75, 100]
+    )
+    customer = subscribed(plan)
+
+    result = engine.usage_record_batch(
+        [event(customer, q, f"n-{n}", minutes=n) for n, q in enumerate([10, 20, 30])]
+    )
+
+    assert result.accepted == 3
+    assert sorted(Notification.objects.values_list("threshold", flat=True)) == [25, 50]
+    assert used(customer, feature)["billing_period"] == Decimal("60")

@@ -12,7 +12,15 @@ from psycopg import errors
 
 from catalog.models import CatalogVersion
 
-from ...models import Customer, Grant, Reservation, UsageCounter, UsageDraw, UsageEvent
+from ...models import (
+    CountedWindow,
+    Customer,
+    Grant,
+    Reservation,
+    UsageCounter,
+    UsageDraw,
+    UsageEvent,
+)
 from ...snapshots import CounterRow
 from .common import counter_values, event_columns, versions_sql
 
@@ -28,6 +36,7 @@ DRAW_COLUMNS = ", ".join(
 RESERVATION = Reservation._meta.db_table
 CUSTOMER = Customer._meta.db_table
 CATALOG_VERSION = CatalogVersion._meta.db_table
+COUNTED_WINDOW = CountedWindow._meta.db_table
 LOCK_CHUNK = 1000  # counter keys per locking statement
 consume_in_two_trips = True  # consume_lock and consume_write, and consume_one_trip
 
@@ -419,19 +428,31 @@ def granted(customer_ids, feature_ids, since, until) -> set[tuple[int, int]]:
         return set(cursor.fetchall())
 
 
-# PostgreSQL: locks counters in key order and adds to some of them in the same statement (the
-# keys, what to add and whether to answer the counter as seven arrays; add NULL: nothing). The
-# keys come sorted, and each is looked up and locked in turn (a lateral index lookup): the
-# order of the locks whatever the plan, and no scan of the table however large it grows.
-# Answers the wanted counters as they were before, and a last row with how many it locked and,
-# should some be missing, which.
+# PostgreSQL: locks counters in key order and adds to some of them in the same statement (per
+# key: the key, what to add, whether to answer the counter, and its quiet bounds; add NULL:
+# nothing). The keys come sorted, and each is looked up and locked in turn (a lateral index
+# lookup): the order of the locks whatever the plan, and no scan of the table however large
+# it grows. Answers the wanted counters as they were before, but only those of a customer's
+# feature with some wanted counter that is not calm: a counter is calm when it has bounds
+# (`arithmetic.FastBounds`: `max_used` and up to QUIET_GAPS gaps [lo, hi), NULL when fewer),
+# nothing was drawn from grants and its `used` is within them. Then a last row with how many
+# it locked and, should some be missing, which.
+QUIET_GAPS = 3
 LOCK_AND_ADD = f"""
     WITH k AS (
         SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::varchar[], %s::timestamptz[],
-                             %s::numeric[], %s::boolean[])
-               WITH ORDINALITY AS k(customer_id, feature_id, win, start, add, want, n)
+                             %s::numeric[], %s::boolean[], %s::boolean[], %s::numeric[],
+                             %s::numeric[], %s::numeric[], %s::numeric[], %s::numeric[],
+                             %s::numeric[], %s::numeric[])
+               WITH ORDINALITY AS k(customer_id, feature_id, win, start, add, want, quiet,
+                                    max_used, lo1, hi1, lo2, hi2, lo3, hi3, n)
     ), l AS MATERIALIZED (
-        SELECT c.id, k.n, k.add, k.want, c.used, c.drawn, c.level, c.level_at
+        SELECT c.id, k.n, k.add, k.want, c.customer_id, c.feature_id, c.used, c.drawn,
+               c.level, c.level_at,
+               k.quiet AND c.drawn = 0 AND NOT coalesce(c.used > k.max_used, false)
+               AND NOT coalesce(c.used >= k.lo1 AND c.used < k.hi1, false)
+               AND NOT coalesce(c.used >= k.lo2 AND c.used < k.hi2, false)
+               AND NOT coalesce(c.used >= k.lo3 AND c.used < k.hi3, false) AS calm
           FROM k CROSS JOIN LATERAL (
                 SELECT * FROM {COUNTER} c WHERE c.customer_id = k.customer_id
                    AND c.feature_id = k.feature_id AND c."window" = k.win AND c.start = k.start
@@ -440,30 +461,79 @@ LOCK_AND_ADD = f"""
     ), a AS (
         UPDATE {COUNTER} c SET used = c.used + l.add
           FROM l WHERE c.id = l.id AND l.add IS NOT NULL
+    ), v AS (
+        SELECT l.*, bool_or(l.want AND NOT l.calm)
+                        OVER (PARTITION BY l.customer_id, l.feature_id) AS loud
+          FROM l
     )
-    SELECT id, n, used, drawn, level, level_at, NULL::bigint[] FROM l WHERE want
+    SELECT id, n, used, drawn, level, level_at, NULL::bigint[] FROM v WHERE want AND loud
     UNION ALL
     SELECT NULL, count(*), NULL, NULL, NULL, NULL,
            CASE WHEN count(*) < %s THEN array_agg(n) END FROM l"""
 
 
-def lock_and_add(ordered: list[tuple], adds: dict, wanted: set) -> tuple[dict, list]:
-    """One `LOCK_AND_ADD`: the wanted counters by key, and the keys it found no counter for."""
+def _quiet_texts(bounds) -> tuple[str, ...]:
+    """A key's quiet columns (quiet, max_used, lo1, hi1 .. lo3, hi3) as array elements."""
+    if bounds is None or len(bounds.gaps) > QUIET_GAPS:
+        return ("f",) + ("NULL",) * (1 + 2 * QUIET_GAPS)
+    gaps = [str(value) for gap in bounds.gaps for value in gap]
+    gaps += ["NULL"] * (2 * QUIET_GAPS - len(gaps))
+    return ("t", "NULL" if bounds.max_used is None else str(bounds.max_used), *gaps)
+
+
+def lock_and_add(
+    ordered: list[tuple],
+    adds: dict,
+    wanted: set,
+    then: tuple | None = None,
+    quiet: dict | None = None,
+) -> tuple[dict, list, list | None, list | None]:
+    """One `LOCK_AND_ADD`: the wanted counters by key (those of customers' features that are
+    not calm), and the keys it found no counter for. `quiet`: the `FastBounds` of keys
+    (others are never calm).
+
+    `then` (customer ids, feature ids, since, until): in the same message, two statements
+    after it, each with a snapshot taken once the counters are locked: the counted window
+    kinds of these features (`CountedWindow` rows: feature, kind) and the grants that may be
+    in force, locked in id order (`grants_lock`'s rows). Otherwise those two are None."""
     columns = [pg_array(column) for column in zip(*ordered, strict=True)]
     columns.append("{" + ",".join([str(adds.get(key, "NULL")) for key in ordered]) + "}")
     columns.append("{" + ",".join(["t" if key in wanted else "f" for key in ordered]) + "}")
-    locked = {}
+    quiet = quiet or {}
+    texts: dict[int, tuple[str, ...]] = {}  # per bounds: most keys share a few
+    calm = []
+    for key in ordered:
+        bounds = quiet.get(key)
+        row = texts.get(id(bounds))
+        if row is None:
+            row = texts[id(bounds)] = _quiet_texts(bounds)
+        calm.append(row)
+    columns += ["{" + ",".join(column) + "}" for column in zip(*calm, strict=True)]
+    params = [*columns, len(ordered)]
+    # Nested loops only: the update finds each locked counter by its id, rather than by a
+    # scan of the table, which the planner may prefer while the table is small.
+    statement = (
+        "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; "
+        f"{LOCK_AND_ADD}; RESET enable_hashjoin; RESET enable_mergejoin"
+    )
+    if then is not None:
+        customer_ids, feature_ids, since, until = then
+        statement += f"; {COUNTED_OF}; {GRANTS_LOCK}"
+        params += [pg_array(feature_ids), *grants_between(customer_ids, feature_ids, since, until)]
+    counted = grants = None
     with connection.cursor() as cursor:
-        # Nested loops only: the update finds each locked counter by its id, rather than by a
-        # scan of the table, which the planner may prefer while the table is small.
-        cursor.execute(
-            "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; "
-            f"{LOCK_AND_ADD}; RESET enable_hashjoin; RESET enable_mergejoin",
-            [*columns, len(ordered)],
-        )
+        cursor.execute(statement, params)
         cursor.nextset()  # past the SETs
         cursor.nextset()
         *rows, (_, count, _, _, _, _, found) = cursor.fetchall()
+        if then is not None:
+            cursor.nextset()  # past the RESETs
+            cursor.nextset()
+            cursor.nextset()
+            counted = cursor.fetchall()
+            cursor.nextset()
+            grants = cursor.fetchall()
+    locked = {}
     for pk, n, used, drawn, level, level_at, _ in rows:
         customer_id, feature_id, kind, start = key = ordered[n - 1]
         counter = CounterRow(pk, customer_id, feature_id, kind, start, None, used, drawn, level,
@@ -471,9 +541,9 @@ def lock_and_add(ordered: list[tuple], adds: dict, wanted: set) -> tuple[dict, l
         counter.loaded = (used, drawn, level, level_at)
         locked[key] = counter
     if count == len(ordered):
-        return locked, []
+        return locked, [], counted, grants
     found = set(found or ())
-    return locked, [key for n, key in enumerate(ordered, 1) if n not in found]
+    return locked, [key for n, key in enumerate(ordered, 1) if n not in found], counted, grants
 
 
 def batch_customers(external_ids: set[str]) -> list[tuple]:
@@ -502,25 +572,39 @@ def counters_select_for_update(ordered: list[tuple], version_of: int | None):
     return locked, version
 
 
+# The grants that may be in force between two moments, locked in id order.
+GRANTS_LOCK = (
+    "SELECT id, customer_id, feature_id, effective_at, expires_at, quantity, "
+    f"consumed, voided_at FROM {GRANT} {GRANTS_BETWEEN} ORDER BY id FOR UPDATE"
+)
+# The window kinds counted for some features, besides the billing period (`CountedWindow`).
+COUNTED_OF = (
+    f'SELECT feature_id, "window" FROM {COUNTED_WINDOW} '
+    'WHERE feature_id = ANY(%s::bigint[]) ORDER BY feature_id, "window"'
+)
+
+
 def grants_lock(customer_ids, feature_ids, since: dt.datetime, until: dt.datetime) -> list:
     """Arrays rather than IN lists: a batch names up to a thousand customers."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT id, customer_id, feature_id, effective_at, expires_at, quantity, "
-            f"consumed, voided_at FROM {GRANT} {GRANTS_BETWEEN} ORDER BY id FOR UPDATE",
-            grants_between(customer_ids, feature_ids, since, until),
-        )
+        cursor.execute(GRANTS_LOCK, grants_between(customer_ids, feature_ids, since, until))
         return cursor.fetchall()
 
 
-def events_insert(items: list[dict], now: dt.datetime) -> dict[tuple[int, str], int]:
-    """Seven array parameters, whatever the number of events: no giant statement."""
+def events_insert(
+    items: list[dict], now: dt.datetime, *, immediate: bool = False
+) -> dict[tuple[int, str], int]:
+    """Six array parameters and the time recorded, whatever the number of events: no giant
+    statement. `immediate`: its foreign keys checked at once (`SET CONSTRAINTS ALL IMMEDIATE`,
+    in the same round trip), rather than at COMMIT."""
     _, columns, table, pk_column = event_columns()
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} ({columns}) SELECT c, f, e, q, t, p::jsonb, r FROM "
+            ("SET CONSTRAINTS ALL IMMEDIATE; " if immediate else "")
+            + f"INSERT INTO {table} ({columns}) SELECT c, f, e, q, t, p::jsonb, r FROM "
             "unnest(%s::bigint[], %s::bigint[], %s::varchar[], %s::numeric[], "
-            "%s::timestamptz[], %s::text[], %s::timestamptz[]) AS u(c, f, e, q, t, p, r) "
+            "%s::timestamptz[], %s::text[]) AS u(c, f, e, q, t, p), "
+            "(SELECT %s::timestamptz) AS n(r) "
             "ON CONFLICT (customer_id, event_id) DO NOTHING "
             f"RETURNING customer_id, event_id, {pk_column}",
             [
@@ -529,17 +613,17 @@ def events_insert(items: list[dict], now: dt.datetime) -> dict[tuple[int, str], 
                 pg_text_array(i["event_id"] for i in items),
                 pg_array(i["quantity"] for i in items),
                 pg_array(i["timestamp"] for i in items),
-                pg_text_array(orjson.dumps(i["properties"]).decode() for i in items),
-                pg_array([now] * len(items)),
+                pg_text_array(_properties_text(i["properties"]) for i in items),
+                now,
             ],
         )
+        if immediate:
+            cursor.nextset()  # past SET's
         return {(c, e): pk for c, e, pk in cursor.fetchall()}
 
 
-def constraints_immediate() -> None:
-    """Checks foreign keys at once (the batch's insert, before its counters are locked)."""
-    with connection.cursor() as cursor:
-        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+def _properties_text(properties: dict) -> str:
+    return orjson.dumps(properties).decode() if properties else "{}"
 
 
 def consume_lock(

@@ -90,7 +90,10 @@ def grants_lock(customer_ids, feature_ids, since: dt.datetime, until: dt.datetim
     )
 
 
-def events_insert(items: list[dict], now: dt.datetime) -> dict[tuple[int, str], int]:
+def events_insert(
+    items: list[dict], now: dt.datetime, *, immediate: bool = False
+) -> dict[tuple[int, str], int]:
+    """`immediate`: nothing to do, foreign keys are checked at once here already."""
     fields, columns, table, pk_column = event_columns()
     inserted: dict[tuple[int, str], int] = {}
     with connection.cursor() as cursor:
@@ -139,10 +142,6 @@ def batch_customers(external_ids: set[str]):
         )
         .values_list("pk", "external_id", "state_version", "catalog_version")
     )
-
-
-def constraints_immediate() -> None:
-    """Foreign keys are checked at once here already."""
 
 
 def granted(customer_ids, feature_ids, since, until) -> None:
