@@ -11,10 +11,10 @@ The protocol, per customer (keys `es:d:<id>` dirty, `es:g:<id>` gen, `es:s:<id>`
 plus the global `es:epoch`):
 - a writer of usage (consume, batch, hold, commit, release, reversal) calls `write_begin`
   before its transaction (INCR dirty, with a TTL, and INCR gen) and `write_end` after it,
-  committed or not (INCR gen, DECR dirty; a heard end goes out just after the answer, with
-  the others due in the process: `_DeferredEnds`); a rarer writer (grants, overrides, subscriptions,
-  the catalog) calls `changed`, which bumps gen (or the epoch) at once and again when its
-  transaction commits;
+  committed or not (INCR gen, DECR dirty; a heard end goes out after the answer, carried by
+  the process's next call to Redis or sent with the others due: `_DeferredEnds`); a rarer
+  writer (grants, overrides, subscriptions, the catalog) calls `changed`, which bumps gen (or
+  the epoch) at once and again when its transaction commits;
 - a reader gets dirty, gen, epoch and the snapshot in one call and uses the snapshot only if
   no write is in flight (dirty 0), gen and epoch are those it was stored with and now is
   before its horizon. Otherwise it reads PostgreSQL and stores what it read tagged with the
@@ -61,7 +61,21 @@ DIRTY_TTL = 60  # seconds: longer than any write transaction of usage
 EPOCH_KEY = "es:epoch"
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
-_READ = """
+# The ends of heard writes this process owes (`_DeferredEnds`) ride with its next read or
+# begin: KEYS from `first` on are pairs (gen, dirty) of customers whose write has ended, each
+# applied as `_END` would (INCR gen, DECR dirty) before anything else the script does.
+_ENDS = """
+local function ends(first)
+  for i = first, #KEYS, 2 do
+    redis.call('INCR', KEYS[i])
+    if redis.call('DECR', KEYS[i + 1]) <= 0 then redis.call('DEL', KEYS[i + 1]) end
+  end
+end
+"""
+_READ = (
+    _ENDS
+    + """
+ends(6)
 local n = 0
 if KEYS[1] ~= '' then
   n = redis.call('INCR', KEYS[1])
@@ -69,20 +83,26 @@ if KEYS[1] ~= '' then
 end
 return {n, redis.call('MGET', KEYS[2], KEYS[3], KEYS[4], KEYS[5])}
 """
-_BEGIN = """
+)
+_BEGIN = (
+    _ENDS
+    + """
+local last = 1 + 2 * tonumber(ARGV[4])
+ends(last + 1)
 local n = 0
 if KEYS[1] ~= '' then
   n = redis.call('INCR', KEYS[1])
   if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
   if n > tonumber(ARGV[3]) then return n end
 end
-for i = 2, #KEYS, 2 do
+for i = 2, last, 2 do
   redis.call('INCR', KEYS[i])
   redis.call('EXPIRE', KEYS[i], ARGV[2])
   redis.call('INCR', KEYS[i + 1])
 end
 return n
 """
+)
 _END = """
 for i = 1, #KEYS, 2 do
   redis.call('INCR', KEYS[i])
@@ -302,19 +322,19 @@ def fetch(customer_id: int, at: dt.datetime) -> tuple[Snapshot | None, Ticket | 
     """The stored snapshot if still valid at `at`, else None with the ticket to store a fresh
     one under (None when it must not be stored: a write in flight, or Redis unavailable).
     Counts the request's deferred rate limit in the same round trip."""
-    if _ends.due:
-        _ends.flush()
     client = _redis()
     if client is None:
         return None, None
     rate = shared_redis.rate_take()
     keys = [rate.key if rate else "", f"es:d:{customer_id}", f"es:g:{customer_id}", EPOCH_KEY]
     keys.append(f"es:s:{customer_id}")
+    ends = _ends.take()  # this process's writes ended: applied first, as if sent before
     try:
         count, (dirty, gen, epoch, blob) = _script(client, "read", _READ)(
-            keys=keys, args=[rate.ttl if rate else 0]
+            keys=keys + _end_keys(ends), args=[rate.ttl if rate else 0]
         )
     except Exception as error:  # noqa: BLE001 (any Redis failure: the database answers)
+        _ends.give_back(ends)
         shared_redis.failed(error)
         return None, None
     if rate is not None:
@@ -372,11 +392,14 @@ class WriteGuard:
         keys = [rate.key if rate else ""]
         for pk in self.customer_ids:
             keys += [f"es:d:{pk}", f"es:g:{pk}"]
+        ends = _ends.take()  # the ends this process owes ride along: no round trip of their own
+        args = [rate.ttl if rate else 0, DIRTY_TTL, rate.limit if rate else 0]
         try:
             count = _script(client, "begin", _BEGIN)(
-                keys=keys, args=[rate.ttl if rate else 0, DIRTY_TTL, rate.limit if rate else 0]
+                keys=keys + _end_keys(ends), args=[*args, len(self.customer_ids)]
             )
         except Exception as error:  # noqa: BLE001
+            _ends.give_back(ends)
             shared_redis.failed(error)
             return self
         if rate is not None:
@@ -400,14 +423,20 @@ class WriteGuard:
         self.begun = False
 
 
+def _end_keys(customer_ids: list[int]) -> list[str]:
+    """The keys of `_END` (and of `_ENDS` in the other scripts) for these customers' ends."""
+    keys = []
+    for pk in customer_ids:
+        keys += [f"es:g:{pk}", f"es:d:{pk}"]
+    return keys
+
+
 def _end(customer_ids: list[int], begun: bool) -> None:
     """`_END` for these customers (several times one customer: as many ends)."""
     client = _redis()
     if client is None:
         return
-    keys = []
-    for pk in customer_ids:
-        keys += [f"es:g:{pk}", f"es:d:{pk}"]
+    keys = _end_keys(customer_ids)
     try:
         _script(client, "end", _END)(keys=keys, args=["1" if begun else "0"])
     except Exception as error:  # noqa: BLE001
@@ -415,14 +444,16 @@ def _end(customer_ids: list[int], begun: bool) -> None:
 
 
 class _DeferredEnds:
-    """The ends of this process's heard writes, sent together by a thread of their own within
-    about a millisecond of the first: one round trip for all the writes answered meanwhile
-    instead of one more per write, after the answer rather than before it. Until an end
-    arrives the customer's dirty mark stays set, so readers use the database (never a stale
-    snapshot); if this process dies first, the mark's TTL ends it (DIRTY_TTL). A read of this
-    process sends those due first (`flush`), so that it may use the snapshot again at once."""
+    """The ends of this process's heard writes, sent after the answer rather than before it,
+    and without a round trip of their own while the process keeps using Redis: the next read
+    or write begin of any of its threads carries them in its script (`take`), applied before
+    anything else that script does. Those no such call has taken within a few milliseconds
+    are sent together by a thread of their own (`flush`). Until an end arrives the customer's
+    dirty mark stays set, so readers use the database (never a stale snapshot); if this
+    process dies first, the mark's TTL ends it (DIRTY_TTL). A read in this process applies
+    them first, so it may use the snapshot again at once."""
 
-    WAIT = 0.001  # seconds the thread gathers ends before sending them
+    WAIT = 0.004  # seconds the thread leaves for another call to carry the ends
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -438,9 +469,23 @@ class _DeferredEnds:
                 threading.Thread(target=self._run, name="snapshot-ends", daemon=True).start()
         self.wake.set()
 
-    def flush(self) -> None:
+    def take(self) -> list[int]:
+        """The ends due, now owed by the caller, who sends them or gives them back."""
+        if not self.due:
+            return []
         with self.lock:
             due, self.due = self.due, []
+        return due
+
+    def give_back(self, customer_ids: list[int]) -> None:
+        """Ends taken but not sent (Redis failed): due again, for the thread to retry."""
+        if customer_ids:
+            with self.lock:
+                self.due[:0] = customer_ids
+            self.wake.set()
+
+    def flush(self) -> None:
+        due = self.take()
         if due:
             _end(due, True)
 

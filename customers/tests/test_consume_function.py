@@ -170,3 +170,49 @@ def test_a_customer_this_process_has_not_cached_takes_the_one_trip(monkeypatch):
 
     assert result.allowed and result.entitlement.usage == 3
     assert went == [True]
+
+
+def _seq_scans(table: str) -> int:
+    """Sequential scans of `table` so far, this connection's included (flushed first)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_force_next_flush()")  # at this statement's end
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = %s", [table])
+        return cursor.fetchone()[0]
+
+
+def test_plans_made_on_a_nearly_empty_table_still_use_its_indexes_once_it_has_grown():
+    if connection.pg_version < 150000:
+        pytest.skip("pg_stat_force_next_flush: PostgreSQL 15 and later")
+    # A new installation: one customer's counter, its statistics taken then
+    plan = PlanFactory()
+    feature = FeatureFactory(metered=True, key="calls")
+    PlanEntitlementFactory(plan=plan, feature=feature, limit=Decimal("100000"))
+    customer = CustomerFactory()
+    SubscriptionFactory(customer=customer, plan=plan)
+    engine.entitlement_consume(customer.external_id, "calls", "1", "first")
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {postgresql.COUNTER}")
+    # This connection's plans are made and kept while the table is one page
+    for n in range(8):
+        engine.entitlement_consume(customer.external_id, "calls", "1", f"early-{n}")
+    # then thousands of customers start using it, and nothing analyzes it again (no autovacuum)
+    now = timezone.now()
+    others = Customer.objects.bulk_create(
+        Customer(external_id=f"late-{i}", name=f"Late {i}", email=f"l{i}@x.test", currency="USD")
+        for i in range(3000)
+    )
+    UsageCounter.objects.bulk_create(
+        UsageCounter(customer=c, feature=feature, window="billing_period",
+                     start=now - timedelta(days=3), end=now + timedelta(days=27))
+        for c in others
+    )  # fmt: skip
+    scans = _seq_scans(postgresql.COUNTER)
+
+    for n in range(5):
+        result = engine.entitlement_consume(customer.external_id, "calls", "1", f"late-{n}")
+        assert result.allowed
+
+    # Each consume still reaches its counter through an index, not by reading all 3,001
+    assert _seq_scans(postgresql.COUNTER) == scans
+    assert result.entitlement.usage == 14

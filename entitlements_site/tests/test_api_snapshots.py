@@ -286,7 +286,7 @@ def test_a_deferred_end_keeps_other_readers_on_the_database_until_it_is_sent(
     settings.USAGE_SNAPSHOT_END_DEFERRED = True
     check(api)  # a snapshot stored
     # The sending thread not woken: the end stays due
-    monkeypatch.setattr(snapshots._ends, "owe", snapshots._ends.due.extend)
+    monkeypatch.setattr(snapshots._ends, "owe", lambda ids: snapshots._ends.due.extend(ids))
     try:
         assert consume(api, "1.5", "deferred-1")["allowed"] is True
 
@@ -301,6 +301,69 @@ def test_a_deferred_end_keeps_other_readers_on_the_database_until_it_is_sent(
             assert check(api)["usage"] == "1.5"
     finally:
         snapshots.ends_flush()
+
+
+def test_the_next_call_to_redis_carries_the_ends_due(
+    mirror, customer, api, settings, django_assert_num_queries, monkeypatch
+):
+    settings.USAGE_SNAPSHOT_END_DEFERRED = True
+    check(api)
+    # The sending thread never woken: only the process's next call to Redis can send an end
+    monkeypatch.setattr(snapshots._ends, "owe", lambda ids: snapshots._ends.due.extend(ids))
+    try:
+        for n in range(3):
+            assert consume(api, "1", f"carried-{n}")["allowed"] is True
+            # Each consume's begin carried the end of the one before: one write in flight
+            assert mirror.get(f"es:d:{customer.pk}") == b"1"
+            assert snapshots._ends.due == [customer.pk]
+
+        # A reader elsewhere still uses the database; a check here carries the last end
+        assert _reader_elsewhere(customer) == (None, None)
+        with django_assert_num_queries(1):
+            assert check(api)["usage"] == "3"
+        assert not mirror.exists(f"es:d:{customer.pk}")
+        assert snapshots._ends.due == []
+        with django_assert_num_queries(0):
+            assert check(api)["usage"] == "3"
+    finally:
+        snapshots.ends_flush()
+
+
+def test_ends_taken_by_a_call_that_failed_are_due_again(mirror, customer, settings, monkeypatch):
+    import redis
+
+    settings.USAGE_SNAPSHOT_END_DEFERRED = True
+    monkeypatch.setattr(snapshots._ends, "owe", lambda ids: snapshots._ends.due.extend(ids))
+    monkeypatch.setattr(snapshots._ends, "wake", threading.Event())  # no thread sends them
+    with snapshots.write_guard([customer.pk]):
+        pass  # a write Redis heard begin: its end is owed
+    assert snapshots._ends.due == [customer.pk]
+    assert mirror.get(f"es:d:{customer.pk}") == b"1"
+
+    # The next begin takes the end, and Redis fails it
+    script = snapshots._script
+
+    def failing(client, name, source):
+        if name != "begin":
+            return script(client, name, source)
+
+        def call(**_):
+            raise redis.ConnectionError("Redis went away")
+
+        return call
+
+    monkeypatch.setattr(snapshots, "_script", failing)
+    with snapshots.write_guard([customer.pk]) as guard:
+        assert not guard.begun
+    # Then the end is due again, not lost
+    assert snapshots._ends.due == [customer.pk]
+
+    # and once Redis answers, it is sent: the customer is no longer marked written
+    monkeypatch.setattr(snapshots, "_script", script)
+    shared_redis.forget()
+    snapshots.ends_flush()
+    assert snapshots._ends.due == []
+    assert not mirror.exists(f"es:d:{customer.pk}")
 
 
 def test_the_thread_sends_the_ends_of_many_writes_together(mirror, customer, api, settings):

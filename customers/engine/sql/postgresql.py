@@ -280,7 +280,7 @@ CREATE OR REPLACE FUNCTION {CONSUME_FUNCTION_NAME}(
 RETURNS TABLE (o_kind integer, o_id bigint, o_window varchar, o_t1 timestamptz,
                o_t2 timestamptz, o_n1 numeric, o_n2 numeric, o_n3 numeric, o_t3 timestamptz,
                o_went boolean, o_state bigint, o_catalog bigint, o_granted boolean)
-LANGUAGE plpgsql VOLATILE AS $fn$
+LANGUAGE plpgsql VOLATILE SET enable_seqscan = off AS $fn$
 BEGIN
     IF p_commit <> 'on' THEN
         PERFORM set_config('synchronous_commit', p_commit, true);
