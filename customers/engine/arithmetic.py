@@ -478,29 +478,34 @@ def commit_decide(
 @dataclass(frozen=True)
 class FastBounds:
     """The values of `used` (the effective window's counter, with nothing drawn from grants)
-    for which `consume_decide`, with no grants in force, allows a quantity as it is and crosses
-    no `notify_at` threshold: `used <= max_used` (None: no bound) and `used` in none of the
-    `gaps` [lo, hi). A database may then check and write in one statement, under its lock."""
+    for which `consume_decide`, with no grants in force and `reserved` units held by
+    reservations, allows a quantity as it is and crosses no `notify_at` threshold: `used <=
+    max_used` (None: no bound), `used + reserved <= max_used` too when `held_counts` (a hard
+    limit sets the held units aside), and `used` in none of the `gaps` [lo, hi). A database
+    may then check and write in one statement, under its lock."""
 
     max_used: Decimal | None
     gaps: tuple[tuple[Decimal, Decimal], ...]
+    held_counts: bool = False
 
-    def holds(self, used: Decimal) -> bool:
-        if self.max_used is not None and used > self.max_used:
-            return False
-        return not any(lo <= used < hi for lo, hi in self.gaps)
+    def holds(self, used: Decimal, reserved: Decimal = ZERO) -> bool:
+        over = self.max_used is not None and (
+            used > self.max_used or (self.held_counts and used + reserved > self.max_used)
+        )
+        return not over and not any(lo <= used < hi for lo, hi in self.gaps)
 
 
 def consume_fast_bounds(feature, terms: Terms | None, quantity: Decimal) -> FastBounds | None:
     """`FastBounds` of a consume of `quantity` for the simple case, else None (the full
     decision must run): a sum under terms that grant access by themselves (not denied) and a
-    positive limit or none, with no reservation held. With no grants and nothing drawn,
+    positive limit or none. With no grants and nothing drawn,
     capacity is the limit, so a threshold `t` is crossed exactly when used < t% of the limit
     <= used + quantity (Python's decimals divide exactly at these sizes: 15 digits, 4 places);
     the allowance covers the quantity, so that the draw is neither denied (a hard limit) nor
     overage (a soft one, whose overage draw the full path records), exactly when used +
-    quantity <= limit (`draw_plan`). `test_arithmetic` checks this against `consume_decide` on
-    random inputs."""
+    quantity <= limit (`draw_plan`); under a hard limit the units held by reservations are set
+    aside, so also when used + reserved + quantity <= limit. `test_arithmetic` checks this
+    against `consume_decide` on random inputs."""
     if feature.kind != METERED or feature.aggregation != SUM or terms is None or terms.denied:
         return None
     if terms.unlimited:
@@ -512,7 +517,7 @@ def consume_fast_bounds(feature, terms: Terms | None, quantity: Decimal) -> Fast
     for t in terms.notify_at:
         at_t = Decimal(t) * limit / HUNDRED  # the usage at which percent_used is t
         gaps.append((at_t - quantity, at_t))
-    return FastBounds(limit - quantity, tuple(gaps))
+    return FastBounds(limit - quantity, tuple(gaps), held_counts=terms.enforcement == HARD)
 
 
 # --- capacity: what 100% of an allowance is ------------------------------------------------

@@ -140,9 +140,9 @@ def _consume(customer, pk, feature, quantity, event_id, at, properties) -> Consu
     return _consume_in_transaction(customer, pk, feature, quantity, event_id, at, properties)
 
 
-# (customer, feature) -> until when the one-trip path is not tried: a grant was in force, a
-# reservation held, or the consume was allowed but not simply (past a soft limit: its overage
-# draw; a threshold crossed), so that such customers do not pay a useless round trip each time.
+# (customer, feature) -> until when the one-trip path is not tried: a grant was in force, or
+# the consume was allowed but not simply (past a soft limit: its overage draw; a threshold
+# crossed), so that such customers do not pay a useless round trip each time.
 _SLOW_PAUSE = 10.0  # seconds
 _slow_seen: dict[tuple[int, int], float] = {}
 
@@ -152,9 +152,9 @@ def _consume_one_trip(pk, feature, quantity, event_id, at, properties) -> Consum
     simple one (`arithmetic.consume_fast_bounds`): the statement checks the bounds under its
     locks and writes, and COMMIT follows in the same message. Answers None, having written
     nothing, when the two-trip path must decide: the state not cached or out of date, a grant
-    in force or a reservation held, something drawn, a missing counter, or usage outside the
-    bounds (a threshold to cross, or a hard limit: a denial is answered from the counters it
-    locked)."""
+    in force, something drawn, a missing counter, or usage outside the bounds (a threshold to
+    cross, or a hard limit, the units reservations hold set aside: a denial is answered from
+    the counters it locked and the holds it read)."""
     state = state_cached(pk)
     if state is None or state.version is None:
         # Not yet seen by this process: loaded once, then the one trip as for any other.
@@ -192,11 +192,13 @@ def _consume_one_trip(pk, feature, quantity, event_id, at, properties) -> Consum
         except BaseException:
             _rollback_quietly(sql.db(), cursor)
             raise
-    (_, inserted, *_, went, state_version, catalog_version, granted), *locked = rows
+    (_, inserted, _, _, _, reserved, holds, _, _, went, state_version, catalog_version,
+     granted), *locked = rows  # fmt: skip
     if granted:
         _slow_down(key)
     if (state_version, catalog_version) != state.version:
         return None
+    held = (reserved, int(holds))
     counters = {
         window: CounterRow(rid, pk, feature.pk, window, t1, t2, n1, n2, n3, t3)
         for _, rid, window, t1, t2, n1, n2, n3, t3, *_ in locked
@@ -205,7 +207,7 @@ def _consume_one_trip(pk, feature, quantity, event_id, at, properties) -> Consum
     if granted or len(counters) != len(counted):
         return None
     # The reference arithmetic on the counters as locked: the answer, and the same decision.
-    draw, before, after = consume_decide(feature, terms, counters, [], windows, quantity, at)
+    draw, before, after = consume_decide(feature, terms, counters, [], windows, quantity, at, held)
     if went:
         simple = draw.allowed and not draw.takes and not draw.overage
         if not (simple and not thresholds_crossed(before, after)):

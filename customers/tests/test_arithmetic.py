@@ -153,21 +153,35 @@ def _fast_cases(draw):
             st.sampled_from(edges).map(lambda e: (e + nudge).quantize(Decimal("0.0001"))),
         )
     )
-    return terms, quantity, max(Decimal("0"), used)
+    used = max(Decimal("0"), used)
+    # Units held by reservations: often none, often right at what a hard limit leaves
+    left = limit - quantity - used
+    reserved = draw(
+        st.one_of(
+            st.just(Decimal("0")),
+            _places(Decimal("0.0001"), limit * 2),
+            st.sampled_from([left, left + Decimal("0.0001"), left - Decimal("0.0001")]).filter(
+                lambda r: r > 0
+            ),
+        )
+    )
+    return terms, quantity, used, reserved
 
 
 @settings(max_examples=1500, deadline=None)
 @given(_fast_cases())
 def test_the_fast_bounds_say_exactly_when_the_gate_allows_without_crossing(case):
-    """Given a sum with no grants (nothing drawn), then `consume_fast_bounds` holds for a usage
-    exactly when `consume_decide` allows the quantity as it is, from the allowance (no draw on
-    a grant, no overage to record), adds it to the counter and crosses no threshold:
+    """Given a sum with no grants (nothing drawn) and units held by reservations, then
+    `consume_fast_bounds` holds for a usage and those units exactly when `consume_decide`
+    allows the quantity as it is, from the allowance (no draw on a grant, no overage to
+    record), adds it to the counter and crosses no threshold:
     PostgreSQL's one-statement consume decides as the arithmetic does."""
-    terms, quantity, used = case
+    terms, quantity, used, reserved = case
     bounds = arithmetic.consume_fast_bounds(feature(), terms, quantity)
     counters = {Reset.BILLING_PERIOD: counter(used)}
+    held = (reserved, 1 if reserved else 0)
     draw, before, after = arithmetic.consume_decide(
-        feature(), terms, counters, [], WINDOWS, quantity, START
+        feature(), terms, counters, [], WINDOWS, quantity, START, held
     )
     simple = (
         draw.allowed
@@ -178,7 +192,7 @@ def test_the_fast_bounds_say_exactly_when_the_gate_allows_without_crossing(case)
         and not arithmetic.thresholds_crossed(before, after)
     )
     assert bounds is not None
-    assert bounds.holds(used) == simple, (terms, quantity, used, bounds)
+    assert bounds.holds(used, reserved) == simple, (terms, quantity, used, reserved, bounds)
 
 
 @settings(max_examples=1500, deadline=None)
@@ -188,7 +202,7 @@ def test_the_fast_bounds_say_exactly_when_reported_usage_needs_no_arithmetic(cas
     total for a counter holds exactly when adding that total takes nothing past the allowance
     and crosses no threshold (`overage_adding`, `may_cross`): the batch's locking statement
     answers only the counters where it does not hold."""
-    terms, quantity, used = case
+    terms, quantity, used, _ = case
     bounds = arithmetic.consume_fast_bounds(feature(), terms, quantity)
     counters = {Reset.BILLING_PERIOD: counter(used)}
     quiet = arithmetic.overage_adding(terms, counters, quantity) == 0 and not (

@@ -216,3 +216,59 @@ def test_plans_made_on_a_nearly_empty_table_still_use_its_indexes_once_it_has_gr
     # Each consume still reaches its counter through an index, not by reading all 3,001
     assert _seq_scans(postgresql.COUNTER) == scans
     assert result.entitlement.usage == 14
+
+
+def test_units_held_by_reservations_are_set_aside_in_the_one_trip(monkeypatch):
+    # Given a hard limit of 10, 1 used and 6 held by a reservation
+    plan = PlanFactory()
+    feature = FeatureFactory(metered=True, key="calls")
+    PlanEntitlementFactory(plan=plan, feature=feature, limit=Decimal("10"))
+    customer = CustomerFactory()
+    SubscriptionFactory(customer=customer, plan=plan)
+    engine.entitlement_consume(customer.external_id, "calls", "1", "first")
+    assert engine.reservation_hold(customer.external_id, "calls", "r-1", "6").allowed
+    one_trip, went = postgresql.consume_one_trip, []
+
+    def counting(cursor, params, bounds):
+        rows = one_trip(cursor, params, bounds)
+        went.append(rows[0][9])
+        return rows
+
+    monkeypatch.setattr(postgresql, "consume_one_trip", counting)
+
+    # When 2 more are consumed, the one trip records them beside the hold
+    result = engine.entitlement_consume(customer.external_id, "calls", "2", "second")
+    assert result.allowed and went == [True]
+    e = result.entitlement
+    assert (e.usage, e.reserved, e.holds, e.balance) == (Decimal("3"), Decimal("6"), 1, 1)
+
+    # and 2 more than the balance the hold leaves are denied, nothing recorded
+    result = engine.entitlement_consume(customer.external_id, "calls", "2", "third")
+    assert not result.allowed and result.reason == "limit_exceeded"
+    assert (result.entitlement.usage, result.entitlement.reserved) == (Decimal("3"), Decimal("6"))
+    assert not UsageEvent.objects.filter(customer=customer, event_id="third").exists()
+    assert went == [True, False]
+
+    # Once the hold is released, the units are there to consume again, on the one trip
+    engine.reservation_release(customer.external_id, "calls", "r-1")
+    result = engine.entitlement_consume(customer.external_id, "calls", "2", "fourth")
+    assert result.allowed and result.entitlement.usage == Decimal("5")
+    assert result.entitlement.reserved == 0 and went == [True, False, True]
+
+
+def test_an_earlier_version_of_the_function_is_replaced():
+    """A database migrated by an earlier release holds the function with other arguments:
+    `migrate` (functions_create) drops it, leaving the current one alone."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE FUNCTION {postgresql.CONSUME_FUNCTION_NAME}(p_customer bigint) "
+            "RETURNS integer LANGUAGE sql AS 'SELECT 1'"
+        )
+    postgresql.functions_create()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_get_function_identity_arguments(oid) FROM pg_proc WHERE proname = %s",
+            [postgresql.CONSUME_FUNCTION_NAME],
+        )
+        (arguments,) = cursor.fetchall()
+    assert arguments[0].endswith("p_held_counts boolean")

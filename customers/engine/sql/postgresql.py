@@ -207,12 +207,15 @@ CONSUME_WRITE = usage_write()
 # (without that, two consumes could both pass the check on its snapshot: test_concurrency's
 # fifty consumes against twenty allowed 23).
 # When the versions are those of the state the engine decided on, every counted window's
-# counter is there, no grant is in force and no reservation held (`granted` says either),
-# nothing was drawn and the effective counter's `used` is within the bounds, it inserts the
-# event and adds the quantity to those counters. So the counters are locked for these
-# statements and the commit only: no round trip and no Python in between. Rows: (0, event id
-# or NULL, .., whether it went ahead, state version, catalog version, a grant in force), then
-# (1, counter ..) as they were before.
+# counter is there, no grant is in force (`granted`), nothing was drawn and the effective
+# counter's `used` is within the bounds (with the units reservations hold, under a hard
+# limit: `p_held_counts`), it inserts the event and adds the quantity to those counters. So
+# the counters are locked for these statements and the commit only: no round trip and no
+# Python in between. Rows: (0, event id or NULL, .., units held, holds, .., whether it went
+# ahead, state version, catalog version, a grant in force), then (1, counter ..) as they
+# were before. Its plans never scan a table from end to end (`enable_seqscan` off): a plan
+# kept from the moment a table was nearly empty would otherwise read every row of it once it
+# has grown (test_consume_function).
 CONSUME_FUNCTION_NAME = "entitlements_consume_one_trip"
 CONSUME_FUNCTION_ARGS = (
     ("p_customer", "bigint"), ("p_feature", "bigint"), ("p_at", "timestamptz"),
@@ -220,7 +223,7 @@ CONSUME_FUNCTION_ARGS = (
     ("p_starts", "timestamptz[]"), ("p_counted", "integer"), ("p_kind", "varchar"),
     ("p_event_id", "varchar"), ("p_quantity", "numeric"), ("p_properties", "jsonb"),
     ("p_now", "timestamptz"), ("p_max_used", "numeric"), ("p_gap_lo", "numeric[]"),
-    ("p_gap_hi", "numeric[]"), ("p_commit", "text"),
+    ("p_gap_hi", "numeric[]"), ("p_commit", "text"), ("p_held_counts", "boolean"),
 )  # fmt: skip
 CONSUME_LOCK_BODY = f"""
     SELECT 1 FROM {COUNTER}
@@ -244,16 +247,19 @@ CONSUME_CHECK_AND_WRITE_BODY = f"""
                         WHERE customer_id = p_customer AND feature_id = p_feature
                               AND effective_at <= p_at
                               AND (expires_at IS NULL OR expires_at > p_at)
-                              AND (voided_at IS NULL OR voided_at > p_at))
-               OR EXISTS (SELECT 1 FROM {RESERVATION}
-                           WHERE customer_id = p_customer AND feature_id = p_feature
-                                 AND status = 'held' AND expires_at > p_at) AS granted,
+                              AND (voided_at IS NULL OR voided_at > p_at)) AS granted,
+               h.reserved, h.holds,
                (SELECT count(*) FROM m) AS found
+          FROM (SELECT coalesce(sum(quantity), 0) AS reserved, count(*) AS holds
+                  FROM {RESERVATION}
+                 WHERE customer_id = p_customer AND feature_id = p_feature
+                       AND status = 'held' AND expires_at > p_at) AS h
     ), go AS (
         SELECT 1 FROM v, m
          WHERE v.state = p_state AND v.catalog = p_catalog AND NOT v.granted
                AND v.found = p_counted AND m."window" = p_kind AND m.drawn = 0
                AND (p_max_used IS NULL OR m.used <= p_max_used)
+               AND (p_max_used IS NULL OR NOT p_held_counts OR m.used + v.reserved <= p_max_used)
                AND NOT EXISTS (
                    SELECT 1 FROM unnest(p_gap_lo, p_gap_hi) AS g(lo, hi)
                     WHERE m.used >= g.lo AND m.used < g.hi)
@@ -267,7 +273,7 @@ CONSUME_CHECK_AND_WRITE_BODY = f"""
           FROM m WHERE t.id = m.id AND EXISTS (SELECT 1 FROM ev)
     )
     SELECT 0, (SELECT id FROM ev), NULL::varchar, NULL::timestamptz, NULL::timestamptz,
-           NULL::numeric, NULL::numeric, NULL::numeric, NULL::timestamptz,
+           v.reserved, v.holds::numeric, NULL::numeric, NULL::timestamptz,
            EXISTS (SELECT 1 FROM go), v.state, v.catalog, v.granted
       FROM v
     UNION ALL
@@ -296,10 +302,31 @@ CONSUME_CALL = (
 )
 
 
+# Earlier versions of the function, with other arguments (PostgreSQL keeps each as an
+# overload of the name): dropped before the current one is created.
+FUNCTIONS_OUTDATED = f"""
+DO $do$
+DECLARE outdated regprocedure;
+BEGIN
+    FOR outdated IN
+        SELECT oid::regprocedure FROM pg_proc
+         WHERE proname = '{CONSUME_FUNCTION_NAME}'
+           AND pronamespace = current_schema()::regnamespace
+           AND oid IS DISTINCT FROM to_regprocedure(%s)
+    LOOP
+        EXECUTE 'DROP FUNCTION ' || outdated;
+    END LOOP;
+END
+$do$"""
+
+
 def functions_create(on_connection=None) -> None:
     """Creates (or replaces) the engine's functions in the database: after every `migrate`
-    (customers.apps), and when a call finds one missing (a database restored without them)."""
+    (customers.apps), and when a call finds one missing (a database restored without them,
+    or with an earlier version only)."""
+    current = f"{CONSUME_FUNCTION_NAME}({', '.join(kind for _, kind in CONSUME_FUNCTION_ARGS)})"
     with (on_connection or connection).cursor() as cursor:
+        cursor.execute(FUNCTIONS_OUTDATED.replace("%s", f"'{current}'"))
         cursor.execute(CONSUME_FUNCTION)
 
 
@@ -328,6 +355,7 @@ def consume_one_trip(cursor, params: dict, bounds) -> list:
     values = {
         **params,
         "max_used": bounds.max_used,
+        "held_counts": bounds.held_counts,
         "gap_lo": pg_array(lo for lo, _ in gaps) if gaps else "{}",
         "gap_hi": pg_array(hi for _, hi in gaps) if gaps else "{}",
         "windows": pg_array(params["windows"]),
