@@ -86,6 +86,20 @@ def many_customers():
     return features
 
 
+@pytest.fixture
+def went(monkeypatch) -> list[bool]:
+    """Whether each one-trip call went ahead (the flag of its first row), in order."""
+    one_trip, went = postgresql.consume_one_trip, []
+
+    def counting(cursor, params, bounds):
+        rows = one_trip(cursor, params, bounds)
+        went.append(rows[0][9])
+        return rows
+
+    monkeypatch.setattr(postgresql, "consume_one_trip", counting)
+    return went
+
+
 def _generic_plan(body: str) -> str:
     """EXPLAIN of the function's statement as PostgreSQL plans it for any parameters."""
     for number, (name, _) in enumerate(postgresql.CONSUME_FUNCTION_ARGS, start=1):
@@ -131,13 +145,20 @@ def test_every_lookup_of_the_generic_plans_leads_with_the_customer(many_customer
             assert first_columns.get(index, "customer_id") in ("customer_id", "id"), plan
 
 
-def test_a_consume_creates_the_function_when_the_database_has_none():
+def _consuming(limit: str) -> tuple:
+    """A customer of a plan with a hard limit of `limit` on the metered feature `calls`, who
+    has consumed 1 of it (so its counter exists); and the feature."""
     plan = PlanFactory()
     feature = FeatureFactory(metered=True, key="calls")
-    PlanEntitlementFactory(plan=plan, feature=feature, limit=Decimal("10"))
+    PlanEntitlementFactory(plan=plan, feature=feature, limit=Decimal(limit))
     customer = CustomerFactory()
     SubscriptionFactory(customer=customer, plan=plan)
     engine.entitlement_consume(customer.external_id, "calls", "1", "first")
+    return customer, feature
+
+
+def test_a_consume_creates_the_function_when_the_database_has_none():
+    customer, feature = _consuming("10")
     with connection.cursor() as cursor:
         cursor.execute(f"DROP FUNCTION {postgresql.CONSUME_FUNCTION_NAME}")
 
@@ -150,22 +171,10 @@ def test_a_consume_creates_the_function_when_the_database_has_none():
         assert cursor.fetchone()[0] == 1
 
 
-def test_a_customer_this_process_has_not_cached_takes_the_one_trip(monkeypatch):
-    plan = PlanFactory()
-    feature = FeatureFactory(metered=True, key="calls")
-    PlanEntitlementFactory(plan=plan, feature=feature, limit=Decimal("10"))
-    customer = CustomerFactory()
-    SubscriptionFactory(customer=customer, plan=plan)
-    engine.entitlement_consume(customer.external_id, "calls", "1", "first")  # its counter
+def test_a_customer_this_process_has_not_cached_takes_the_one_trip(went):
+    customer, feature = _consuming("10")
     engine.caches_clear()  # as a worker that has never seen this customer
-    one_trip, went = postgresql.consume_one_trip, []
-
-    def counting(cursor, params, bounds):
-        rows = one_trip(cursor, params, bounds)
-        went.append(rows[0][9])
-        return rows
-
-    monkeypatch.setattr(postgresql, "consume_one_trip", counting)
+    went.clear()
     result = engine.entitlement_consume(customer.external_id, "calls", "2", "second")
 
     assert result.allowed and result.entitlement.usage == 3
@@ -185,12 +194,7 @@ def test_plans_made_on_a_nearly_empty_table_still_use_its_indexes_once_it_has_gr
     if connection.pg_version < 150000:
         pytest.skip("pg_stat_force_next_flush: PostgreSQL 15 and later")
     # A new installation: one customer's counter, its statistics taken then
-    plan = PlanFactory()
-    feature = FeatureFactory(metered=True, key="calls")
-    PlanEntitlementFactory(plan=plan, feature=feature, limit=Decimal("100000"))
-    customer = CustomerFactory()
-    SubscriptionFactory(customer=customer, plan=plan)
-    engine.entitlement_consume(customer.external_id, "calls", "1", "first")
+    customer, feature = _consuming("100000")
     with connection.cursor() as cursor:
         cursor.execute(f"ANALYZE {postgresql.COUNTER}")
     # This connection's plans are made and kept while the table is one page
@@ -218,23 +222,11 @@ def test_plans_made_on_a_nearly_empty_table_still_use_its_indexes_once_it_has_gr
     assert result.entitlement.usage == 14
 
 
-def test_units_held_by_reservations_are_set_aside_in_the_one_trip(monkeypatch):
+def test_units_held_by_reservations_are_set_aside_in_the_one_trip(went):
     # Given a hard limit of 10, 1 used and 6 held by a reservation
-    plan = PlanFactory()
-    feature = FeatureFactory(metered=True, key="calls")
-    PlanEntitlementFactory(plan=plan, feature=feature, limit=Decimal("10"))
-    customer = CustomerFactory()
-    SubscriptionFactory(customer=customer, plan=plan)
-    engine.entitlement_consume(customer.external_id, "calls", "1", "first")
+    customer, feature = _consuming("10")
     assert engine.reservation_hold(customer.external_id, "calls", "r-1", "6").allowed
-    one_trip, went = postgresql.consume_one_trip, []
-
-    def counting(cursor, params, bounds):
-        rows = one_trip(cursor, params, bounds)
-        went.append(rows[0][9])
-        return rows
-
-    monkeypatch.setattr(postgresql, "consume_one_trip", counting)
+    went.clear()
 
     # When 2 more are consumed, the one trip records them beside the hold
     result = engine.entitlement_consume(customer.external_id, "calls", "2", "second")
