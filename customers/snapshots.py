@@ -61,21 +61,24 @@ DIRTY_TTL = 60  # seconds: longer than any write transaction of usage
 EPOCH_KEY = "es:epoch"
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
-# The ends of heard writes this process owes (`_DeferredEnds`) ride with its next read or
-# begin: KEYS from `first` on are pairs (gen, dirty) of customers whose write has ended, each
-# applied as `_END` would (INCR gen, DECR dirty) before anything else the script does.
+# Write ends: KEYS from `first` on are pairs (gen, dirty) of customers whose write has ended,
+# each INCR gen, and DECR dirty when the write's begin was heard. The ends of heard writes
+# this process owes (`_DeferredEnds`) ride with its next read or begin, applied before
+# anything else that script does.
 _ENDS = """
-local function ends(first)
+local function ends(first, heard)
   for i = first, #KEYS, 2 do
     redis.call('INCR', KEYS[i])
-    if redis.call('DECR', KEYS[i + 1]) <= 0 then redis.call('DEL', KEYS[i + 1]) end
+    if heard then
+      if redis.call('DECR', KEYS[i + 1]) <= 0 then redis.call('DEL', KEYS[i + 1]) end
+    end
   end
 end
 """
 _READ = (
     _ENDS
     + """
-ends(6)
+ends(6, true)
 local n = 0
 if KEYS[1] ~= '' then
   n = redis.call('INCR', KEYS[1])
@@ -88,7 +91,7 @@ _BEGIN = (
     _ENDS
     + """
 local last = 1 + 2 * tonumber(ARGV[4])
-ends(last + 1)
+ends(last + 1, true)
 local n = 0
 if KEYS[1] ~= '' then
   n = redis.call('INCR', KEYS[1])
@@ -103,15 +106,13 @@ end
 return n
 """
 )
-_END = """
-for i = 1, #KEYS, 2 do
-  redis.call('INCR', KEYS[i])
-  if ARGV[1] == '1' then
-    if redis.call('DECR', KEYS[i + 1]) <= 0 then redis.call('DEL', KEYS[i + 1]) end
-  end
-end
+_END = (
+    _ENDS
+    + """
+ends(1, ARGV[1] == '1')
 return 1
 """
+)
 _scripts: dict = {}
 _local = threading.local()  # the write guard of this thread's write in progress
 
@@ -424,7 +425,7 @@ class WriteGuard:
 
 
 def _end_keys(customer_ids: list[int]) -> list[str]:
-    """The keys of `_END` (and of `_ENDS` in the other scripts) for these customers' ends."""
+    """The keys of `_ENDS` for these customers' ends."""
     keys = []
     for pk in customer_ids:
         keys += [f"es:g:{pk}", f"es:d:{pk}"]

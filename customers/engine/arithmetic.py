@@ -480,7 +480,7 @@ class FastBounds:
     """The values of `used` (the effective window's counter, with nothing drawn from grants)
     for which `consume_decide`, with no grants in force and `reserved` units held by
     reservations, allows a quantity as it is and crosses no `notify_at` threshold: `used <=
-    max_used` (None: no bound), `used + reserved <= max_used` too when `held_counts` (a hard
+    max_used` (None: no bound), or `used + reserved <= max_used` when `held_counts` (a hard
     limit sets the held units aside), and `used` in none of the `gaps` [lo, hi). A database
     may then check and write in one statement, under its lock."""
 
@@ -489,9 +489,8 @@ class FastBounds:
     held_counts: bool = False
 
     def holds(self, used: Decimal, reserved: Decimal = ZERO) -> bool:
-        over = self.max_used is not None and (
-            used > self.max_used or (self.held_counts and used + reserved > self.max_used)
-        )
+        taken = used + reserved if self.held_counts else used
+        over = self.max_used is not None and taken > self.max_used
         return not over and not any(lo <= used < hi for lo, hi in self.gaps)
 
 

@@ -258,8 +258,8 @@ CONSUME_CHECK_AND_WRITE_BODY = f"""
         SELECT 1 FROM v, m
          WHERE v.state = p_state AND v.catalog = p_catalog AND NOT v.granted
                AND v.found = p_counted AND m."window" = p_kind AND m.drawn = 0
-               AND (p_max_used IS NULL OR m.used <= p_max_used)
-               AND (p_max_used IS NULL OR NOT p_held_counts OR m.used + v.reserved <= p_max_used)
+               AND (p_max_used IS NULL
+                    OR m.used + CASE WHEN p_held_counts THEN v.reserved ELSE 0 END <= p_max_used)
                AND NOT EXISTS (
                    SELECT 1 FROM unnest(p_gap_lo, p_gap_hi) AS g(lo, hi)
                     WHERE m.used >= g.lo AND m.used < g.hi)
