@@ -195,11 +195,8 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=60, help="spy: functions listed")
     parser.add_argument("--log", default="/var/log/postgresql/postgresql-15-main.log")
     args = parser.parse_args()
-    if not bench.database_seeded():
-        sys.exit(f"no seeded database {bench.DB}: run `make bench BENCH_ARGS=--keep-db` first")
-    env = bench.bench_env()
-    key = bench.run([bench.PYTHON, "manage.py", "create_api_key", "profile"], env=env,
-                    capture_output=True, text=True).stdout.strip().splitlines()[-1]  # fmt: skip
+    env = bench.seeded_env()
+    key = bench.api_key_create("profile", env)
     server = subprocess.Popen(
         [str(Path(bench.PYTHON).parent / "gunicorn"), "-c", bench.SERVER_CONFIG],
         cwd=bench.ROOT, start_new_session=True,

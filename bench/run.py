@@ -386,8 +386,7 @@ def main() -> int:
             log(f"seeding 1,000 customers and {args.events:,} events")
             run([PYTHON, "bench/seed.py"], env=env)
         vacuum("")  # the whole database: statistics and visibility, as after autovacuum
-        key = run([PYTHON, "manage.py", "create_api_key", "bench"], env=env,
-                  capture_output=True, text=True).stdout.strip().splitlines()[-1]  # fmt: skip
+        key = api_key_create("bench", env)
         server_env = server_environment(env, args)
         config = server_config(server_env)
         args.worker_class, args.threads = config["worker_class"], config["threads"]
@@ -503,6 +502,20 @@ def server_config(server_env: dict) -> dict:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def api_key_create(name: str, env: dict) -> str:
+    """A new runtime API key on the benchmark's database: its secret."""
+    created = run([PYTHON, "manage.py", "create_api_key", name], env=env, capture_output=True,
+                  text=True)  # fmt: skip
+    return created.stdout.strip().splitlines()[-1]
+
+
+def seeded_env() -> dict:
+    """The benchmark's environment, once `make bench BENCH_ARGS=--keep-db` has seeded it."""
+    if not database_seeded():
+        sys.exit(f"no seeded database {DB}: run `make bench BENCH_ARGS=--keep-db` first")
+    return bench_env()
 
 
 def database_seeded() -> bool:

@@ -1,6 +1,7 @@
 """What every API view shares: the error format and JSON helpers."""
 
 import datetime as dt
+import functools
 import logging
 from decimal import Decimal
 
@@ -46,6 +47,13 @@ def decimal_str(value: Decimal | None) -> str | None:
 def time_str(value: dt.datetime | None) -> str | None:
     if value is None:
         return None
+    return _time_text(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _time_text(value: dt.datetime) -> str:
+    # Cached: the hot answers repeat the same few window boundaries (equal instants in any
+    # zone are equal keys, and give the same UTC text).
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 

@@ -6,4 +6,6 @@ class CoreConfig(AppConfig):
     verbose_name = "API keys"
 
     def ready(self) -> None:
-        from . import stored_values  # noqa: F401 (registers its database check)
+        from . import postgres, stored_values  # noqa: F401 (stored_values: its database check)
+
+        postgres.connect()
