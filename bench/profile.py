@@ -197,6 +197,7 @@ def main() -> int:
     args = parser.parse_args()
     env = bench.seeded_env()
     key = bench.api_key_create("profile", env)
+    bench.port_free()
     server = subprocess.Popen(
         [str(Path(bench.PYTHON).parent / "gunicorn"), "-c", bench.SERVER_CONFIG],
         cwd=bench.ROOT, start_new_session=True,

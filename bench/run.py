@@ -22,6 +22,7 @@ import re
 import runpy
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -98,6 +99,15 @@ def bench_env() -> dict:
         "LOG_LEVEL": "WARNING",
         "CELERY_BROKER_URL": "",
     }
+
+
+def port_free() -> None:
+    """Stops the run if something already answers on the benchmark's port: a server left
+    running would be measured instead of the one this run starts (which could not bind)."""
+    with socket.socket() as probe:
+        if probe.connect_ex((HOST, PORT)) == 0:
+            sys.exit(f"{HOST}:{PORT} is in use (a server left running?): stop it, or set "
+                     "BENCH_PORT")  # fmt: skip
 
 
 def wait_http(path: str, timeout: float = 30) -> None:
@@ -392,6 +402,7 @@ def main() -> int:
         args.worker_class, args.threads = config["worker_class"], config["threads"]
         log(f"gunicorn ({SERVER_CONFIG}): {args.workers} {args.worker_class} workers "
             f"x {args.threads} threads on {HOST}:{PORT}")  # fmt: skip
+        port_free()
         server = subprocess.Popen(
             [str(Path(PYTHON).parent / "gunicorn"), "-c", SERVER_CONFIG],
             cwd=ROOT, start_new_session=True, env=server_env,
