@@ -57,6 +57,30 @@ def client():
     return _client
 
 
+def script_run(script, *, keys: list, args: list):
+    """`script(keys=keys, args=args)` (a redis-py `Script` of the shared client) with less
+    around it: one EVALSHA on a connection of the client's pool, without redis-py's retry,
+    observability and callback layers (about a fifth of the CPU of a consume's Redis call).
+    A server that does not know the script yet (restarted, flushed) gets it the usual way."""
+    from redis.exceptions import NoScriptError, ResponseError
+
+    pool = script.registered_client.connection_pool
+    connection = pool.get_connection()
+    try:
+        connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        return connection.read_response()
+    except NoScriptError:
+        pass  # answered in full: the connection stays usable
+    except ResponseError:
+        raise
+    except BaseException:
+        connection.disconnect()  # a reply may be half read: never reused as it is
+        raise
+    finally:
+        pool.release(connection)
+    return script(keys=keys, args=args)
+
+
 def failed(error: BaseException) -> None:
     """Records a failed call: Redis is skipped for RETRY_SECONDS; the listeners hear of it."""
     global _down_until

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import functools
 import logging
 import os
 import threading
@@ -168,10 +169,11 @@ def settle() -> int:
 
 
 def _script(client, name: str, source: str):
+    """The script, to be called with keys= and args=."""
     script = _scripts.get((id(client), name))
     if script is None:
         script = _scripts[(id(client), name)] = client.register_script(source)
-    return script
+    return functools.partial(shared_redis.script_run, script)
 
 
 # --- rows ---------------------------------------------------------------------------------

@@ -381,3 +381,37 @@ def test_the_thread_sends_the_ends_of_many_writes_together(mirror, customer, api
     snapshot, ticket = _reader_elsewhere(customer)
     assert snapshot is None and ticket is not None  # free to read and store again
     assert check(api)["usage"] == "5"
+
+
+def test_a_redis_that_lost_its_scripts_is_given_them_again(mirror, customer, api):
+    # Given consumes and checks that have loaded the protocol's scripts
+    assert consume(api, "2", "before")["entitlement"]["usage"] == "2"
+    assert api.get(ENTITLEMENT).json()["usage"] == "2"
+    # When Redis forgets them (a restart, SCRIPT FLUSH)
+    mirror.script_flush()
+    # Then the next calls load them again and answer as before
+    assert consume(api, "3", "after")["entitlement"]["usage"] == "5"
+    assert api.get(ENTITLEMENT).json()["usage"] == "5"
+    assert all(mirror.script_exists(script.sha) for script in snapshots._scripts.values())
+
+
+def test_a_reply_cut_short_leaves_no_connection_to_reuse(mirror, monkeypatch):
+    import redis
+
+    client = redis.Redis.from_url(mirror.test_url)
+    script = client.register_script("return ARGV[1] + 1")
+    assert shared_redis.script_run(script, keys=[], args=[1]) == 2
+    # When the connection breaks while the answer is read
+    real = redis.connection.Connection.read_response
+
+    def broken(self, *args, **kwargs):
+        raise redis.ConnectionError("Connection reset by peer")
+
+    monkeypatch.setattr(redis.connection.Connection, "read_response", broken)
+    with pytest.raises(redis.ConnectionError):
+        shared_redis.script_run(script, keys=[], args=[2])
+    # Then the connection went back to the pool closed, and the next call opens a new one
+    pooled = client.connection_pool._available_connections
+    assert pooled and all(c._sock is None for c in pooled)
+    monkeypatch.setattr(redis.connection.Connection, "read_response", real)
+    assert shared_redis.script_run(script, keys=[], args=[3]) == 4
