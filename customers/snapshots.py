@@ -170,10 +170,11 @@ def settle() -> int:
 
 def _script(client, name: str, source: str):
     """The script, to be called with keys= and args=."""
-    script = _scripts.get((id(client), name))
-    if script is None:
-        script = _scripts[(id(client), name)] = client.register_script(source)
-    return functools.partial(shared_redis.script_run, script)
+    run = _scripts.get((id(client), name))
+    if run is None:
+        script = client.register_script(source)
+        run = _scripts[(id(client), name)] = functools.partial(shared_redis.script_run, script)
+    return run
 
 
 # --- rows ---------------------------------------------------------------------------------

@@ -392,7 +392,7 @@ def test_a_redis_that_lost_its_scripts_is_given_them_again(mirror, customer, api
     # Then the next calls load them again and answer as before
     assert consume(api, "3", "after")["entitlement"]["usage"] == "5"
     assert api.get(ENTITLEMENT).json()["usage"] == "5"
-    assert all(mirror.script_exists(script.sha) for script in snapshots._scripts.values())
+    assert all(mirror.script_exists(run.args[0].sha) for run in snapshots._scripts.values())
 
 
 def test_a_reply_cut_short_leaves_no_connection_to_reuse(mirror, monkeypatch):
