@@ -153,6 +153,10 @@ HOT_REDIS_URL = env.str(
 # synchronous_commit off for that transaction): faster, and a database crash may forget the
 # last moment's consumes (never half of one). See docs/performance.md.
 USAGE_SYNCHRONOUS_COMMIT = env.bool("USAGE_SYNCHRONOUS_COMMIT", default=True)
+# The consume's call is a prepared statement of each PostgreSQL connection (planned once per
+# connection). false behind a pooler in transaction mode that does not keep prepared
+# statements (PgBouncer before 1.21, or with max_prepared_statements = 0).
+USAGE_PREPARED_STATEMENTS = env.bool("USAGE_PREPARED_STATEMENTS", default=True)
 # Usage batches take turns per bucket of customers before locking counters (0: they do not).
 USAGE_BATCH_TURNS = env.int("USAGE_BATCH_TURNS", default=64)
 # Checks answered from usage snapshots mirrored in that Redis (customers/snapshots.py).

@@ -190,11 +190,13 @@ def _consume_one_trip(pk, feature, quantity, event_id, at, properties) -> Consum
         except BaseException:
             _rollback_quietly(sql.db(), cursor)
             raise
-    (_, inserted, _, _, _, reserved, holds, _, _, went, state_version, catalog_version,
-     granted), *locked = rows  # fmt: skip
+    (_, inserted, _, _, _, reserved, holds, locked_first, _, went, state_version,
+     catalog_version, granted), *locked = rows  # fmt: skip
     if granted:
         _slow_down(key)
-    if (state_version, catalog_version) != state.version:
+    if (state_version, catalog_version) != state.version or locked_first != len(counted):
+        # Out of date, or a counter its first statement did not lock (created meanwhile): the
+        # units held were read before that counter's lock was, so nothing here is decided.
         return None
     held = (reserved, int(holds))
     counters = {

@@ -7,9 +7,12 @@ through an index on the feature alone made each consume read every customer's co
 that feature (about 0.4 ms a consume with 1,000 customers, growing with their number)."""
 
 import re
+import threading
+import time
 from datetime import timedelta
 from decimal import Decimal
 
+import psycopg
 import pytest
 from django.db import connection
 from django.utils import timezone
@@ -104,6 +107,7 @@ def _generic_plan(body: str) -> str:
     """EXPLAIN of the function's statement as PostgreSQL plans it for any parameters."""
     for number, (name, _) in enumerate(postgresql.CONSUME_FUNCTION_ARGS, start=1):
         body = re.sub(rf"\b{name}\b", f"${number}", body)
+    body = re.sub(r"\bl_locked\b", "1", body)  # the function's variable
     kinds = ", ".join(kind for _, kind in postgresql.CONSUME_FUNCTION_ARGS)
     nulls = ", ".join("NULL" for _ in postgresql.CONSUME_FUNCTION_ARGS)
     with connection.cursor() as cursor:
@@ -264,3 +268,85 @@ def test_an_earlier_version_of_the_function_is_replaced():
         )
         (arguments,) = cursor.fetchall()
     assert arguments[0].endswith("p_held_counts boolean")
+
+
+def _wait_for(what: str, query_like: str) -> None:
+    """Until another backend running `query_like` waits on `what` (a wait_event_type, or
+    PgSleep)."""
+    for _ in range(400):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                "AND query LIKE %s AND %s IN (wait_event_type, wait_event)",
+                [f"%{query_like}%", what],
+            )
+            if cursor.fetchone():
+                return
+        time.sleep(0.025)
+    raise AssertionError(f"no backend waited on {what}")
+
+
+def test_a_counter_its_first_statement_did_not_lock_is_not_decided_on(went):
+    """A counter created after the first statement ran, then locked by another writer just
+    before the second statement's lock: that statement reads the counter as the writer left
+    it, and the units held as before it. The function must not go ahead on that (it did, and
+    let a consume through that the writer's hold left no room for)."""
+    # Given a hard limit of 10 and no counter yet
+    plan = PlanFactory()
+    feature = FeatureFactory(metered=True, key="calls")
+    PlanEntitlementFactory(plan=plan, feature=feature, limit=Decimal("10"))
+    customer = CustomerFactory()
+    SubscriptionFactory(customer=customer, plan=plan)
+    # and the function pausing between its two statements (its own statements, as they are)
+    paused = postgresql.CONSUME_FUNCTION.replace(
+        "    RETURN QUERY", "    PERFORM pg_sleep(0.5);\n    RETURN QUERY", 1
+    )
+    assert paused != postgresql.CONSUME_FUNCTION
+    with connection.cursor() as cursor:
+        cursor.execute(paused)
+    answers = []
+
+    def consume():
+        try:
+            answers.append(engine.entitlement_consume(customer.external_id, "calls", "4", "c-1"))
+        finally:
+            connection.close()
+
+    params = connection.get_connection_params()
+    other = psycopg.connect(
+        **{k: params[k] for k in ("dbname", "user", "host", "port", "password") if k in params}
+    )
+    try:
+        # When a consume of 4 has run the first statement (nothing to lock) and pauses,
+        consumer = threading.Thread(target=consume)
+        consumer.start()
+        _wait_for("PgSleep", postgresql.CONSUME_FUNCTION_NAME)
+        # a hold of 1 creates the counter (committed),
+        assert engine.reservation_hold(customer.external_id, "calls", "h-1", "1").allowed
+        # another writer locks it and holds 6 more, committing once the consume waits for it
+        now = timezone.now()
+        with other.cursor() as cursor:
+            cursor.execute(
+                f"SELECT id FROM {postgresql.COUNTER} WHERE customer_id = %s FOR UPDATE",
+                [customer.pk],
+            )
+            cursor.execute(
+                f"INSERT INTO {postgresql.RESERVATION} (customer_id, feature_id, "
+                "reservation_id, quantity, status, ttl_seconds, expires_at, created_at) "
+                "VALUES (%s, %s, 'h-2', 6, 'held', 600, %s, %s)",
+                [customer.pk, feature.pk, now + timedelta(minutes=10), now],
+            )
+        _wait_for("Lock", postgresql.CONSUME_FUNCTION_NAME)
+        other.commit()
+        consumer.join(timeout=30)
+    finally:
+        other.close()
+        postgresql.functions_create()
+
+    # Then the one trip did not go ahead, and the consume was denied: 7 held leave 3
+    assert went[0] is False
+    (answer,) = answers
+    assert not answer.allowed and answer.reason == "limit_exceeded"
+    assert not UsageEvent.objects.filter(customer=customer).exists()
+    e = engine.entitlement_check(customer.external_id, "calls")
+    assert (e.usage, e.reserved, e.balance) == (0, 7, 3)

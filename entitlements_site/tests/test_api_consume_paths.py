@@ -14,6 +14,7 @@ from django.core import mail
 from django.db import connection
 
 from customers import services as customer_services
+from customers.engine.sql import postgresql
 from customers.models import Grant, Notification, UsageEvent
 
 pytestmark = [
@@ -127,3 +128,59 @@ def test_crossing_a_threshold_records_its_notification_and_sends_one_email(custo
     assert len(mail.outbox) == 1
     assert "80%" in mail.outbox[0].subject or "80%" in mail.outbox[0].body
     assert api.get(TRANSFER).json()["usage"] == "17"
+
+
+def _consume_statements() -> list[tuple]:
+    """This connection's prepared statements of the consume's call: (plans used,)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT generic_plans + custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE %s",
+            [f"%{postgresql.CONSUME_FUNCTION_NAME}%"],
+        )
+        return cursor.fetchall()
+
+
+def test_the_one_statement_is_prepared_once_per_connection(customer, api):
+    """PostgreSQL parses and plans the call once per connection, not once per consume."""
+    consume(api, "1", "warm-up")
+    for number in range(3):
+        consume(api, "0.5", f"p-{number}")
+    (used,), *others = _consume_statements()
+    assert not others and used >= 3
+    assert api.get(TRANSFER).json()["usage"] == "2.5"
+
+
+def test_without_prepared_statements_the_consume_is_the_same(customer, api, settings):
+    settings.USAGE_PREPARED_STATEMENTS = False
+    connection.close()  # a connection that never prepared it
+    consume(api, "1", "warm-up")
+    answer = consume(api, "2", "u-1")
+    assert answer["allowed"] is True and answer["entitlement"]["usage"] == "3"
+    assert _consume_statements() == []
+
+
+def test_a_prepared_statement_lost_by_the_server_costs_nothing_but_a_warning(
+    customer, api, monkeypatch, caplog
+):
+    """As behind a pooler in transaction mode: the server no longer has the statement psycopg
+    prepared. The consume that finds out runs unprepared, once, and counts once; this process
+    then stops preparing it."""
+    monkeypatch.setattr(postgresql, "_prepared_refused", False)
+    consume(api, "1", "warm-up")
+    consume(api, "1", "before")
+    with connection.cursor() as cursor:  # behind psycopg's back (it notices DEALLOCATE ALL)
+        cursor.execute("SELECT name FROM pg_prepared_statements")
+        for (name,) in cursor.fetchall():
+            cursor.execute(f'DEALLOCATE "{name}"')
+    try:
+        with caplog.at_level("WARNING", logger=postgresql.__name__):
+            answer = consume(api, "1", "after")
+        assert answer["allowed"] is True and answer["entitlement"]["usage"] == "3"
+        assert "lost a prepared statement" in caplog.text
+        assert postgresql._prepared_refused is True
+        assert consume(api, "1", "later")["entitlement"]["usage"] == "4"
+        assert UsageEvent.objects.filter(customer=customer).count() == 4
+        assert _consume_statements() == []  # nothing prepared since
+    finally:
+        connection.close()  # psycopg still counts the statement as prepared on this one
