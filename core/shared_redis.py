@@ -12,6 +12,9 @@ engine's first Redis call of the request (`rate_take`), or on its own (`rate_set
 """
 
 import logging
+import os
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -59,13 +62,12 @@ def client():
 
 def script_run(script, *, keys: list, args: list):
     """`script(keys=keys, args=args)` (a redis-py `Script` of the shared client) with less
-    around it: one EVALSHA on a connection of the client's pool, without redis-py's retry,
-    observability and callback layers (about a fifth of the CPU of a consume's Redis call).
-    A server that does not know the script yet (restarted, flushed) gets it the usual way."""
+    around it: one EVALSHA on this thread's own connection (`_thread_connection`), without
+    redis-py's pool, retry, observability and callback layers. A server that does not know
+    the script yet (restarted, flushed) gets it the usual way."""
     from redis.exceptions import NoScriptError, ResponseError
 
-    pool = script.registered_client.connection_pool
-    connection = pool.get_connection()
+    connection = _thread_connection(script.registered_client.connection_pool)
     try:
         connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
         return connection.read_response()
@@ -74,11 +76,46 @@ def script_run(script, *, keys: list, args: list):
     except ResponseError:
         raise
     except BaseException:
+        _own.connection = None
         connection.disconnect()  # a reply may be half read: never reused as it is
         raise
-    finally:
-        pool.release(connection)
     return script(keys=keys, args=args)
+
+
+# Each thread's connection for `script_run`, outside the client's pool: taking one from the
+# pool and giving it back costs a lock, a check of the process id and a poll() of the socket
+# per call (whether the server left something unread, which this connection never does: it
+# is closed after any error). Its socket blocks, with the timeout kept by the kernel
+# (SO_RCVTIMEO, SO_SNDTIMEO) instead of by Python, which polls before every send and every
+# receive: a round trip is one send and one receive, where it was five system calls, each
+# handing the GIL to another thread and back (docs/performance.md).
+_own = threading.local()
+
+
+def _thread_connection(pool):
+    own = getattr(_own, "connection", None)
+    if own is not None and own.pool is pool and own.pid == os.getpid():
+        return own
+    connection = pool.connection_class(**pool.connection_kwargs)
+    connection.connect()
+    _kernel_timeouts(connection._sock, pool.connection_kwargs.get("socket_timeout"))
+    connection.pool, connection.pid = pool, os.getpid()
+    _own.connection = connection
+    return connection
+
+
+def _kernel_timeouts(sock, seconds: float | None) -> None:
+    """The socket made blocking, its timeout kept by the kernel; as it was if it cannot be."""
+    if not seconds:
+        return
+    whole = int(seconds)
+    timeval = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    except (OSError, AttributeError):
+        return  # Python's timeout stays
+    sock.settimeout(None)
 
 
 def failed(error: BaseException) -> None:

@@ -401,6 +401,7 @@ def test_a_reply_cut_short_leaves_no_connection_to_reuse(mirror, monkeypatch):
     client = redis.Redis.from_url(mirror.test_url)
     script = client.register_script("return ARGV[1] + 1")
     assert shared_redis.script_run(script, keys=[], args=[1]) == 2
+    first = shared_redis._own.connection
     # When the connection breaks while the answer is read
     real = redis.connection.Connection.read_response
 
@@ -410,8 +411,52 @@ def test_a_reply_cut_short_leaves_no_connection_to_reuse(mirror, monkeypatch):
     monkeypatch.setattr(redis.connection.Connection, "read_response", broken)
     with pytest.raises(redis.ConnectionError):
         shared_redis.script_run(script, keys=[], args=[2])
-    # Then the connection went back to the pool closed, and the next call opens a new one
-    pooled = client.connection_pool._available_connections
-    assert pooled and all(c._sock is None for c in pooled)
+    # Then that connection is closed and forgotten, and the next call opens a new one
+    assert first._sock is None and shared_redis._own.connection is None
     monkeypatch.setattr(redis.connection.Connection, "read_response", real)
     assert shared_redis.script_run(script, keys=[], args=[3]) == 4
+    assert shared_redis._own.connection is not first
+
+
+def test_the_scripts_connection_blocks_with_the_kernel_keeping_its_timeout(mirror):
+    """One send and one receive per call (no poll() before each), and a server that stops
+    answering still costs only the timeout."""
+    import socket as sockets
+    import struct
+    import time
+
+    import hiredis
+    import redis
+
+    client = redis.Redis.from_url(mirror.test_url, socket_timeout=0.3)
+    script = client.register_script("return 7")
+    assert shared_redis.script_run(script, keys=[], args=[]) == 7
+    sock = shared_redis._own.connection._sock
+    assert sock.gettimeout() is None  # blocking: Python polls nothing
+    seconds, micros = struct.unpack(
+        "ll", sock.getsockopt(sockets.SOL_SOCKET, sockets.SO_RCVTIMEO, 16)
+    )
+    assert (seconds, micros) == (0, 300_000)
+
+    # A server that answers the handshake, then never a script (hung, or unreachable)
+    listener = sockets.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve():
+        peer, _ = listener.accept()
+        reader = hiredis.Reader()
+        with peer:
+            while data := peer.recv(65536):
+                reader.feed(data)
+                while (command := reader.gets()) is not False:
+                    if command[0].upper() != b"EVALSHA":
+                        peer.sendall(b"+OK\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    hung = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.3, protocol=2)
+    started = time.monotonic()
+    with pytest.raises(redis.RedisError):
+        shared_redis.script_run(hung.register_script("return 7"), keys=[], args=[])
+    assert 0.25 < time.monotonic() - started < 2
+    assert shared_redis._own.connection is None  # closed, not reused
+    listener.close()
