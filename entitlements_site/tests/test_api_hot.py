@@ -116,6 +116,21 @@ def test_unknown_customer_and_feature_are_404(customer, api):
     assert_error(consume(api, "teleport", quantity="1", event_id="e"), 404, "feature_not_found")
 
 
+def test_answers_say_their_length(customer, api):
+    """Every lean answer, success or error, carries its Content-Length (so the server never
+    sends it chunked, in one more write)."""
+    answers = [
+        api.get(url(feature="data-transfer")),
+        api.get(url()),
+        consume(api, quantity="1", event_id="length-1"),
+        consume(api, quantity="-1", event_id="length-2"),
+        APIClient().get(url(feature="data-transfer")),
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200, 400, 401]
+    for answer in answers:
+        assert answer["Content-Length"] == str(len(answer.content))
+
+
 def test_unknown_api_path_is_404_json(api):
     assert_error(api.get("/api/v1/nothing-here"), 404, "not_found")
 

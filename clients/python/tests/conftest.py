@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -70,8 +72,24 @@ def proxy(server_url):
 
 @pytest.fixture
 def stoppable_server(transactional_db):
-    """A live server of this test's own, to stop in the middle of it."""
+    """A live server of this test's own, to stop in the middle of it. Stopping it also closes
+    the connections its clients keep alive between requests, as a stopped process's are
+    (Django's test server would go on answering on them)."""
     server = LiveServer("127.0.0.1:0")
+    httpd, accepted = server.thread.httpd, []
+    serve, stop = httpd.process_request, server.stop
+
+    def process_request(request, client_address):
+        accepted.append(request)
+        serve(request, client_address)
+
+    def stop_and_close() -> None:
+        stop()
+        for sock in accepted:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    httpd.process_request, server.stop = process_request, stop_and_close
     yield server
     if server.thread.is_alive():
         server.stop()
