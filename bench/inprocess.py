@@ -5,15 +5,16 @@ Run `make bench BENCH_ARGS=--keep-db` once first (it seeds and keeps the databas
 
     .venv/bin/python bench/inprocess.py floor,check,consume --calls 3000
 
-Each call goes through Django's WSGI handler and the whole middleware stack (the lean hot
-path included), on one thread, against the benchmark's PostgreSQL and Redis, after every
-customer's state is cached. It reports, per call: the wall time, the CPU of this process
-(Python: the engine, Django, psycopg, redis-py) and the CPU of its PostgreSQL backend. With
-no other request in flight, these figures move by a few percent between runs, where a
-wrk run's rate moves by ten or more: they are what a change to the code path is judged by,
-in alternating runs (docs/performance.md). What they leave out is HTTP (gunicorn's parsing
-and writing, about 0.35 ms of CPU per request here) and what concurrency adds (the GIL
-changing hands, context switches, lock waits).
+Each call goes through the server's WSGI application (entitlements_site/wsgi.py: the lean
+routes ahead of Django's handler, the rest through the whole middleware stack), on one
+thread, against the benchmark's PostgreSQL and Redis, after every customer's state is
+cached. It reports, per call: the wall time, the CPU of this process (Python: the engine,
+Django, psycopg, redis-py) and the CPU of its PostgreSQL backend. With no other request in
+flight, these figures move by a few percent between runs, where a wrk run's rate moves by
+ten or more: they are what a change to the code path is judged by, in alternating runs
+(docs/performance.md). What they leave out is HTTP (gunicorn's parsing and writing, about
+0.35 ms of CPU per request here) and what concurrency adds (the GIL changing hands, context
+switches, lock waits).
 """
 
 import argparse
@@ -64,10 +65,10 @@ def _environ(kind: str, number: int, run: str, key: str) -> dict:
 
 
 def measure(kinds: list[str], calls: int, key: str) -> None:
-    from django.core.wsgi import get_wsgi_application
     from django.db import connection
 
-    application = get_wsgi_application()
+    from entitlements_site.wsgi import application  # the server's: lean routes first
+
     run = uuid.uuid4().hex[:8]
 
     def call(kind: str, number: int) -> None:

@@ -214,16 +214,26 @@ class HotPathMiddleware:
             self._resolver = resolver
         return self._routes
 
-    def __call__(self, request):
+    def lean_route(self, method: str, path: str) -> tuple[_Route, list] | None:
+        """The lean route of a request and its path values, or None: Django serves it."""
         if self.enabled:
             routes = self._routes_of(get_resolver())
-            path = request.path_info
             if routes and path.startswith(self._prefix):
-                method = request.method
                 for route in routes:
                     if method == route.method:
                         match = route.pattern.match(path)
                         if match:
-                            values = list(match.groups())
-                            return _answer(request, route.answer, values, route.with_body)
-        return self.get_response(request)
+                            return route, list(match.groups())
+        return None
+
+    def __call__(self, request):
+        found = self.lean_route(request.method, request.path_info)
+        if found is None:
+            return self.get_response(request)
+        return lean_answer(request, found)
+
+
+def lean_answer(request, found: tuple[_Route, list]) -> HttpResponse:
+    """The answer of a request on a lean route (`HotPathMiddleware.lean_route`)."""
+    route, values = found
+    return _answer(request, route.answer, values, route.with_body)

@@ -471,7 +471,10 @@ class _DeferredEnds:
             if self.pid != os.getpid():  # first use in this process (a fork has no thread)
                 self.pid = os.getpid()
                 threading.Thread(target=self._run, name="snapshot-ends", daemon=True).start()
-        self.wake.set()
+        # Set once per round of the thread (it clears the flag before it takes what is due):
+        # setting it again takes the event's lock and notifies, on every write.
+        if not self.wake.is_set():
+            self.wake.set()
 
     def take(self) -> list[int]:
         """The ends due, now owed by the caller, who sends them or gives them back."""

@@ -129,8 +129,9 @@ def _consume_dry_run(customer, feature: Feature, quantity, at) -> ConsumeResult:
 
 def _consume(customer, pk, feature, quantity, event_id, at, properties) -> ConsumeResult:
     # Unheard by Redis, the write records its debt in its transaction: the ordinary path.
-    if sql.db().consume_in_two_trips and not connection.in_atomic_block and snapshots.heard():
-        fast = _consume_one_trip(pk, feature, quantity, event_id, at, properties)
+    db = sql.db()
+    if db.consume_in_two_trips and not connection.in_atomic_block and snapshots.heard():
+        fast = _consume_one_trip(db, pk, feature, quantity, event_id, at, properties)
         if fast is None:
             fast = _consume_two_trips(pk, feature, quantity, event_id, at, properties)
         if fast is not None:
@@ -145,7 +146,7 @@ _SLOW_PAUSE = 10.0  # seconds
 _slow_seen: dict[tuple[int, int], float] = {}
 
 
-def _consume_one_trip(pk, feature, quantity, event_id, at, properties) -> ConsumeResult | None:
+def _consume_one_trip(db, pk, feature, quantity, event_id, at, properties) -> ConsumeResult | None:
     """The consume in one round trip (sql.postgresql CONSUME_ONE_TRIP) when the decision is the
     simple one (`arithmetic.consume_fast_bounds`): the statement checks the bounds under its
     locks and writes, and COMMIT follows in the same message. Answers None, having written
@@ -184,12 +185,12 @@ def _consume_one_trip(pk, feature, quantity, event_id, at, properties) -> Consum
         "properties": orjson.dumps(properties or {}).decode(),
         "now": timezone.now(),
     }
-    with connection.cursor() as cursor:
-        try:
-            rows = sql.db().consume_one_trip(cursor, params, bounds)
-        except BaseException:
-            _rollback_quietly(sql.db(), cursor)
-            raise
+    try:
+        rows = db.consume_one_trip(connection, params, bounds)
+    except BaseException:
+        with contextlib.suppress(Exception), connection.cursor() as cursor:
+            db.rollback(cursor)  # nothing to roll back if the connection is gone
+        raise
     (_, inserted, _, _, _, reserved, holds, locked_first, _, went, state_version,
      catalog_version, granted), *locked = rows  # fmt: skip
     if granted:

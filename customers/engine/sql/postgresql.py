@@ -312,9 +312,10 @@ END
 $fn$"""
 CONSUME_CALL = (
     f"SELECT * FROM {CONSUME_FUNCTION_NAME}("
-    + ", ".join(f"%({name[2:]})s::{kind}" for name, kind in CONSUME_FUNCTION_ARGS)
+    + ", ".join(f"%s::{kind}" for _, kind in CONSUME_FUNCTION_ARGS)
     + ")"
 )
+CONSUME_CALL_KEYS = tuple(name[2:] for name, _ in CONSUME_FUNCTION_ARGS)  # its values' order
 
 
 # Earlier versions of the function, with other arguments (PostgreSQL keeps each as an
@@ -362,11 +363,12 @@ HOLD_WRITE = f"""
 """
 
 
-def consume_one_trip(cursor, params: dict, bounds) -> list:
-    """One call of `CONSUME_FUNCTION` (its own transaction): its rows. `params` names the
-    customer, feature, moment, versions, the counted windows (`windows`, `starts`), the
-    effective `kind`, the event; `bounds` is the arithmetic's FastBounds. The call is a
-    prepared statement of the connection (`_prepared_cursor`) unless that is switched off."""
+def consume_one_trip(on_connection, params: dict, bounds) -> list:
+    """One call of `CONSUME_FUNCTION` (its own transaction) on a connection outside any
+    transaction: its rows. `params` names the customer, feature, moment, versions, the counted
+    windows (`windows`, `starts`), the effective `kind`, the event; `bounds` is the
+    arithmetic's FastBounds. The call is a prepared statement of the connection
+    (`_prepared_cursor`) unless that is switched off."""
     gaps = bounds.gaps
     values = {
         **params,
@@ -377,18 +379,19 @@ def consume_one_trip(cursor, params: dict, bounds) -> list:
         "windows": pg_array(params["windows"]),
         "starts": pg_array(params["starts"]),
     }
+    args = [values[key] for key in CONSUME_CALL_KEYS]
     if settings.USAGE_PREPARED_STATEMENTS and not _prepared_refused:
-        with _prepared_cursor(cursor.db) as prepared:
-            try:
-                return _consume_call(prepared, values)
-            except ProgrammingError as error:
-                if not isinstance(error.__cause__, _PREPARED_LOST):
-                    raise
-                _prepared_refuse(error)  # nothing ran: the same call, unprepared, below
-    return _consume_call(cursor, values)
+        try:
+            return _consume_call(_prepared_cursor(on_connection), args)
+        except ProgrammingError as error:
+            if not isinstance(error.__cause__, _PREPARED_LOST):
+                raise
+            _prepared_refuse(error)  # nothing ran: the same call, unprepared, below
+    with on_connection.cursor() as cursor:
+        return _consume_call(cursor, args)
 
 
-def _consume_call(cursor, values: dict) -> list:
+def _consume_call(cursor, values: list) -> list:
     try:
         cursor.execute(CONSUME_CALL, values)
     except ProgrammingError as error:
@@ -426,10 +429,17 @@ class _PreparingCursor(psycopg.Cursor):
 
 
 def _prepared_cursor(on_connection):
+    """The connection's cursor of prepared statements, made once per connection (psycopg's
+    cursor carries its own adapters: making one per consume cost as much as its statement's
+    dumping), wrapped anew each time as Django wraps its cursors."""
+    on_connection.ensure_connection()
     raw = on_connection.connection
-    if raw.prepare_threshold is None:  # Django's default: never prepare
-        raw.prepare_threshold = PREPARED_ONLY_WHEN_ASKED
-    return on_connection._prepare_cursor(_PreparingCursor(raw))
+    cursor = getattr(raw, "entitlements_prepared_cursor", None)
+    if cursor is None:
+        if raw.prepare_threshold is None:  # Django's default: never prepare
+            raw.prepare_threshold = PREPARED_ONLY_WHEN_ASKED
+        cursor = raw.entitlements_prepared_cursor = _PreparingCursor(raw)
+    return on_connection._prepare_cursor(cursor)
 
 
 def _prepared_refuse(error) -> None:
