@@ -144,7 +144,11 @@ def statements(kind: str, key: str, args) -> None:
         bench.psql(f"ALTER DATABASE {bench.DB} RESET log_min_duration_statement")
     entries = []
     for line in text.splitlines():
-        found = re.match(r"(\S+ \S+) \S+ \[(\d+)\] .*duration: ([\d.]+) ms  statement: (.*)", line)
+        # A prepared statement's execution is logged as "execute <name>: <its text>".
+        found = re.match(
+            r"(\S+ \S+) \S+ \[(\d+)\] .*duration: ([\d.]+) ms  (?:statement|execute [^:]+): (.*)",
+            line,
+        )
         if found:
             entries.append(list(found.groups()))
         elif line.startswith("\t") and entries:

@@ -11,6 +11,9 @@ import psycopg
 from django.conf import settings
 from django.db import ProgrammingError, connection
 from psycopg import errors
+from psycopg.adapt import PyFormat, Transformer
+from psycopg.generators import execute as _execute
+from psycopg.pq import ExecStatus
 
 from catalog.models import CatalogVersion
 
@@ -26,6 +29,7 @@ from ...models import (
 from ...snapshots import CounterRow
 from .common import counter_values, event_columns, versions_sql
 
+COMMAND_OK, TUPLES_OK = ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK
 # The tables, from the models (never typed into the statements).
 COUNTER = UsageCounter._meta.db_table
 GRANT = Grant._meta.db_table
@@ -316,6 +320,14 @@ CONSUME_CALL = (
     + ")"
 )
 CONSUME_CALL_KEYS = tuple(name[2:] for name, _ in CONSUME_FUNCTION_ARGS)  # its values' order
+# The same call as the connection's prepared statement (`_PreparedCall`), in PostgreSQL's
+# placeholders; the casts give the parameters their types.
+CONSUME_CALL_PREPARED = (
+    f"SELECT * FROM {CONSUME_FUNCTION_NAME}("
+    + ", ".join(f"${n}::{kind}" for n, (_, kind) in enumerate(CONSUME_FUNCTION_ARGS, 1))
+    + ")"
+).encode()
+CONSUME_CALL_NAME = b"entitlements_consume_one_trip"
 
 
 # Earlier versions of the function, with other arguments (PostgreSQL keeps each as an
@@ -374,10 +386,12 @@ def consume_one_trip(on_connection, params: dict, bounds) -> list:
         **params,
         "max_used": bounds.max_used,
         "held_counts": bounds.held_counts,
-        "gap_lo": pg_array(lo for lo, _ in gaps) if gaps else "{}",
-        "gap_hi": pg_array(hi for _, hi in gaps) if gaps else "{}",
-        "windows": pg_array(params["windows"]),
-        "starts": pg_array(params["starts"]),
+        # Array literals of a few numbers, window kinds (plain words) and instants, written
+        # directly: `pg_array`'s checks for None and types cost more than these need.
+        "gap_lo": "{" + ",".join([str(lo) for lo, _ in gaps]) + "}",
+        "gap_hi": "{" + ",".join([str(hi) for _, hi in gaps]) + "}",
+        "windows": "{" + ",".join(params["windows"]) + "}",
+        "starts": "{" + ",".join([start.isoformat() for start in params["starts"]]) + "}",
     }
     args = [values[key] for key in CONSUME_CALL_KEYS]
     if settings.USAGE_PREPARED_STATEMENTS and not _prepared_refused:
@@ -409,10 +423,7 @@ def _consume_call(cursor, values: list) -> list:
 # costs as much as a third of the function's own work: 0.51 against 0.65 ms per call with
 # its commit, pgbench -M prepared against -M simple). Django's cursors bind on the client
 # (the parameters written into the text) and its connections prepare nothing, for the sake
-# of poolers: `_prepared_cursor` is psycopg's cursor that binds on the server and asks for
-# the statement to be prepared, on the same connection, wrapped as Django wraps its own
-# (its errors, the hot path's count of statements, the debug log).
-PREPARED_ONLY_WHEN_ASKED = 2**31  # psycopg's prepare_threshold: nothing prepared unasked
+# of poolers: `_PreparedCall` prepares it on the same connection.
 # A server that does not keep the connection's prepared statements (a pooler in transaction
 # mode hands the next statement to another backend: "does not exist", or a backend that
 # already has one by that name from another client: "already exists"). Neither ran anything.
@@ -420,26 +431,65 @@ _PREPARED_LOST = (errors.InvalidSqlStatementName, errors.DuplicatePreparedStatem
 _prepared_refused = False  # once seen in this process: no more prepared statements
 
 
-class _PreparingCursor(psycopg.Cursor):
-    """Server-side binding, each statement prepared (psycopg keeps the names per connection,
-    at most `prepared_max` of them)."""
+class _PreparedCall:
+    """The consume's call as a prepared statement of the connection, sent straight through
+    psycopg's libpq connection (`pgconn`) with psycopg's own adapters and wait: a cursor's
+    execute (its state, the query's conversion, psycopg's bookkeeping of prepared statements)
+    cost as much Python as the call's parameters themselves. It is prepared on its first
+    execute on the connection (one more round trip, once). Django wraps it as one of its
+    cursors (`_prepared_cursor`): its errors, the hot path's count of statements, the debug
+    log. A failure is raised as psycopg's cursor raises it."""
 
-    def execute(self, query, params=None, *, prepare=None, binary=None):
-        return super().execute(query, params, prepare=True, binary=binary)
+    _query = None  # what Django's debug log reads of a cursor: the statement is not kept
+
+    def __init__(self, raw: psycopg.Connection):
+        self.raw = raw
+        self.transformer = Transformer(raw)
+        self.prepared = False
+        self.result = None
+
+    def execute(self, query, params: list):
+        raw, pgconn, transformer = self.raw, self.raw.pgconn, self.transformer
+        values = transformer.dump_sequence(params, _TEXT_FORMATS[: len(params)])
+        with raw.lock:
+            if not self.prepared:
+                pgconn.send_prepare(CONSUME_CALL_NAME, CONSUME_CALL_PREPARED)
+                self._result(raw.wait(_execute(pgconn)), COMMAND_OK)
+                self.prepared = True
+            pgconn.send_query_prepared(CONSUME_CALL_NAME, values)
+            self.result = self._result(raw.wait(_execute(pgconn)), TUPLES_OK)
+        return self
+
+    def _result(self, results: list, expected):
+        for result in results:
+            if result.status != expected:
+                self.result = None
+                raise errors.error_from_result(result, encoding=self.raw.info.encoding)
+        return results[-1]
+
+    def fetchall(self) -> list:
+        result, self.result = self.result, None
+        self.transformer.set_pgresult(result)
+        return self.transformer.load_rows(0, result.ntuples, tuple)
+
+    def close(self) -> None:
+        self.result = None
+
+
+_TEXT_FORMATS = [PyFormat.TEXT] * len(CONSUME_FUNCTION_ARGS)
 
 
 def _prepared_cursor(on_connection):
-    """The connection's cursor of prepared statements, made once per connection (psycopg's
-    cursor carries its own adapters: making one per consume cost as much as its statement's
-    dumping), wrapped anew each time as Django wraps its cursors."""
-    on_connection.ensure_connection()
+    """The connection's `_PreparedCall`, made once per connection, wrapped anew each time as
+    Django wraps its cursors."""
     raw = on_connection.connection
-    cursor = getattr(raw, "entitlements_prepared_cursor", None)
-    if cursor is None:
-        if raw.prepare_threshold is None:  # Django's default: never prepare
-            raw.prepare_threshold = PREPARED_ONLY_WHEN_ASKED
-        cursor = raw.entitlements_prepared_cursor = _PreparingCursor(raw)
-    return on_connection._prepare_cursor(cursor)
+    if raw is None:
+        on_connection.ensure_connection()
+        raw = on_connection.connection
+    call = getattr(raw, "entitlements_consume_call", None)
+    if call is None:
+        call = raw.entitlements_consume_call = _PreparedCall(raw)
+    return on_connection._prepare_cursor(call)
 
 
 def _prepared_refuse(error) -> None:
