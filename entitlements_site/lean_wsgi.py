@@ -18,7 +18,7 @@ the test client and `runserver` go through the middleware (core.hot.HotPathMiddl
 
 from django.conf import settings
 from django.core.handlers.exception import convert_exception_to_response
-from django.core.handlers.wsgi import WSGIRequest, get_script_name
+from django.core.handlers.wsgi import WSGIRequest, get_path_info, get_script_name
 from django.db import close_old_connections, reset_queries
 from django.middleware.security import SecurityMiddleware
 from django.urls import set_script_prefix
@@ -40,10 +40,13 @@ class LeanApplication:
         self.chain = convert_exception_to_response(SecurityMiddleware(unstorable))
 
     def __call__(self, environ, start_response):
-        request = WSGIRequest(environ)  # reads nothing of the body
-        found = self.routes.lean_route(request.method, request.path_info)
+        # The path as WSGIRequest decodes it, without making one: a WSGIRequest writes the
+        # decoded path back into the environ, which Django's handler would then misread.
+        path_info = get_path_info(environ) or "/"
+        found = self.routes.lean_route(environ["REQUEST_METHOD"].upper(), path_info)
         if found is None:
             return self.application(environ, start_response)
+        request = WSGIRequest(environ)  # reads nothing of the body
         request.lean_route = found
         set_script_prefix(get_script_name(environ))
         if settings.DEBUG:
