@@ -9,8 +9,9 @@ again when the server closes it. `LeanApplication` answers those routes itself, 
 same three middleware in the same order (SecurityMiddleware, UnstorableInputMiddleware, then
 the lean answer), each wrapped as Django wraps it (an exception becomes the same response),
 and does what the signals' receivers do that matters here: the database connections are
-checked before and after (`close_old_connections`: CONN_MAX_AGE, a connection left unusable),
-the debug query log is cleared, and an answer of 400 or more is logged as Django logs it.
+checked after the answer (`close_old_connections`: CONN_MAX_AGE, a connection left unusable;
+not before, since a lean answer reconnects a connection that died idle), the debug query log
+is cleared when debugging, and an answer of 400 or more is logged as Django logs it.
 Every other request, and every request when `API_LEAN_VIEWS` is off, goes to Django as it
 came. The same answers reach a client either way (tests/test_lean_wsgi.py compares them);
 the test client and `runserver` go through the middleware (core.hot.HotPathMiddleware).
