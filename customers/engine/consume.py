@@ -38,6 +38,7 @@ from .arithmetic import (
     entitlement_compute,
     thresholds_crossed,
 )
+from .combining import Combiner
 from .inputs import clean_event_id, clean_properties, parse_quantity, parse_timestamp
 from .ledger import (
     counters_and_grants_save,
@@ -149,7 +150,9 @@ _slow_seen: dict[tuple[int, int], float] = {}
 def _consume_one_trip(db, pk, feature, quantity, event_id, at, properties) -> ConsumeResult | None:
     """The consume in one round trip (sql.postgresql CONSUME_ONE_TRIP) when the decision is the
     simple one (`arithmetic.consume_fast_bounds`): the statement checks the bounds under its
-    locks and writes, and COMMIT follows in the same message. Answers None, having written
+    locks and writes, and COMMIT follows in the same message. The consumes of the same
+    customer's feature that this process's other threads make meanwhile share one call
+    (`_consume_together`). Answers None, having written
     nothing, when the two-trip path must decide: the state not cached or out of date, a grant
     in force, something drawn, a missing counter, or usage outside the bounds (a threshold to
     cross, or a hard limit, the units reservations hold set aside: a denial is answered from
@@ -169,24 +172,15 @@ def _consume_one_trip(db, pk, feature, quantity, event_id, at, properties) -> Co
         return None
     windows = state.windows(at)
     counted = counted_kinds(feature.pk, state.version[1])
-    params = {
-        "commit": "on" if settings.USAGE_SYNCHRONOUS_COMMIT else "off",
-        "customer": pk,
-        "feature": feature.pk,
-        "at": at,
-        "state": state.version[0],
-        "catalog": state.version[1],
-        "windows": list(counted),
-        "starts": [windows[k].start for k in counted],
-        "counted": len(counted),
-        "kind": effective_kind(terms),
-        "event_id": event_id,
-        "quantity": quantity,
-        "properties": orjson.dumps(properties or {}).decode(),
-        "now": timezone.now(),
-    }
+    starts = tuple([windows[k].start for k in counted])
+    kind = effective_kind(terms)
+    # Consumes that can share one call (`_consume_together`): the same counters, decided on
+    # the same state by the same rules.
+    together = (pk, feature.pk, state.version, counted, starts, kind, bounds.held_counts,
+                len(bounds.gaps))  # fmt: skip
+    event = (at, event_id, quantity, orjson.dumps(properties or {}).decode(), bounds)
     try:
-        rows = db.consume_one_trip(connection, params, bounds)
+        rows = _consume_together(together, event)
     except BaseException:
         with contextlib.suppress(Exception), connection.cursor() as cursor:
             db.rollback(cursor)  # nothing to roll back if the connection is gone
@@ -224,6 +218,35 @@ def _consume_one_trip(db, pk, feature, quantity, event_id, at, properties) -> Co
         return replay or consume_result(draw, before)
     _slow_down(key)
     return None  # allowed, but not as simply (a threshold to cross, overage, something drawn)
+
+
+def _consume_call(events: list[tuple]) -> list[list]:
+    """One call of the one-trip consume for `events` of one `_consume_together` key (each
+    (key, event)): each event's rows."""
+    (pk, feature, version, counted, starts, kind, held_counts, _), _ = events[0]
+    params = {
+        "commit": "on" if settings.USAGE_SYNCHRONOUS_COMMIT else "off",
+        "customer": pk,
+        "feature": feature,
+        "state": version[0],
+        "catalog": version[1],
+        "windows": list(counted),
+        "starts": list(starts),
+        "counted": len(counted),
+        "kind": kind,
+        "held_counts": held_counts,
+        "now": timezone.now(),
+    }
+    return sql.db().consume_one_trip(connection, params, [event for _, event in events])
+
+
+# This process's concurrent one-trip consumes of one customer's feature, sent as one call by
+# one of their threads (engine/combining.py): one lock turn and one commit for all of them.
+_combiner = Combiner(_consume_call)
+
+
+def _consume_together(together: tuple, event: tuple) -> list:
+    return _combiner(together, (together, event))
 
 
 def _state_loaded(pk: int) -> CustomerState | None:

@@ -287,10 +287,10 @@ def test_concurrent_consumes_in_one_statement_are_exact(monkeypatch):
     one_trip = postgresql.consume_one_trip
     went = []
 
-    def counting(cursor, params, bounds):
-        rows = one_trip(cursor, params, bounds)
-        went.append(rows[0][9])
-        return rows
+    def counting(cursor, params, events):
+        each = one_trip(cursor, params, events)
+        went.extend(rows[0][9] for rows in each)
+        return each
 
     monkeypatch.setattr(postgresql, "consume_one_trip", counting)
     results = run_together(

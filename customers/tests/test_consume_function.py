@@ -94,10 +94,10 @@ def went(monkeypatch) -> list[bool]:
     """Whether each one-trip call went ahead (the flag of its first row), in order."""
     one_trip, went = postgresql.consume_one_trip, []
 
-    def counting(cursor, params, bounds):
-        rows = one_trip(cursor, params, bounds)
-        went.append(rows[0][9])
-        return rows
+    def counting(cursor, params, events):
+        each = one_trip(cursor, params, events)
+        went.extend(rows[0][9] for rows in each)
+        return each
 
     monkeypatch.setattr(postgresql, "consume_one_trip", counting)
     return went
@@ -105,11 +105,14 @@ def went(monkeypatch) -> list[bool]:
 
 def _generic_plan(body: str) -> str:
     """EXPLAIN of the function's statement as PostgreSQL plans it for any parameters."""
-    for number, (name, _) in enumerate(postgresql.CONSUME_FUNCTION_ARGS, start=1):
+    # Its arguments and the variables each event's values are taken into
+    variables = [(name, kind) for name, kind, _ in postgresql.CONSUME_EVENT_VARIABLES]
+    parameters = [*postgresql.CONSUME_FUNCTION_ARGS, *variables]
+    for number, (name, _) in enumerate(parameters, start=1):
         body = re.sub(rf"\b{name}\b", f"${number}", body)
     body = re.sub(r"\bl_locked\b", "1", body)  # the function's variable
-    kinds = ", ".join(kind for _, kind in postgresql.CONSUME_FUNCTION_ARGS)
-    nulls = ", ".join("NULL" for _ in postgresql.CONSUME_FUNCTION_ARGS)
+    kinds = ", ".join(kind for _, kind in parameters)
+    nulls = ", ".join("NULL" for _ in parameters)
     with connection.cursor() as cursor:
         cursor.execute("SET plan_cache_mode = force_generic_plan")
         try:

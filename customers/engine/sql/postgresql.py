@@ -200,7 +200,10 @@ CONSUME_WRITE = usage_write()
 
 # The consume in ONE round trip, for the simple case (`arithmetic.consume_fast_bounds`): one
 # call of the function CONSUME_FUNCTION, in autocommit (its own transaction, committed when
-# the call ends). A PL/pgSQL function keeps its statements' plans for the connection's life:
+# the call ends), for one event or for several of one customer's feature that arrived in this
+# process together (engine/combining.py): their values in arrays, decided in turn by the
+# second statement under the first's locks, and committed together. A PL/pgSQL function
+# keeps its statements' plans for the connection's life:
 # a statement sent as text is planned again at every call, and planning these two cost more
 # than running them (about 0.7 ms of the database's CPU per consume, measured:
 # docs/performance.md). The plans are generic (for any parameters): every lookup must lead
@@ -223,20 +226,31 @@ CONSUME_WRITE = usage_write()
 # counter's `used` is within the bounds (with the units reservations hold, under a hard
 # limit: `p_held_counts`), it inserts the event and adds the quantity to those counters. So
 # the counters are locked for these statements and the commit only: no round trip and no
-# Python in between. Rows: (0, event id or NULL, .., units held, holds, counters locked
-# first, .., whether it went ahead, state version, catalog version, a grant in force), then
-# (1, counter ..) as they were before. Its plans never scan a table from end to end
-# (`enable_seqscan` off): a plan kept from the moment a table was nearly empty would otherwise
-# read every row of it once it has grown (test_consume_function).
+# Python in between. Rows, for each event in turn: (0, event id or NULL, .., units held,
+# holds, counters locked first, .., whether it went ahead, state version, catalog version, a
+# grant in force), then (1, counter ..) as they were before that event. Its plans never scan
+# a table from end to end (`enable_seqscan` off): a plan kept from the moment a table was
+# nearly empty would otherwise read every row of it once it has grown (test_consume_function).
 CONSUME_FUNCTION_NAME = "entitlements_consume_one_trip"
 CONSUME_FUNCTION_ARGS = (
-    ("p_customer", "bigint"), ("p_feature", "bigint"), ("p_at", "timestamptz"),
+    ("p_customer", "bigint"), ("p_feature", "bigint"), ("p_ats", "timestamptz[]"),
     ("p_state", "bigint"), ("p_catalog", "bigint"), ("p_windows", "varchar[]"),
     ("p_starts", "timestamptz[]"), ("p_counted", "integer"), ("p_kind", "varchar"),
-    ("p_event_id", "varchar"), ("p_quantity", "numeric"), ("p_properties", "jsonb"),
-    ("p_now", "timestamptz"), ("p_max_used", "numeric"), ("p_gap_lo", "numeric[]"),
-    ("p_gap_hi", "numeric[]"), ("p_commit", "text"), ("p_held_counts", "boolean"),
+    ("p_event_ids", "varchar[]"), ("p_quantities", "numeric[]"), ("p_properties_all", "jsonb"),
+    ("p_now", "timestamptz"), ("p_max_useds", "numeric[]"), ("p_gap_los", "numeric[]"),
+    ("p_gap_his", "numeric[]"), ("p_commit", "text"), ("p_held_counts", "boolean"),
 )  # fmt: skip
+# Each event's values, taken in turn from the arrays above (the gaps: one row each of a
+# two-dimensional array) into the function's variables that its statements read.
+CONSUME_EVENT_VARIABLES = (
+    ("p_at", "timestamptz", "p_ats[l_event]"),
+    ("p_event_id", "varchar", "p_event_ids[l_event]"),
+    ("p_quantity", "numeric", "p_quantities[l_event]"),
+    ("p_properties", "jsonb", "p_properties_all -> (l_event - 1)"),
+    ("p_max_used", "numeric", "p_max_useds[l_event]"),
+    ("p_gap_lo", "numeric[]", "p_gap_los[l_event:l_event]"),
+    ("p_gap_hi", "numeric[]", "p_gap_his[l_event:l_event]"),
+)
 CONSUME_LOCK_BODY = f"""
     SELECT count(*) FROM (
         SELECT "window", start FROM {COUNTER}
@@ -306,12 +320,18 @@ RETURNS TABLE (o_kind integer, o_id bigint, o_window varchar, o_t1 timestamptz,
 LANGUAGE plpgsql VOLATILE SET enable_seqscan = off AS $fn$
 DECLARE
     l_locked integer;  -- counted windows' counters the first statement locked
+    l_event integer;
+    {" ".join(f"{name} {kind};" for name, kind, _ in CONSUME_EVENT_VARIABLES)}
 BEGIN
     IF p_commit <> 'on' THEN
         PERFORM set_config('synchronous_commit', p_commit, true);
     END IF;
+    p_at := p_ats[1];
     {CONSUME_LOCK_BODY.strip().replace("SELECT count(*)", "SELECT count(*) INTO l_locked", 1)};
-    RETURN QUERY {CONSUME_CHECK_AND_WRITE_BODY.strip()};
+    FOR l_event IN 1 .. cardinality(p_event_ids) LOOP
+        {" ".join(f"{name} := {value};" for name, _, value in CONSUME_EVENT_VARIABLES)}
+        RETURN QUERY {CONSUME_CHECK_AND_WRITE_BODY.strip()};
+    END LOOP;
 END
 $fn$"""
 CONSUME_CALL = (
@@ -375,34 +395,63 @@ HOLD_WRITE = f"""
 """
 
 
-def consume_one_trip(on_connection, params: dict, bounds) -> list:
+def consume_one_trip(on_connection, params: dict, events: list) -> list[list]:
     """One call of `CONSUME_FUNCTION` (its own transaction) on a connection outside any
-    transaction: its rows. `params` names the customer, feature, moment, versions, the counted
-    windows (`windows`, `starts`), the effective `kind`, the event; `bounds` is the
-    arithmetic's FastBounds. The call is a prepared statement of the connection
-    (`_prepared_cursor`) unless that is switched off."""
-    gaps = bounds.gaps
+    transaction, for one or more events of one customer's feature, decided in turn under the
+    same locks and committed together: each event's rows, in order. `params` names the
+    customer, feature, versions, the counted windows (`windows`, `starts`), the effective
+    `kind`, what every event shares of the arithmetic's FastBounds (`held_counts`) and the
+    moment recorded (`now`); each event is (moment, event_id, quantity, properties as JSON
+    text, its FastBounds), all with the same counted windows' starts and number of gaps. The
+    call is a prepared statement of the connection (`_prepared_cursor`) unless that is
+    switched off."""
+    ats, event_ids, quantities, properties, bounds = zip(*events, strict=True)
+    width = len(bounds[0].gaps)
     values = {
         **params,
-        "max_used": bounds.max_used,
-        "held_counts": bounds.held_counts,
-        # Array literals of a few numbers, window kinds (plain words) and instants, written
-        # directly: `pg_array`'s checks for None and types cost more than these need.
-        "gap_lo": "{" + ",".join([str(lo) for lo, _ in gaps]) + "}",
-        "gap_hi": "{" + ",".join([str(hi) for _, hi in gaps]) + "}",
+        "ats": pg_array(ats),
+        "event_ids": pg_text_array(event_ids),
+        "quantities": "{" + ",".join([str(quantity) for quantity in quantities]) + "}",
+        "properties_all": "[" + ",".join(properties) + "]",
+        "max_useds": pg_array([each.max_used for each in bounds]),
+        "gap_los": _gap_rows(bounds, width, 0),
+        "gap_his": _gap_rows(bounds, width, 1),
+        # Array literals of window kinds (plain words) and instants, written directly:
+        # `pg_array`'s checks for None and types cost more than these need.
         "windows": "{" + ",".join(params["windows"]) + "}",
         "starts": "{" + ",".join([start.isoformat() for start in params["starts"]]) + "}",
     }
     args = [values[key] for key in CONSUME_CALL_KEYS]
+    rows = None
     if settings.USAGE_PREPARED_STATEMENTS and not _prepared_refused:
         try:
-            return _consume_call(_prepared_cursor(on_connection), args)
+            rows = _consume_call(_prepared_cursor(on_connection), args)
         except ProgrammingError as error:
             if not isinstance(error.__cause__, _PREPARED_LOST):
                 raise
             _prepared_refuse(error)  # nothing ran: the same call, unprepared, below
-    with on_connection.cursor() as cursor:
-        return _consume_call(cursor, args)
+    if rows is None:
+        with on_connection.cursor() as cursor:
+            rows = _consume_call(cursor, args)
+    each = []
+    for row in rows:  # each event's first row (0, ..) and then its counters' (1, ..)
+        if row[0] == 0:
+            each.append([row])
+        else:
+            each[-1].append(row)
+    return each
+
+
+def _gap_rows(bounds, width: int, side: int) -> str:
+    """The events' gaps' lower (`side` 0) or upper (1) ends: a two-dimensional array literal,
+    one row per event, `width` gaps each (or an empty array when there are none)."""
+    if not width:
+        return "{}"
+    return (
+        "{"
+        + ",".join(["{" + ",".join([str(gap[side]) for gap in b.gaps]) + "}" for b in bounds])
+        + "}"
+    )
 
 
 def _consume_call(cursor, values: list) -> list:
