@@ -45,6 +45,7 @@ from .ledger import (
     counters_lock,
     draw_rows,
     draws_insert,
+    event_recorded,
     events_insert,
     grants_lock,
     reservations_held,
@@ -425,11 +426,8 @@ def _consume_keys(state: CustomerState, pk: int, feature: Feature, at) -> dict[t
 
 def _replay(customer, feature, quantity, event_id, at, state) -> ConsumeResult | None:
     """The first outcome of an event_id already recorded, or None if it is new."""
-    event = (
-        UsageEvent.objects.filter(customer=customer, event_id=event_id)
-        .only("feature_id", "quantity")
-        .first()
-    )
+    pk = customer if isinstance(customer, int) else customer.pk
+    event = event_recorded(pk, event_id, UsageEvent.objects.only("feature_id", "quantity"))
     if event is None:
         return None
     if event.feature_id != feature.pk or (

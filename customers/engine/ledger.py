@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from django.db import OperationalError, connection
 from django.utils import timezone
 
-from ..models import Grant, Reservation, ReservationStatus, UsageCounter
+from ..models import Grant, Reservation, ReservationStatus, UsageCounter, UsageEvent
 from ..periods import Window
 from ..snapshots import CounterRow, GrantRow
 from . import sql
@@ -119,6 +119,16 @@ def draws_insert(rows: list[tuple]) -> None:
     """Records `draw_rows` (one statement; nothing when there are none)."""
     if rows:
         sql.db().draws_insert(rows)
+
+
+def event_recorded(customer_id: int, event_id: str, events=None) -> UsageEvent | None:
+    """The customer's event of that `event_id` (from `events`, a queryset of UsageEvent), or
+    None: looked up by the unique (customer, event_id) index, whatever the statistics say of
+    the customer (`sql.unplanned`)."""
+    events = UsageEvent.objects if events is None else events
+    found = events.filter(customer_id=sql.unplanned(customer_id), event_id=event_id)
+    found = found.order_by()[:1]
+    return next(iter(found), None)
 
 
 def retrying_deadlocks(attempt):

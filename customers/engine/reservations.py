@@ -45,6 +45,7 @@ from .ledger import (
     counters_and_grants_save,
     draw_rows,
     draws_insert,
+    event_recorded,
     events_insert,
     retrying_deadlocks,
     usage_after,
@@ -356,11 +357,7 @@ def _still_held(reservation: Reservation, at: dt.datetime) -> None:
 def _event_of(pk: int, feature: Feature, event_id: str, recorded: Decimal) -> int:
     """The usage event already recorded under a committed reservation's id, if it is the same
     usage; else Conflict."""
-    event = (
-        UsageEvent.objects.filter(customer_id=pk, event_id=event_id)
-        .only("pk", "feature_id", "quantity")
-        .first()
-    )
+    event = event_recorded(pk, event_id, UsageEvent.objects.only("pk", "feature_id", "quantity"))
     if event.feature_id != feature.pk or (
         feature.aggregation == SUM and event.quantity != recorded
     ):

@@ -33,7 +33,12 @@ from ..models import (
 from ..periods import Window
 from ..snapshots import GrantRow
 from .arithmetic import LATEST, Entitlement, reversal_apply
-from .ledger import counters_and_grants_save, counters_lock, retrying_deadlocks
+from .ledger import (
+    counters_and_grants_save,
+    counters_lock,
+    event_recorded,
+    retrying_deadlocks,
+)
 from .reads import entitlement_check
 from .sql.common import GRANT_ROW
 from .state import customer_pk, customer_state
@@ -99,7 +104,7 @@ def _event_get(customer_id: int, event_id: str, *, lock: bool = False) -> UsageE
     events = UsageEvent.objects.select_related("feature", "customer")
     if lock:
         events = events.select_for_update(of=("self",))
-    event = events.filter(customer_id=customer_id, event_id=event_id).first()
+    event = event_recorded(customer_id, event_id, events)
     if event is None:
         raise NotFound(f"No usage event {event_id!r} for this customer.", code="event_not_found")
     if event.feature.aggregation == LATEST:

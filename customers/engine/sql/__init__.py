@@ -21,9 +21,16 @@ SQL that both run as written is in `common`. Table names come from the models' `
 from django.db import connection
 
 from . import postgresql, sqlite
-from .common import counter_values, db_decimal, db_time, usage_snapshot
+from .common import counter_values, db_decimal, db_time, unplanned, usage_snapshot
 
-__all__ = ["counter_values", "db", "db_decimal", "db_time", "usage_snapshot"]
+__all__ = [
+    "counter_values",
+    "db",
+    "db_decimal",
+    "db_time",
+    "unplanned",
+    "usage_snapshot",
+]
 
 
 def db():

@@ -8,6 +8,7 @@ import datetime as dt
 from decimal import Decimal
 
 from django.db import connection
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -23,6 +24,16 @@ from ...models import (
     UsageEvent,
 )
 from ...snapshots import CounterRow, GrantRow, HeldRow, Snapshot
+
+
+def unplanned(value) -> RawSQL:
+    """`value` as a scalar subquery, which the planner plans for any value: a lookup by the
+    unique (customer, event_id) index then costs one row whatever its statistics say of that
+    customer. With the value itself, PostgreSQL may serve the lookup from the (customer,
+    feature, time) index instead, filtering the customer's events one by one, when its
+    statistics still take that customer for a small one (12 ms for a replay on a customer
+    grown to 50,000 events since the table's last ANALYZE; it grows with the customer)."""
+    return RawSQL("SELECT %s", (value,))
 
 
 def usage_snapshot(customer_id: int, feature_id: int | None, at: dt.datetime) -> Snapshot:
