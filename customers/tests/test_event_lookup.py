@@ -57,11 +57,8 @@ def test_the_lookup_by_event_id_uses_the_unique_index_whatever_the_statistics():
     assert "Rows Removed by Filter: 19999" in _plan(plain.order_by()[:1])
     # when its newest event is looked up by its event_id
     found = event_recorded(grown.pk, "n-0")
-    plan = _plan(
-        UsageEvent.objects.filter(
-            customer_id=sql.unplanned(grown.pk), event_id="n-0"
-        ).order_by()[:1]
-    )
+    lookup = UsageEvent.objects.filter(customer_id=sql.unplanned(grown.pk), event_id="n-0")
+    plan = _plan(lookup.order_by()[:1])
 
     # then it is found through the unique index, reading no other event of the customer
     assert found is not None and found.event_id == "n-0"
