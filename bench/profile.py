@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run as bench  # noqa: E402  (bench/run.py: the same server, scenarios and wrk)
 
-CONSUME_FUNCTION_NAME = "entitlements_consume_one_trip"  # customers/engine/sql/postgresql.py
+CONSUME_FUNCTION_NAME = "entitlements_consume_events"  # customers/engine/sql/postgresql.py
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -243,7 +243,11 @@ def _consume_call(events: list[tuple]) -> list[list]:
 
 # This process's concurrent one-trip consumes of one customer's feature, sent as one call by
 # one of their threads (engine/combining.py): one lock turn and one commit for all of them.
-_combiner = Combiner(_consume_call)
+_combiner = Combiner(
+    _consume_call,
+    # The server refused the call (its error has a SQLSTATE): its transaction wrote nothing.
+    resend=lambda error: getattr(error.__cause__, "sqlstate", None) is not None,
+)
 
 
 def _consume_together(together: tuple, event: tuple) -> list:

@@ -29,9 +29,17 @@ class Recorder:
         return [value * 2 for _, value in items]
 
 
+def _refused(error) -> bool:
+    """The recorder's failure wrote nothing (a refusal); any other error may have."""
+    return isinstance(error, RuntimeError)
+
+
 def _threads(combiner, key, values, answers) -> list[threading.Thread]:
     def run(value):
-        answers[value] = combiner(key, (key, value))
+        try:
+            answers[value] = combiner(key, (key, value))
+        except Exception as error:  # noqa: BLE001 (the test reads it)
+            answers[value] = error
 
     threads = [threading.Thread(target=run, args=(v,)) for v in values]
     for thread in threads:
@@ -48,7 +56,7 @@ def _wait_until_waiting(combiner, key, count: int) -> None:
 
 def test_one_call_alone_carries_its_own_item():
     recorder = Recorder()
-    combiner = Combiner(recorder)
+    combiner = Combiner(recorder, resend=_refused)
 
     assert combiner("k", ("k", 21)) == 42
     assert recorder.batches == [[("k", 21)]]
@@ -58,7 +66,7 @@ def test_one_call_alone_carries_its_own_item():
 def test_calls_arriving_while_one_of_their_key_runs_share_the_next_call():
     # Given a call of key "slow" under way
     recorder = Recorder()
-    combiner = Combiner(recorder)
+    combiner = Combiner(recorder, resend=_refused)
     answers = {}
     first = _threads(combiner, "slow", [1], answers)
     assert recorder.started.wait(10)
@@ -81,7 +89,7 @@ def test_calls_arriving_while_one_of_their_key_runs_share_the_next_call():
 def test_no_call_carries_more_than_the_most(monkeypatch):
     monkeypatch.setattr(combining, "MOST", 3)
     recorder = Recorder()
-    combiner = Combiner(recorder)
+    combiner = Combiner(recorder, resend=_refused)
     answers = {}
     first = _threads(combiner, "slow", [0], answers)
     assert recorder.started.wait(10)
@@ -98,7 +106,7 @@ def test_no_call_carries_more_than_the_most(monkeypatch):
 def test_a_failed_call_of_several_is_sent_again_one_item_each():
     # Given calls of several items that fail (one of them is bad), and single ones that do not
     recorder = Recorder(fail_batches=True)
-    combiner = Combiner(recorder)
+    combiner = Combiner(recorder, resend=_refused)
     answers = {}
     first = _threads(combiner, "slow", [1], answers)
     assert recorder.started.wait(10)
@@ -118,7 +126,34 @@ def test_a_failed_call_of_one_raises_to_its_caller_and_frees_the_key():
     def failing(items):
         raise ValueError("bad")
 
-    combiner = Combiner(failing)
+    combiner = Combiner(failing, resend=_refused)
     with pytest.raises(ValueError, match="bad"):
         combiner("k", ("k", 1))
+    assert combiner._waiting == {}
+
+
+def test_a_call_of_several_that_may_have_written_fails_every_caller_alike():
+    # Given calls of several items that fail in a way that may have written (not a refusal)
+    recorder = Recorder(fail_batches=True)
+
+    def lost(items):
+        try:
+            return recorder(items)
+        except RuntimeError:
+            raise ConnectionError("lost mid-call") from None
+
+    combiner = Combiner(lost, resend=_refused)
+    answers = {}
+    first = _threads(combiner, "slow", [1], answers)
+    assert recorder.started.wait(10)
+    others = _threads(combiner, "slow", [2, 3, 4], answers)
+    _wait_until_waiting(combiner, "slow", 3)
+    recorder.release.set()
+    for thread in first + others:
+        thread.join(10)
+
+    # then none of them was sent again: each raised that error
+    assert answers[1] == 2
+    assert all(isinstance(answers[n], ConnectionError) for n in (2, 3, 4)), answers
+    assert [len(batch) for batch in recorder.batches] == [1, 3]
     assert combiner._waiting == {}

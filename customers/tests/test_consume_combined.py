@@ -43,9 +43,8 @@ def calls(monkeypatch) -> list[list[str]]:
 @pytest.fixture
 def paused():
     """The function pausing 0.5 s before its locks, once per call."""
-    slow = postgresql.CONSUME_FUNCTION.replace(
-        "    p_at := p_ats[1];", "    PERFORM pg_sleep(0.5);\n    p_at := p_ats[1];", 1
-    )
+    lock = "    SELECT count(*) INTO l_locked"
+    slow = postgresql.CONSUME_FUNCTION.replace(lock, f"    PERFORM pg_sleep(0.5);\n{lock}", 1)
     assert slow != postgresql.CONSUME_FUNCTION
     with connection.cursor() as cursor:
         cursor.execute(slow)
@@ -53,12 +52,18 @@ def paused():
     postgresql.functions_create()
 
 
-def customer_with(limit: str):
-    """A customer on a hard limit of `limit` without thresholds to notify (so that every
-    consume within it stays in the one trip), its state warm in this process."""
+def customer_with(limit: str | None, **terms):
+    """A customer on a hard limit of `limit` (None: unlimited) without thresholds to notify
+    unless `terms` has some (so that every consume within it stays in the one trip), its
+    state warm in this process."""
     plan = PlanFactory()
     feature = FeatureFactory(metered=True, key=f"calls-{plan.pk}")
-    PlanEntitlementFactory(plan=plan, feature=feature, limit=Decimal(limit), notify_at=[])
+    terms = {"notify_at": [], **terms}
+    if limit is None:
+        terms.update(unlimited=True, limit=None)
+    else:
+        terms["limit"] = Decimal(limit)
+    PlanEntitlementFactory(plan=plan, feature=feature, **terms)
     customer = CustomerFactory()
     SubscriptionFactory(customer=customer, plan=plan, started_at=START)
     assert engine.entitlement_consume(customer, feature.key, "1", "warm", timestamp=AT).allowed
@@ -155,6 +160,35 @@ def test_one_call_of_many_consumes_allows_exactly_what_the_hard_limit_leaves(cal
     assert sorted(
         UsageEvent.objects.filter(customer=customer).values_list("event_id", flat=True)
     ) == sorted(["warm", *allowed])
+
+
+@pytest.mark.parametrize(
+    ("limit", "terms"),
+    [("1000", {"notify_at": [50, 80, 100]}), (None, {})],
+    ids=["thresholds ahead", "unlimited"],
+)
+def test_consumes_with_thresholds_ahead_or_without_a_limit_share_one_call(
+    calls, paused, limit, terms
+):
+    # Given 1 used, with thresholds still far ahead (or no limit), and a consume under way
+    customer, feature = customer_with(limit, **terms)
+    calls.clear()
+    first = {"quantity": "1", "event_id": "t-0", "timestamp": AT}
+    # when five more arrive meanwhile
+    following = [
+        {"quantity": str(n), "event_id": f"t-{n}", "timestamp": AT + timedelta(seconds=n)}
+        for n in range(1, 6)
+    ]
+    answers = consume_behind_a_running_call(customer, feature, first, following)
+
+    # then they went in one call, every one allowed, each answer its own usage
+    assert [len(call) for call in calls] == [1, 5]
+    assert all(a[0].allowed and not a[0].replayed for a in answers.values())
+    used = Decimal(2)
+    for event_id in calls[1]:
+        used += Decimal(event_id[2:])
+        assert answers[event_id][0].entitlement.usage == used
+    assert period_counter(customer, feature).used == used == 17
 
 
 def test_a_consume_that_arrives_alone_is_a_call_of_its_own(calls):

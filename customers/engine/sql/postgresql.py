@@ -208,30 +208,34 @@ CONSUME_WRITE = usage_write()
 # than running them (about 0.7 ms of the database's CPU per consume, measured:
 # docs/performance.md). The plans are generic (for any parameters): every lookup must lead
 # with the customer (test_consume_function_plans checks them).
-# Its first statement locks the counters of every window containing the moment; the second
-# checks and writes. In a VOLATILE function each statement takes its own snapshot (READ
-# COMMITTED), so the second, started once the first holds the locks, reads the versions, the
-# grants in force, the reservations held and the counters as the last writer left them (a
-# hold takes the same counter locks). It locks the counters again: no wait for those the
-# first holds, and a counter created after the first started is locked before it is checked
-# (without that, two consumes could both pass the check on its snapshot: test_concurrency's
-# fifty consumes against twenty allowed 23). But such a counter may have been locked by
-# another writer between the second statement's snapshot and its lock: the counter is then
-# read as that writer left it, and the rest (the reservations held) as before it. So the
-# function goes ahead only if the first statement locked every counted window's counter
-# (`l_locked`, answered in the first row); otherwise the engine decides on another path (a
-# hold made that way once let 51 holds and 50 consumes through against a balance of 100).
-# When the versions are those of the state the engine decided on, every counted window's
-# counter is there, no grant is in force (`granted`), nothing was drawn and the effective
-# counter's `used` is within the bounds (with the units reservations hold, under a hard
-# limit: `p_held_counts`), it inserts the event and adds the quantity to those counters. So
-# the counters are locked for these statements and the commit only: no round trip and no
-# Python in between. Rows, for each event in turn: (0, event id or NULL, .., units held,
-# holds, counters locked first, .., whether it went ahead, state version, catalog version, a
-# grant in force), then (1, counter ..) as they were before that event. Its plans never scan
-# a table from end to end (`enable_seqscan` off): a plan kept from the moment a table was
-# nearly empty would otherwise read every row of it once it has grown (test_consume_function).
-CONSUME_FUNCTION_NAME = "entitlements_consume_one_trip"
+# Its first statement locks the counters of every window containing the moment (any of the call's
+# moments); the second checks and writes. In a VOLATILE function each statement takes its own
+# snapshot (READ COMMITTED), so the second, started once the first holds the locks, reads the
+# versions, the grants in force, the reservations held and the counters as the last writer left them
+# (a hold takes the same counter locks). It locks the counters again: no wait for those the first
+# holds, and a counter created after the first started is locked before it is checked (without that,
+# two consumes could both pass the check on its snapshot: test_concurrency's fifty consumes against
+# twenty allowed 23). But such a counter may have been locked by another writer between the second
+# statement's snapshot and its lock: the counter is then read as that writer left it, and the rest
+# (the reservations held) as before it. So the function goes ahead only if the first statement
+# locked every counted window's counter (`l_locked`, answered in the first row); otherwise the
+# engine decides on another path (a hold made that way once let 51 holds and 50 consumes through
+# against a balance of 100). When the versions are those of the state the engine decided on, every
+# counted window's counter is there, no grant is in force (`granted`), nothing was drawn and the
+# effective counter's `used` is within the bounds (with the units reservations hold, under a hard
+# limit: `p_held_counts`), it inserts the event and adds the quantity to those counters. So the
+# counters are locked for these statements and the commit only: no round trip and no Python in
+# between. Rows, for each event in turn: (0, event id or NULL, .., units held, holds, counters
+# locked first, .., whether it went ahead, state version, catalog version, a grant in force), then
+# (1, counter ..) as they were before that event. Its plans never scan a table from end to end
+# (`enable_seqscan` off): a plan kept from the moment a table was nearly empty would otherwise read
+# every row of it once it has grown (test_consume_function). Named anew when its arguments changed
+# to arrays (one event or several per call): during a deploy, workers of the version before call the
+# earlier name and recreate it if missing, never touching this one (with one name, each version's
+# `functions_create` dropped the other's overload, back and forth, until the last old worker
+# stopped).
+CONSUME_FUNCTION_NAME = "entitlements_consume_events"
+CONSUME_FUNCTION_EARLIER = "entitlements_consume_one_trip"  # one event per call
 CONSUME_FUNCTION_ARGS = (
     ("p_customer", "bigint"), ("p_feature", "bigint"), ("p_ats", "timestamptz[]"),
     ("p_state", "bigint"), ("p_catalog", "bigint"), ("p_windows", "varchar[]"),
@@ -251,11 +255,14 @@ CONSUME_EVENT_VARIABLES = (
     ("p_gap_lo", "numeric[]", "p_gap_los[l_event:l_event]"),
     ("p_gap_hi", "numeric[]", "p_gap_his[l_event:l_event]"),
 )
+# It locks the counters of every window containing any of the call's moments: all that the
+# second statement locks again for each event, so none is locked out of key order.
 CONSUME_LOCK_BODY = f"""
     SELECT count(*) FROM (
         SELECT "window", start FROM {COUNTER}
          WHERE customer_id = p_customer AND feature_id = p_feature
-               AND start <= p_at AND "end" > p_at
+               AND start <= (SELECT max(a) FROM unnest(p_ats) AS a)
+               AND "end" > (SELECT min(a) FROM unnest(p_ats) AS a)
          ORDER BY customer_id, feature_id, "window", start FOR UPDATE
     ) AS l JOIN unnest(p_windows, p_starts) AS w(win, start)
             ON l."window" = w.win AND l.start = w.start"""
@@ -326,7 +333,6 @@ BEGIN
     IF p_commit <> 'on' THEN
         PERFORM set_config('synchronous_commit', p_commit, true);
     END IF;
-    p_at := p_ats[1];
     {CONSUME_LOCK_BODY.strip().replace("SELECT count(*)", "SELECT count(*) INTO l_locked", 1)};
     FOR l_event IN 1 .. cardinality(p_event_ids) LOOP
         {" ".join(f"{name} := {value};" for name, _, value in CONSUME_EVENT_VARIABLES)}
@@ -347,20 +353,21 @@ CONSUME_CALL_PREPARED = (
     + ", ".join(f"${n}::{kind}" for n, (_, kind) in enumerate(CONSUME_FUNCTION_ARGS, 1))
     + ")"
 ).encode()
-CONSUME_CALL_NAME = b"entitlements_consume_one_trip"
+CONSUME_CALL_NAME = CONSUME_FUNCTION_NAME.encode()
 
 
 # Earlier versions of the function, with other arguments (PostgreSQL keeps each as an
-# overload of the name): dropped before the current one is created.
+# overload of the name), and the function of its earlier name: dropped before the current one
+# is created.
 FUNCTIONS_OUTDATED = f"""
 DO $do$
 DECLARE outdated regprocedure;
 BEGIN
     FOR outdated IN
         SELECT oid::regprocedure FROM pg_proc
-         WHERE proname = '{CONSUME_FUNCTION_NAME}'
-           AND pronamespace = current_schema()::regnamespace
-           AND oid IS DISTINCT FROM to_regprocedure(%s)
+         WHERE pronamespace = current_schema()::regnamespace
+           AND ((proname = '{CONSUME_FUNCTION_NAME}' AND oid IS DISTINCT FROM to_regprocedure(%s))
+                OR proname = '{CONSUME_FUNCTION_EARLIER}')
     LOOP
         EXECUTE 'DROP FUNCTION ' || outdated;
     END LOOP;
