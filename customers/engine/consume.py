@@ -153,11 +153,11 @@ def _consume_one_trip(db, pk, feature, quantity, event_id, at, properties) -> Co
     simple one (`arithmetic.consume_fast_bounds`): the statement checks the bounds under its
     locks and writes, and COMMIT follows in the same message. The consumes of the same
     customer's feature that this process's other threads make meanwhile share one call
-    (`_consume_together`). Answers None, having written
-    nothing, when the two-trip path must decide: the state not cached or out of date, a grant
-    in force, something drawn, a missing counter, or usage outside the bounds (a threshold to
-    cross, or a hard limit, the units reservations hold set aside: a denial is answered from
-    the counters it locked and the holds it read)."""
+    (`_consume_together`). Answers None, having written nothing, when the two-trip path must
+    decide: the state not cached or out of date, a grant in force, something drawn, a missing
+    counter, or usage outside the bounds (a threshold to cross, or a hard limit, the units
+    reservations hold set aside: a denial is answered from the counters it locked and the
+    holds it read)."""
     state = state_cached(pk)
     if state is None or state.version is None:
         # Not yet seen by this process: loaded once, then the one trip as for any other.

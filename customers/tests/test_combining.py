@@ -54,6 +54,22 @@ def _wait_until_waiting(combiner, key, count: int) -> None:
         time.sleep(0.005)
 
 
+def _behind_a_slow_call(combiner, recorder, first, following, meanwhile=None) -> dict:
+    """`first`'s call of key "slow" under way, then the `following` values arriving and
+    queueing behind it (and `meanwhile()` run), then the call released: every answer."""
+    answers = {}
+    threads = _threads(combiner, "slow", [first], answers)
+    assert recorder.started.wait(10)
+    threads += _threads(combiner, "slow", following, answers)
+    _wait_until_waiting(combiner, "slow", len(following))
+    if meanwhile is not None:
+        meanwhile()
+    recorder.release.set()
+    for thread in threads:
+        thread.join(10)
+    return answers
+
+
 def test_one_call_alone_carries_its_own_item():
     recorder = Recorder()
     combiner = Combiner(recorder, resend=_refused)
@@ -67,16 +83,12 @@ def test_calls_arriving_while_one_of_their_key_runs_share_the_next_call():
     # Given a call of key "slow" under way
     recorder = Recorder()
     combiner = Combiner(recorder, resend=_refused)
-    answers = {}
-    first = _threads(combiner, "slow", [1], answers)
-    assert recorder.started.wait(10)
     # when five more of that key arrive, and one of another key
-    others = _threads(combiner, "slow", [2, 3, 4, 5, 6], answers)
-    _wait_until_waiting(combiner, "slow", 5)
-    assert combiner("fast", ("fast", 7)) == 14  # another key never waits
-    recorder.release.set()
-    for thread in first + others:
-        thread.join(10)
+    fast = []
+    answers = _behind_a_slow_call(
+        combiner, recorder, 1, [2, 3, 4, 5, 6], lambda: fast.append(combiner("fast", ("fast", 7)))
+    )
+    assert fast == [14]  # another key never waits
 
     # then the five went in one call, and each got its own answer
     slow = [batch for batch in recorder.batches if batch[0][0] == "slow"]
@@ -90,14 +102,7 @@ def test_no_call_carries_more_than_the_most(monkeypatch):
     monkeypatch.setattr(combining, "MOST", 3)
     recorder = Recorder()
     combiner = Combiner(recorder, resend=_refused)
-    answers = {}
-    first = _threads(combiner, "slow", [0], answers)
-    assert recorder.started.wait(10)
-    others = _threads(combiner, "slow", list(range(1, 8)), answers)
-    _wait_until_waiting(combiner, "slow", 7)
-    recorder.release.set()
-    for thread in first + others:
-        thread.join(10)
+    answers = _behind_a_slow_call(combiner, recorder, 0, list(range(1, 8)))
 
     assert [len(batch) for batch in recorder.batches] == [1, 3, 3, 1]
     assert answers == {n: 2 * n for n in range(8)}
@@ -107,14 +112,7 @@ def test_a_failed_call_of_several_is_sent_again_one_item_each():
     # Given calls of several items that fail (one of them is bad), and single ones that do not
     recorder = Recorder(fail_batches=True)
     combiner = Combiner(recorder, resend=_refused)
-    answers = {}
-    first = _threads(combiner, "slow", [1], answers)
-    assert recorder.started.wait(10)
-    others = _threads(combiner, "slow", [2, 3, 4], answers)
-    _wait_until_waiting(combiner, "slow", 3)
-    recorder.release.set()
-    for thread in first + others:
-        thread.join(10)
+    answers = _behind_a_slow_call(combiner, recorder, 1, [2, 3, 4])
 
     # then every item got its own answer from a call of its own
     assert answers == {1: 2, 2: 4, 3: 6, 4: 8}
@@ -143,14 +141,7 @@ def test_a_call_of_several_that_may_have_written_fails_every_caller_alike():
             raise ConnectionError("lost mid-call") from None
 
     combiner = Combiner(lost, resend=_refused)
-    answers = {}
-    first = _threads(combiner, "slow", [1], answers)
-    assert recorder.started.wait(10)
-    others = _threads(combiner, "slow", [2, 3, 4], answers)
-    _wait_until_waiting(combiner, "slow", 3)
-    recorder.release.set()
-    for thread in first + others:
-        thread.join(10)
+    answers = _behind_a_slow_call(combiner, recorder, 1, [2, 3, 4])
 
     # then none of them was sent again: each raised that error
     assert answers[1] == 2
