@@ -6,14 +6,19 @@ Run `make bench BENCH_ARGS=--keep-db` once first (it seeds and keeps the databas
     .venv/bin/python bench/profile.py cpu consume_hot           # CPU per request, by process
     .venv/bin/python bench/profile.py statements consume_hot    # PostgreSQL time per statement
     .venv/bin/python bench/profile.py cpu consume --seconds 15 --workers 2 --worker-class gthread
+    .venv/bin/python bench/profile.py cpu ingest --seconds 20     # CPU per 1,000 events ingested
 
-It starts gunicorn with the production config (as `make bench` does), warms every worker's
-cache, then runs one wrk scenario (bench/run.py's: floor, check, check_all, consume_hot,
-consume) and reports:
+It starts gunicorn with the production config (as `make bench` does, but with connections
+kept for the whole run), warms every worker's cache, then runs each wrk scenario named
+(bench/run.py's: floor, check, check_all, consume_hot, consume), each after a VACUUM of the
+usage counters as `make bench` runs one (`--no-vacuum`: none), and reports:
 
-- `cpu`: the CPU time of the gunicorn workers, the database's backends, Redis and wrk
-  (/proc/<pid>/stat) divided by the requests answered: what each request costs each process,
-  whatever the machine's load (which a rate does not say);
+- `cpu`: the CPU time of the gunicorn workers, the database's backends, Redis
+  (/proc/<pid>/stat) and wrk (its resource usage once ended) divided by the requests
+  answered: what each request costs each process, whatever the machine's load (which a rate
+  does not say), with the whole machine's busy CPU and the share of a core its host took
+  (`steal`, on a virtual machine); `ingest` (not a wrk scenario) is bench/run.py's
+  ingestion, per 1,000 events;
 - `statements`: with `log_min_duration_statement = 0` on the benchmark database only (reset
   afterwards), each statement's duration as PostgreSQL logged it, by kind, and for consumes
   the time from the locking statement's start to the end of the commit (waits for the lock
@@ -25,6 +30,7 @@ consume) and reports:
 import argparse
 import os
 import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -59,28 +65,57 @@ def _cpu_by_group(workers: set[int]) -> dict[tuple[str, int], float]:
             group = f"postgres backends ({bench.DB})"
         elif name.startswith("redis"):
             group = "redis"
-        elif name == "wrk":
-            group = "wrk"
         else:
             continue
         found[(group, int(pid))] = seconds
     return found
 
 
+def _machine_cpu() -> tuple[float, float]:
+    """The whole machine's busy CPU seconds (every process and the kernel) and the seconds
+    its virtual CPUs waited for the host (`steal`), from /proc/stat."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _, _, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq) / TICKS, steal / TICKS
+
+
+def _clients_cpu() -> float:
+    """The CPU seconds of this process's children that have ended and been waited for: wrk
+    and the ingestion's client processes (gone before `_cpu_by_group` could read them)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 def cpu(kind: str, key: str, args, workers: set[int]) -> None:
-    bench.wrk_run(kind, key, 2, args.connections)
+    """CPU per request by process while wrk runs `kind`; `ingest`: per 1,000 events while
+    the benchmark's clients post batches of 1,000 (bench/run.py's ingestion)."""
+    if kind == "ingest":
+        bench.ingest(key, 2, args.ingest_clients)
+    else:
+        bench.wrk_run(kind, key, 2, args.connections)
     before, started = _cpu_by_group(workers), time.time()
-    figures = bench.wrk_figures(bench.wrk_run(kind, key, args.seconds, args.connections))
+    machine_before, clients_before = _machine_cpu(), _clients_cpu()
+    if kind == "ingest":
+        figures = bench.ingest(key, args.seconds, args.ingest_clients)
+        requests, unit = figures["events"] / 1000, "1,000 events"
+        print(f"ingest: {figures['events_per_s']:,.0f} events/s, {args.ingest_clients} "
+              f"clients, load {os.getloadavg()[0]:.2f}")  # fmt: skip
+    else:
+        figures = bench.wrk_figures(bench.wrk_run(kind, key, args.seconds, args.connections))
+        requests, unit = figures["rps"] * args.seconds, "request"
+        print(f"{kind}: {figures['rps']} req/s, p50 {figures['p50_ms']} ms, p99 "
+              f"{figures['p99_ms']} ms, load {os.getloadavg()[0]:.2f}")  # fmt: skip
     after, elapsed = _cpu_by_group(workers), time.time() - started
-    requests = figures["rps"] * args.seconds
+    busy, steal = (b - a for a, b in zip(machine_before, _machine_cpu(), strict=True))
     totals: dict[str, float] = {}
     for (group, pid), seconds in after.items():
         totals[group] = totals.get(group, 0.0) + seconds - before.get((group, pid), 0.0)
-    print(f"{kind}: {figures['rps']} req/s, p50 {figures['p50_ms']} ms, p99 "
-          f"{figures['p99_ms']} ms, load {os.getloadavg()[0]:.2f}")  # fmt: skip
+    totals["the load's clients (wrk, ingesters)"] = _clients_cpu() - clients_before
+    totals["the whole machine (busy)"] = busy
     for group, seconds in sorted(totals.items()):
-        print(f"  {group:34} {1000 * seconds / requests:7.3f} ms CPU per request "
+        print(f"  {group:34} {1000 * seconds / requests:7.3f} ms CPU per {unit} "
               f"({100 * seconds / elapsed:5.1f}% of a core)")  # fmt: skip
+    print(f"  {'stolen by the host (steal)':34} {100 * steal / elapsed:5.1f}% of a core")
 
 
 def spy(kind: str, key: str, args, workers: set[int]) -> None:
@@ -203,6 +238,13 @@ def main() -> int:
         help="seconds of check_all first, each on a new connection: every "
         "worker must have seen every customer (a loaded machine needs longer)",
     )
+    parser.add_argument("--ingest-clients", type=int, default=4, help="cpu ingest: clients")
+    parser.add_argument(
+        "--no-vacuum",
+        dest="vacuum",
+        action="store_false",
+        help="no VACUUM of the counters before each scenario (`make bench` runs one)",
+    )
     parser.add_argument("--py-spy", default="py-spy", help="spy: the py-spy executable")
     parser.add_argument("--top", type=int, default=60, help="spy: functions listed")
     parser.add_argument("--log", default="/var/log/postgresql/postgresql-15-main.log")
@@ -213,7 +255,9 @@ def main() -> int:
     server = subprocess.Popen(
         [str(Path(bench.PYTHON).parent / "gunicorn"), "-c", bench.SERVER_CONFIG],
         cwd=bench.ROOT, start_new_session=True,
-        env=bench.server_environment(env, args),
+        # Connections kept for the whole run: a backend closed during a measure (the default
+        # 60 s) would take its CPU with it, unread.
+        env={**bench.server_environment(env, args), "DB_CONN_MAX_AGE": "3600"},
     )  # fmt: skip
     args.server_pid = server.pid
     try:
@@ -222,6 +266,8 @@ def main() -> int:
         children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True,
                                   text=True).stdout.split()  # fmt: skip
         for kind in args.kinds.split(","):
+            if args.vacuum:
+                bench.vacuum()  # as `make bench` does before each scenario
             if args.what == "cpu":
                 cpu(kind, key, args, {int(pid) for pid in children})
             elif args.what == "spy":
