@@ -8,8 +8,8 @@ the ones measured on the reference machine (2 cores).
   thread (persistent: `DB_CONN_MAX_AGE`, default 60 s).
 - `WEB_WORKER_CLASS` (default gthread, as `entitlements_site.gunicorn_worker.BalancedThreadWorker`,
   which shares a client's burst of connections out among the workers instead of leaving
-  them all with the first to wake) and `WEB_THREADS` (default 4): each worker serves
-  four requests at once on threads, which overlaps one request's waits (its PostgreSQL and
+  them all with the first to wake) and `WEB_THREADS` (default 6): each worker serves
+  six requests at once on threads, which overlaps one request's waits (its PostgreSQL and
   Redis round trips, the commit's flush to disk) with another's work, and keeps clients'
   connections alive between requests (a sync worker closes every connection after its
   answer, so each API call of a client pays a new TCP connection). Each thread holds a
@@ -17,7 +17,13 @@ the ones measured on the reference machine (2 cores).
   Measured at 2 workers, three alternating rounds on a busy machine (docs/performance.md,
   "sync or threads"): consumes spread over 1,000 customers 1.4-2.8 x as many per second as
   sync workers, one hot customer's 1.0-1.3 x, the floor 1.5-3.8 x; tails were longer.
-  `WEB_WORKER_CLASS=sync` serves one request at a time per process.
+  `WEB_WORKER_CLASS=sync` serves one request at a time per process. Six threads rather
+  than four: with four, the consumes left a third of a core idle (their requests waiting
+  for PostgreSQL and Redis at the same moments) and one customer's concurrent consumes
+  shared fewer calls (customers/engine/combining.py); six gave one hot customer's consumes
+  13-30% more a second and spread consumes 4-15% more, the floor and the checks the same
+  within the noise (docs/performance.md, "Third session of 2026-12-05"). `WEB_THREADS=4`
+  holds a third fewer database connections.
 - `WEB_BIND` (default `127.0.0.1:$PORT`, PORT 8000): behind the reverse proxy.
 - `WEB_MAX_REQUESTS` (default 0: never) recycles a worker after that many requests (with a
   10% jitter): a bound on slow leaks, never needed for speed (docs/performance.md, "Decay").
@@ -37,7 +43,7 @@ workers = int(os.environ.get("WEB_WORKERS", 2 * multiprocessing.cpu_count()))
 worker_class = os.environ.get(
     "WEB_WORKER_CLASS", "entitlements_site.gunicorn_worker.BalancedThreadWorker"
 )
-threads = int(os.environ.get("WEB_THREADS", "4"))
+threads = int(os.environ.get("WEB_THREADS", "6"))
 backlog = 2048
 timeout = 30
 graceful_timeout = 30
