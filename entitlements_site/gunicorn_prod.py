@@ -21,7 +21,7 @@ the ones measured on the reference machine (2 cores).
   than four: with four, the consumes left a third of a core idle (their requests waiting
   for PostgreSQL and Redis at the same moments) and one customer's concurrent consumes
   shared fewer calls (customers/engine/combining.py); six gave one hot customer's consumes
-  13-30% more a second and spread consumes 4-15% more, the floor and the checks the same
+  13-30% more a second and spread consumes about 5% more, the floor and the checks the same
   within the noise (docs/performance.md, "Third session of 2026-12-05"). `WEB_THREADS=4`
   holds a third fewer database connections.
 - `WEB_BIND` (default `127.0.0.1:$PORT`, PORT 8000): behind the reverse proxy.
